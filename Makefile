@@ -1,0 +1,88 @@
+# darknet-kfac: K-FAC for Darknet.  `make demo` runs the demo, `make test` the tests.
+#
+#   make [GPU=1] [CUDNN=1] [OPENCV=1] [DARKNET_SRC=<checkout>]   build darknet + K-FAC
+#   make setup        install the Debian packages the build needs (root), or print how
+#   make demo         SGD and K-FAC side by side on OpenCV's handwritten digits
+#   make test         the test suite (CPU)
+#   make bench        the CPU benchmark written into BENCHMARKS.md
+#
+# Darknet itself is never copied into this repo: it is fetched as the pinned Debian
+# source package (tools/fetch_darknet.sh) or taken from DARKNET_SRC, copied into
+# build/, and patched there with patches/series.
+
+GPU ?= 0
+CUDNN ?= 0
+OPENCV ?= 0
+DARKNET_SRC ?=
+# CUDA architectures for GPU builds (compute capability without the dot)
+CUDA_ARCH ?= 75 80 90
+
+$(foreach v,GPU CUDNN OPENCV,$(if $(filter 0 1,$($(v))),,$(error $(v)=$($(v)): must be 0 or 1)))
+ifeq ($(CUDNN),1)
+ifneq ($(GPU),1)
+$(error CUDNN=1 needs GPU=1)
+endif
+endif
+
+TOP := $(abspath .)
+BUILD := $(TOP)/build
+CACHE := $(BUILD)/cache
+VARIANT := cpu$(if $(filter 1,$(GPU)),-gpu)$(if $(filter 1,$(CUDNN)),-cudnn)$(if $(filter 1,$(OPENCV)),-opencv)
+DK := $(BUILD)/darknet-$(VARIANT)
+PRISTINE := $(if $(DARKNET_SRC),$(abspath $(DARKNET_SRC)),$(BUILD)/darknet-debian)
+KFAC_SRCS := $(wildcard darknet-kfac/*.c darknet-kfac/*.h darknet-kfac/*.cu darknet-kfac/kfac.mk)
+PATCHES := patches/series $(wildcard patches/*.patch)
+NVCC ?= $(shell command -v nvcc 2>/dev/null || { test -x /usr/local/cuda/bin/nvcc && echo /usr/local/cuda/bin/nvcc; })
+
+ifeq ($(GPU),1)
+ifeq ($(NVCC),)
+$(error GPU=1 but nvcc was not found: put CUDA's bin directory on PATH)
+endif
+$(info nvcc found ($(NVCC)): GPU build on, CUDA_ARCH=$(CUDA_ARCH))
+endif
+
+.PHONY: all darknet setup fetch demo test bench bench-gpu clean distclean
+all: darknet $(BUILD)/kfac_compare
+
+setup:
+	tools/setup.sh $(if $(filter 1,$(OPENCV)),opencv)
+
+$(BUILD)/darknet-debian/.fetched: tools/fetch_darknet.sh
+	tools/fetch_darknet.sh $(CACHE) $(BUILD)/darknet-debian
+	touch $@
+
+fetch: $(if $(DARKNET_SRC),,$(BUILD)/darknet-debian/.fetched)
+
+# A fresh copy of the pristine tree with our patches, redone whenever a patch changes.
+$(DK)/.patched: $(PATCHES) tools/apply_patches.sh $(if $(DARKNET_SRC),,$(BUILD)/darknet-debian/.fetched)
+	tools/apply_patches.sh $(PRISTINE) $(DK) patches
+
+darknet: $(DK)/.patched
+	$(MAKE) -C $(DK) -j2 GPU=$(GPU) CUDNN=$(CUDNN) OPENCV=$(OPENCV) \
+	    CUDA_ARCH="$(CUDA_ARCH)" NVCC="$(NVCC)" KFAC_DIR=$(TOP)/darknet-kfac
+	@echo "built $(DK)/darknet and libdarknet.a with darknet-kfac ($(VARIANT))"
+
+# Rebuild Darknet's objects when a K-FAC source changes (Darknet's Makefile only
+# tracks its own headers).
+$(DK)/.kfac-stamp: $(KFAC_SRCS) $(DK)/.patched
+	touch $@
+darknet: $(DK)/.kfac-stamp
+
+$(BUILD)/kfac_compare: tools/kfac_compare.c darknet
+	$(CC) -O2 -Wall -I$(DK)/include -I$(DK)/src -I$(TOP)/darknet-kfac $< $(DK)/libdarknet.a \
+	    $(shell $(MAKE) -s -C $(DK) KFAC_DIR=$(TOP)/darknet-kfac GPU=$(GPU) CUDNN=$(CUDNN) OPENCV=$(OPENCV) print-ldflags) -o $@
+
+demo: all
+	tools/demo.sh
+
+test: all
+	tests/run.sh $(DK)
+
+bench: all
+	tools/bench.sh $(DK)
+
+clean:
+	rm -rf $(BUILD)/darknet-cpu* $(BUILD)/kfac_compare $(BUILD)/tests
+
+distclean:
+	rm -rf $(BUILD)

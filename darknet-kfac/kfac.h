@@ -1,0 +1,84 @@
+/* darknet-kfac: K-FAC (Kronecker-factored approximate curvature) inside Darknet.
+ *
+ * Usage: add a [kfac] section to a Darknet cfg and train as usual.
+ *
+ *     [net]
+ *     batch=64
+ *     learning_rate=0.05
+ *     momentum=0.9
+ *     ...
+ *     [kfac]            # empty: every default (see README.md for each option)
+ *     damping=0.001
+ *
+ *     darknet classifier train digits.data digits-kfac.cfg
+ *
+ * Each convolutional and connected layer gets a Kronecker-factored Fisher block
+ * A (x) G (Martens & Grosse 2015; Grosse & Martens 2016 for convolutions).  The
+ * preconditioned gradient replaces the new gradient inside Darknet's own update, so
+ * learning-rate policy, burn_in, momentum, decay and subdivisions keep working.
+ *
+ * Darknet reaches this file through a handful of guarded calls (patches/0004):
+ *
+ *     parse_network_cfg   cfg = kfac_cfg_take(file, sections) ... kfac_network_attach
+ *     train_network_datum kfac_network_fisher_pass   between forward and backward
+ *     backward_network    kfac_layer_backward        after each l.backward
+ *     update_network      kfac_network_precondition  before the layer updates,
+ *                         kfac_network_updated       after them
+ *     save_weights        kfac_state_save            <weights>.kfac next to the weights
+ *     load_network        kfac_state_load
+ *     free_network        kfac_network_free
+ *
+ * Every other function here is for the tests and tools.
+ */
+#ifndef KFAC_H
+#define KFAC_H
+
+#include "darknet.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Takes the [kfac] section out of a parsed cfg (and every layer's own kfac= key),
+ * checks it and returns the configuration, or NULL when the cfg has no [kfac].
+ * Stops the program with a message naming file, section and key on bad input. */
+void *kfac_cfg_take(const char *cfgfile, list *sections);
+
+/* Attaches K-FAC to a freshly built network (consumes cfg) and prints the summary. */
+void kfac_network_attach(network *net, void *cfg);
+void kfac_network_free(network *net);
+
+/* The training hooks (see above).  `input` is the layer's input as backward saw it. */
+void kfac_network_fisher_pass(network *net);
+void kfac_layer_backward(network *net, int index, float *input);
+void kfac_network_precondition(network *net, update_args *a);
+void kfac_network_updated(network *net);
+
+/* State file <weightfile>.kfac.  Save writes a temporary file and renames it, so a
+ * crash never leaves a half-written state.  Load stops the program with a clear
+ * message on a corrupt or mismatched file and never touches the weights; a missing
+ * file starts K-FAC fresh with a notice. */
+void kfac_state_save(network *net, const char *weightfile);
+void kfac_state_load(network *net, const char *weightfile);
+
+/* ---- for tests and tools ---------------------------------------------------- */
+
+/* Number of completed updates K-FAC has seen (saved in the state file). */
+int kfac_network_step(const network *net);
+
+/* Replace the preconditioner by the identity (1) or restore it (0): everything else
+ * (capture, true-Fisher pass, snapshots, write-back, KL clip off) keeps running. */
+void kfac_network_set_identity(network *net, int identity);
+
+/* Seconds spent so far in statistics, decompositions and preconditioning. */
+void kfac_network_timing(const network *net, double *stats, double *inverse, double *precond);
+
+/* Pointers into a covered layer's state (NULL when layer `index` is not covered).
+ * A is groups x a_dim x a_dim, G is groups x g_dim x g_dim, row-major, symmetric. */
+int kfac_layer_factors(const network *net, int index, const float **A, const float **G,
+                       int *groups, int *a_dim, int *g_dim);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

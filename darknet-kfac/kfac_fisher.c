@@ -1,0 +1,83 @@
+/* darknet-kfac: which backward captures statistics, and the true-Fisher pass.
+ *
+ * On a statistics step with a softmax loss, labels y ~ p (the model's own prediction)
+ * give the output derivative e_y - p for G (the true Fisher; the empirical Fisher
+ * would use the data's labels).  One extra backward runs with every *_updates buffer
+ * redirected to a scratch sink, capturing A and G; afterwards every delta is cleared,
+ * the loss delta of the real step restored and the buffers put back, so the real
+ * backward that follows computes exactly what it would have without K-FAC. */
+#include <string.h>
+#include "kfac_internal.h"
+
+/* saved is 3 x net->n: the weight, bias and scale update buffers of each layer */
+static void redirect_updates(network *net, float *sink, float **saved)
+{
+    int i;
+    for (i = 0; i < net->n; ++i) {
+        layer *l = &net->layers[i];
+        saved[3 * i] = l->weight_updates;
+        saved[3 * i + 1] = l->bias_updates;
+        saved[3 * i + 2] = l->scale_updates;
+        if (l->weight_updates) l->weight_updates = sink;
+        if (l->bias_updates) l->bias_updates = sink;
+        if (l->scale_updates) l->scale_updates = sink;
+    }
+}
+
+static void restore_updates(network *net, float **saved)
+{
+    int i;
+    for (i = 0; i < net->n; ++i) {
+        layer *l = &net->layers[i];
+        l->weight_updates = saved[3 * i];
+        l->bias_updates = saved[3 * i + 1];
+        l->scale_updates = saved[3 * i + 2];
+    }
+}
+
+static void sample_loss_delta(kfac_net *k, const layer *soft)
+{
+    int b, j;
+    const int n = soft->inputs;
+    for (b = 0; b < soft->batch; ++b) {
+        const float *p = soft->output + (size_t)b * n;
+        float *d = soft->delta + (size_t)b * n;
+        float u = kfac_rng_uniform(&k->rng), cum = 0;
+        int y = n - 1;
+        for (j = 0; j < n; ++j) {
+            cum += p[j];
+            if (u < cum) { y = j; break; }
+        }
+        for (j = 0; j < n; ++j) d[j] = (j == y ? 1.0f : 0.0f) - p[j];
+    }
+}
+
+void kfac_network_fisher_pass(network *net)
+{
+    kfac_net *k = kfac_of(net);
+    int i;
+    k->capture = KFAC_CAPTURE_NONE;
+    if (!net->train || !kfac_stats_step(k) || k->nlayers == 0) return;
+    if (!k->true_fisher) {
+        k->capture = KFAC_CAPTURE_A | KFAC_CAPTURE_G; /* from the real backward */
+        return;
+    }
+    layer *soft = &net->layers[k->loss_index];
+    size_t nd = (size_t)soft->outputs * soft->batch;
+    float **saved = (float **)kfac_calloc((size_t)net->n * 3, sizeof(float *));
+
+    memcpy(k->loss_delta_save, soft->delta, nd * sizeof(float));
+    sample_loss_delta(k, soft);
+    redirect_updates(net, k->sink, saved);
+    k->capture = KFAC_CAPTURE_A | KFAC_CAPTURE_G;
+    backward_network(net);
+    k->capture = KFAC_CAPTURE_NONE;
+    restore_updates(net, saved);
+    free(saved);
+
+    for (i = 0; i < net->n; ++i) {
+        layer *l = &net->layers[i];
+        if (l->delta) memset(l->delta, 0, (size_t)l->outputs * l->batch * sizeof(float));
+    }
+    memcpy(soft->delta, k->loss_delta_save, nd * sizeof(float));
+}

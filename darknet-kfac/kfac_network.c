@@ -1,0 +1,299 @@
+/* darknet-kfac: attaching K-FAC to a network and the update-time hooks.
+ *
+ * Update integration (DESIGN.md 4): Darknet's *_updates buffers are both the gradient
+ * accumulator and the momentum buffer.  Right after each update we snapshot them (they
+ * then hold momentum*v); at the next update D = buffer - snapshot is the new gradient
+ * alone, and we add P - D, so Darknet's own update then applies decay, learning rate
+ * (policy, burn_in, per-layer scale) and momentum to the preconditioned gradient. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "kfac_internal.h"
+
+static const char *layer_kind(const layer *l)
+{
+    return l->type == CONVOLUTIONAL ? "conv" : "conn";
+}
+
+/* The true-Fisher pass redirects these layers' *_updates to a scratch buffer; layers
+ * with inner layers (rnn, lstm, ...) keep buffers we cannot reach, so a net with them
+ * uses the empirical Fisher. */
+static int layer_ok_for_sampling(const layer *l)
+{
+    switch (l->type) {
+    case CONVOLUTIONAL: case CONNECTED: case BATCHNORM: case MAXPOOL: case AVGPOOL:
+    case DROPOUT: case SOFTMAX: case ROUTE: case SHORTCUT: case UPSAMPLE: case REORG:
+    case ACTIVE: case CROP: case NORMALIZATION: case L2NORM:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+static size_t layer_update_len(const layer *l)
+{
+    size_t n = 0;
+    if (l->weight_updates) n = (size_t)l->nweights;
+    if (l->type == CONNECTED && (size_t)l->inputs * l->outputs > n) n = (size_t)l->inputs * l->outputs;
+    if (l->bias_updates && (size_t)l->outputs > n) n = (size_t)l->outputs;
+    if ((size_t)l->n > n) n = (size_t)l->n;
+    if ((size_t)l->c > n) n = (size_t)l->c;
+    return n;
+}
+
+static void alloc_layer(kfac_layer *kl, const layer *l)
+{
+    size_t g = (size_t)kl->groups, K = (size_t)kl->K, M = (size_t)kl->M;
+    kl->A = (float *)kfac_calloc(g * K * K, sizeof(float));
+    kl->G = (float *)kfac_calloc(g * M * M, sizeof(float));
+    kl->A_acc = (float *)kfac_calloc(g * K * K, sizeof(float));
+    kl->G_acc = (float *)kfac_calloc(g * M * M, sizeof(float));
+    kl->EA = (float *)kfac_calloc(g * K * K, sizeof(float));
+    kl->dA = (float *)kfac_calloc(g * K, sizeof(float));
+    kl->EG = (float *)kfac_calloc(g * M * M, sizeof(float));
+    kl->dG = (float *)kfac_calloc(g * M, sizeof(float));
+    kl->w_snap = (float *)kfac_calloc(g * M * (size_t)kl->k_in, sizeof(float));
+    if (kl->has_bias) kl->b_snap = (float *)kfac_calloc(g * M, sizeof(float));
+    kl->D = (float *)kfac_calloc(g * M * K, sizeof(float));
+    kl->P = (float *)kfac_calloc(g * M * K, sizeof(float));
+    kl->tmp = (float *)kfac_calloc(M * K, sizeof(float));
+    /* the weights may come with momentum already (a resumed run fills it later) */
+    memcpy(kl->w_snap, l->weight_updates, g * M * (size_t)kl->k_in * sizeof(float));
+    if (kl->has_bias) memcpy(kl->b_snap, l->bias_updates, g * M * sizeof(float));
+}
+
+void kfac_network_attach(network *net, void *cfgp)
+{
+    kfac_config *cfg = (kfac_config *)cfgp;
+    const char *file = cfg->cfgfile;
+    int i;
+    if (cfg->nlayers != net->n)
+        kfac_die(__FILE__, __LINE__, "%s: %d layer sections but the network has %d layers", file, cfg->nlayers, net->n);
+    if (net->adam)
+        kfac_user_error("%s [net] adam=1: K-FAC preconditions Darknet's SGD update; set adam=0 or remove [kfac]", file);
+
+    kfac_net *k = (kfac_net *)kfac_calloc(1, sizeof *k);
+    k->cfg = *cfg;
+    free(cfg);
+    k->rng = 0x9E3779B97F4A7C15ULL ^ (uint64_t)(uint32_t)k->cfg.seed;
+    if (!k->rng) k->rng = 1;
+    k->layers = (kfac_layer *)kfac_calloc((size_t)net->n, sizeof(kfac_layer));
+    k->loss_index = -1;
+
+    char skipped[1024] = "";
+    for (i = 0; i < net->n; ++i) {
+        layer *l = &net->layers[i];
+        if (l->type != CONVOLUTIONAL && l->type != CONNECTED) continue;
+        if (!k->cfg.layer_on[i]) {
+            snprintf(skipped + strlen(skipped), sizeof skipped - strlen(skipped), " %d(kfac=0)", i);
+            continue;
+        }
+        kfac_layer kl = {0};
+        kl.index = i;
+        kl.type = l->type;
+        kl.has_bias = !l->batch_normalize;
+        if (l->type == CONVOLUTIONAL) {
+            if (l->xnor || l->binary)
+                kfac_user_error("%s layer %d [convolutional] binary/xnor: not supported by K-FAC; add kfac=0 to that layer", file, i);
+            if (l->size == 1 && l->stride > 1)
+                kfac_user_error("%s layer %d [convolutional] size=1 stride=%d: Darknet's CPU forward ignores the stride of 1x1 convolutions, so K-FAC's patches would not match; add kfac=0 to that layer", file, i, l->stride);
+            kl.groups = l->groups;
+            kl.k_in = l->c / l->groups * l->size * l->size;
+            kl.M = l->n / l->groups;
+            kl.T = l->out_h * l->out_w;
+        } else {
+            kl.groups = 1;
+            kl.k_in = l->inputs;
+            kl.M = l->outputs;
+            kl.T = 1;
+        }
+        kl.K = kl.k_in + kl.has_bias;
+        if (kl.K > k->cfg.max_dim || kl.M > k->cfg.max_dim) {
+            snprintf(skipped + strlen(skipped), sizeof skipped - strlen(skipped), " %d(%dx%d>max_dim)", i, kl.K, kl.M);
+            continue;
+        }
+        alloc_layer(&kl, l);
+        k->layers[k->nlayers++] = kl;
+    }
+    /* layer->kfac points into k->layers, filled now that the array no longer moves */
+    for (i = 0; i < k->nlayers; ++i) net->layers[k->layers[i].index].kfac = &k->layers[i];
+
+    /* true Fisher: labels sampled from a softmax output */
+    const layer *last = &net->layers[net->n - 1];
+    const char *fisher_note = "empirical (fisher=empirical)";
+    if (k->cfg.fisher == KFAC_FISHER_TRUE) {
+        int ok = last->type == SOFTMAX && !last->softmax_tree && last->groups <= 1 && !last->spatial;
+        for (i = 0; ok && i < net->n; ++i) ok = layer_ok_for_sampling(&net->layers[i]);
+        if (ok) {
+            k->true_fisher = 1;
+            k->loss_index = net->n - 1;
+            fisher_note = "true (labels sampled from the softmax)";
+            for (i = 0; i < net->n; ++i) {
+                size_t n = layer_update_len(&net->layers[i]);
+                if (n > k->sink_len) k->sink_len = n;
+            }
+            k->sink = (float *)kfac_calloc(k->sink_len ? k->sink_len : 1, sizeof(float));
+            k->loss_delta_save = (float *)kfac_calloc((size_t)last->outputs * last->batch, sizeof(float));
+        } else {
+            fisher_note = "empirical (the loss is not a plain softmax, or a layer type cannot be sampled through)";
+        }
+    }
+    net->kfac = k;
+
+    fprintf(stderr, "K-FAC: ");
+    kfac_config_print(&k->cfg, stderr);
+    fprintf(stderr, "\nK-FAC: %d layers:", k->nlayers);
+    for (i = 0; i < k->nlayers; ++i) {
+        kfac_layer *kl = &k->layers[i];
+        fprintf(stderr, " %d %s A %d G %d%s%s", kl->index, layer_kind(&net->layers[kl->index]), kl->K, kl->M,
+                kl->groups > 1 ? " x" : "", kl->groups > 1 ? "groups" : "");
+        if (kl->groups > 1) fprintf(stderr, "%d", kl->groups);
+        fputc(i + 1 < k->nlayers ? ',' : ';', stderr);
+    }
+    fprintf(stderr, " on SGD:%s; Fisher: %s\n", skipped[0] ? skipped : " none", fisher_note);
+}
+
+static void free_layer_state(kfac_layer *kl)
+{
+    free(kl->A); free(kl->G); free(kl->A_acc); free(kl->G_acc);
+    free(kl->EA); free(kl->dA); free(kl->EG); free(kl->dG);
+    free(kl->w_snap); free(kl->b_snap); free(kl->D); free(kl->P); free(kl->tmp);
+}
+
+void kfac_network_free(network *net)
+{
+    kfac_net *k = kfac_of(net);
+    int i;
+    if (!k) return;
+    for (i = 0; i < k->nlayers; ++i) {
+        net->layers[k->layers[i].index].kfac = NULL;
+        free_layer_state(&k->layers[i]);
+    }
+    free(k->layers);
+    free(k->sink);
+    free(k->loss_delta_save);
+    free(k->patches);
+    kfac_config_free(&k->cfg);
+    free(k);
+    net->kfac = NULL;
+}
+
+void kfac_layer_backward(network *net, int index, float *input)
+{
+    kfac_net *k = kfac_of(net);
+    layer *l = &net->layers[index];
+    kfac_layer *kl = (kfac_layer *)l->kfac;
+    if (!kl || !k->capture) return;
+    double t0 = kfac_now();
+    if (k->capture & KFAC_CAPTURE_A) kfac_factors_capture_A_cpu(k, kl, l, input);
+    if (k->capture & KFAC_CAPTURE_G) kfac_factors_capture_G_cpu(kl, l);
+    k->t_stats += kfac_now() - t0;
+}
+
+void kfac_network_precondition(network *net, update_args *a)
+{
+    kfac_net *k = kfac_of(net);
+    int i;
+    k->capture = KFAC_CAPTURE_NONE;
+    double t0 = kfac_now();
+    if (kfac_stats_step(k))
+        for (i = 0; i < k->nlayers; ++i) kfac_factors_fold_cpu(&k->layers[i], k->cfg.decay);
+    double t1 = kfac_now();
+    k->t_stats += t1 - t0;
+    if (k->step < k->cfg.warmup) return;
+
+    int refresh = (k->step - k->cfg.warmup) % k->cfg.inverse_interval == 0;
+    for (i = 0; i < k->nlayers; ++i) {
+        kfac_layer *kl = &k->layers[i];
+        if (!k->identity && kl->have_factors && (refresh || !kl->have_inverse)) kfac_inverse_update_cpu(kl);
+    }
+    double t2 = kfac_now();
+    k->t_inverse += t2 - t1;
+
+    /* precondition every layer that has an inverse; KL-clip them together */
+    double quad = 0; /* sum_l lr_l^2 <P/B, D/B> */
+    int *active = (int *)kfac_calloc((size_t)(k->nlayers ? k->nlayers : 1), sizeof(int));
+    for (i = 0; i < k->nlayers; ++i) {
+        kfac_layer *kl = &k->layers[i];
+        const layer *l = &net->layers[kl->index];
+        size_t len = (size_t)kl->groups * kl->M * kl->K;
+        if (!k->identity && !kl->have_inverse) continue;
+        kfac_gather_gradient_cpu(kl, l);
+        if (!kfac_all_finite(kl->D, len)) {
+            if (!kl->bad_grad_logged++)
+                kfac_log("layer %d: non-finite gradient, this update's gradient dropped for the layer (logged once)", kl->index);
+            /* write back the snapshot alone: the momentum step without the bad gradient */
+            memset(kl->P, 0, len * sizeof(float));
+            active[i] = 2;
+            continue;
+        }
+        if (k->identity) {
+            memcpy(kl->P, kl->D, len * sizeof(float));
+        } else {
+            kfac_precondition_layer_cpu(kl, k->cfg.damping);
+            if (!kfac_all_finite(kl->P, len)) {
+                if (!kl->bad_grad_logged++)
+                    kfac_log("layer %d: non-finite preconditioned gradient, plain SGD for this update (logged once)", kl->index);
+                memcpy(kl->P, kl->D, len * sizeof(float));
+                active[i] = 2;
+                continue;
+            }
+            float lr = a->learning_rate * l->learning_rate_scale;
+            float B = (float)a->batch;
+            quad += (double)lr * lr * kfac_dot_cpu(kl->P, kl->D, len) / ((double)B * B);
+        }
+        active[i] = 1;
+    }
+    float nu = 1.0f;
+    if (!k->identity && k->cfg.kl_clip > 0 && quad > 0) {
+        double r = sqrt(k->cfg.kl_clip / quad);
+        if (r < 1) nu = (float)r;
+    }
+    for (i = 0; i < k->nlayers; ++i) {
+        kfac_layer *kl = &k->layers[i];
+        if (!active[i]) continue;
+        kfac_scatter_update_cpu(kl, &net->layers[kl->index], active[i] == 1 ? nu : 1.0f);
+    }
+    free(active);
+    k->t_precond += kfac_now() - t2;
+}
+
+void kfac_network_updated(network *net)
+{
+    kfac_net *k = kfac_of(net);
+    int i;
+    for (i = 0; i < k->nlayers; ++i) {
+        kfac_layer *kl = &k->layers[i];
+        const layer *l = &net->layers[kl->index];
+        memcpy(kl->w_snap, l->weight_updates, (size_t)kl->groups * kl->M * kl->k_in * sizeof(float));
+        if (kl->has_bias) memcpy(kl->b_snap, l->bias_updates, (size_t)kl->groups * kl->M * sizeof(float));
+    }
+    ++k->step;
+}
+
+int kfac_network_step(const network *net)
+{
+    return net->kfac ? kfac_of(net)->step : -1;
+}
+
+void kfac_network_set_identity(network *net, int identity)
+{
+    kfac_of(net)->identity = identity;
+}
+
+void kfac_network_timing(const network *net, double *stats, double *inverse, double *precond)
+{
+    const kfac_net *k = kfac_of(net);
+    *stats = k->t_stats;
+    *inverse = k->t_inverse;
+    *precond = k->t_precond;
+}
+
+int kfac_layer_factors(const network *net, int index, const float **A, const float **G,
+                       int *groups, int *a_dim, int *g_dim)
+{
+    const kfac_layer *kl = (const kfac_layer *)net->layers[index].kfac;
+    if (!kl) return 0;
+    *A = kl->A; *G = kl->G; *groups = kl->groups; *a_dim = kl->K; *g_dim = kl->M;
+    return 1;
+}

@@ -1,0 +1,373 @@
+/* kfac_compare: train one Darknet classifier cfg deterministically, for comparing
+ * optimizers (SGD vs K-FAC) on equal terms.
+ *
+ * Darknet's own `classifier train` seeds from the clock and feeds the network from 32
+ * loader threads sharing rand(), so two runs never see the same batches
+ * (shared/DESIGN.md section 3b). This driver uses the same library calls as
+ * classifier train (load_network, load_data_augment, train_network_datum,
+ * network_predict_data) but loads the whole data set once and draws the batches from
+ * its own generator, so a run is a function of (cfg, seed) alone: SGD and K-FAC with
+ * the same seed start from the same weights and see the same sequence of batches,
+ * whatever else in the library calls rand().
+ *
+ * Usage, from the directory the .data file's paths are relative to (the repo root):
+ *
+ *   kfac_compare -data build/data/digits/digits.data -cfg cfg/digits.cfg -seed 1
+ *                -iters 300 -eval 10 [-lr X] [-out run.tsv] [-weights-out F]
+ *                [-full-train] [-gpu N]
+ *
+ *   -iters N        updates to run (one update = batch*subdivisions images);
+ *                   default: the cfg's max_batches
+ *   -eval K         evaluate every K updates, and at 0 and at the end
+ *   -lr X           replaces the cfg's learning_rate
+ *   -out F          writes one TSV row per evaluation (columns below)
+ *   -weights-out F  saves the final weights (Darknet's format)
+ *   -full-train     also computes the loss over the whole training set at each
+ *                   evaluation (one forward pass over it; costs about 4x a test pass)
+ *   -gpu N          GPU builds only: device N, or -1 for the CPU (default 0)
+ *
+ * TSV columns:
+ *   iter             updates done
+ *   train_seconds    seconds spent in train_network_datum so far (no data copying, no
+ *                    evaluation)
+ *   train_loss       mean cross-entropy per image over the updates since the previous
+ *                    row, as Darknet computes it during training (nan in row 0)
+ *   test_acc         top-1 accuracy over the whole test set
+ *   test_loss        mean cross-entropy per test image
+ *   full_train_loss  mean cross-entropy over the whole training set with -full-train,
+ *                    else nan
+ *
+ * Build (from the repo root; the -D flags must be the ones libdarknet.a was built with,
+ * since darknet.h's structs change with GPU and CUDNN):
+ *
+ *   gcc -O2 -Ibuild/darknet/include -Ibuild/darknet/src tools/kfac_compare.c build/darknet/libdarknet.a -lopenblas -lm -pthread -o build/kfac_compare
+ *
+ * Exit status: 0 after a complete run or a run stopped because the loss stopped being
+ * finite (reported on stderr and in the TSV), 1 on usage or input errors.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "darknet.h"
+#include "data.h"
+#include "option_list.h"
+
+/* ------------------------------------------------------------ options ------------- */
+
+typedef struct {
+    const char *datacfg;     /* Darknet .data file: classes, train, valid, labels */
+    const char *cfg;         /* network cfg */
+    int seed;                /* seeds weights init (srand) and the batch generator */
+    int iters;               /* updates to run; 0 = the cfg's max_batches */
+    int eval;                /* evaluate every eval updates */
+    float lr;                /* learning rate override; used when has_lr */
+    int has_lr;              /* 1 when -lr was given */
+    const char *out;         /* TSV path or NULL */
+    const char *weights_out; /* final weights path or NULL */
+    int full_train;          /* 1: full training-set loss at each evaluation */
+    int gpu;                 /* GPU builds: device index, -1 = CPU */
+} options;
+
+static void usage(const char *prog)
+{
+    fprintf(stderr,
+            "usage: %s -data FILE.data -cfg FILE.cfg [-seed S] [-iters N] [-eval K]\n"
+            "          [-lr X] [-out FILE.tsv] [-weights-out FILE] [-full-train]"
+#ifdef GPU
+            " [-gpu N]"
+#endif
+            "\n", prog);
+    exit(1);
+}
+
+/* Parses an int option value; exits with a message naming the option when it is not
+ * a whole number. */
+static int parse_int(const char *opt, const char *s)
+{
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (end == s || *end != 0 || v < -2147483647L || v > 2147483647L) {
+        fprintf(stderr, "kfac_compare: %s %s: not an integer\n", opt, s);
+        exit(1);
+    }
+    return (int)v;
+}
+
+static float parse_float(const char *opt, const char *s)
+{
+    char *end;
+    float v = strtof(s, &end);
+    if (end == s || *end != 0 || !isfinite(v)) {
+        fprintf(stderr, "kfac_compare: %s %s: not a number\n", opt, s);
+        exit(1);
+    }
+    return v;
+}
+
+/* Parses argv strictly: an unknown or incomplete option is an error, not ignored. */
+static options parse_options(int argc, char **argv)
+{
+    options o = {0};
+    o.seed = 1;
+    o.eval = 10;
+    int i;
+    for (i = 1; i < argc; ++i) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-full-train")) { o.full_train = 1; continue; }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "kfac_compare: %s needs a value\n", a);
+            usage(argv[0]);
+        }
+        const char *v = argv[++i];
+        if (!strcmp(a, "-data")) o.datacfg = v;
+        else if (!strcmp(a, "-cfg")) o.cfg = v;
+        else if (!strcmp(a, "-seed")) o.seed = parse_int(a, v);
+        else if (!strcmp(a, "-iters")) o.iters = parse_int(a, v);
+        else if (!strcmp(a, "-eval")) o.eval = parse_int(a, v);
+        else if (!strcmp(a, "-lr")) { o.lr = parse_float(a, v); o.has_lr = 1; }
+        else if (!strcmp(a, "-out")) o.out = v;
+        else if (!strcmp(a, "-weights-out")) o.weights_out = v;
+#ifdef GPU
+        else if (!strcmp(a, "-gpu")) o.gpu = parse_int(a, v);
+#endif
+        else {
+            fprintf(stderr, "kfac_compare: unknown option %s\n", a);
+            usage(argv[0]);
+        }
+    }
+    if (!o.datacfg || !o.cfg) usage(argv[0]);
+    if (o.iters < 0) { fprintf(stderr, "kfac_compare: -iters %d: must be >= 0\n", o.iters); exit(1); }
+    if (o.eval <= 0) { fprintf(stderr, "kfac_compare: -eval %d: must be > 0\n", o.eval); exit(1); }
+    if (o.has_lr && o.lr <= 0) { fprintf(stderr, "kfac_compare: -lr %g: must be > 0\n", o.lr); exit(1); }
+    return o;
+}
+
+/* ------------------------------------------------------------ batches ------------- */
+
+/* splitmix64 (Steele, Lea, Flood 2014): a private generator for batch indices, so that
+ * the batch sequence does not depend on who else calls rand(). */
+static uint64_t batch_rng_next(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+/* Fills X (n x d.X.cols) and y (n x d.y.cols) with n rows of d drawn uniformly with
+ * replacement, like Darknet's get_random_batch but from the private generator. */
+static void batch_fill_random(data d, int n, float *X, float *y, uint64_t *state)
+{
+    int j;
+    for (j = 0; j < n; ++j) {
+        int index = (int)(batch_rng_next(state) % (uint64_t)d.X.rows);
+        memcpy(X + (size_t)j * d.X.cols, d.X.vals[index], d.X.cols * sizeof(float));
+        memcpy(y + (size_t)j * d.y.cols, d.y.vals[index], d.y.cols * sizeof(float));
+    }
+}
+
+/* ------------------------------------------------------------ data ---------------- */
+
+/* Loads every image of list_file once, as classifier train does (3 channels,
+ * augmentation from the cfg); center=1 means the evaluation load (center crop, no
+ * flip, no color distortion). Exits with a message when a label is missing or the
+ * image size does not match the network. */
+static data dataset_load(network *net, const char *list_file, char **labels, int classes,
+                         int center)
+{
+    list *plist = get_paths((char *)list_file);
+    char **paths = (char **)list_to_array(plist);
+    int n = plist->size;
+    free_list(plist);
+    if (n == 0) {
+        fprintf(stderr, "kfac_compare: %s lists no images\n", list_file);
+        exit(1);
+    }
+    int min = net->min_ratio * net->w;
+    int max = net->max_ratio * net->w;
+    data d;
+    if (center) {
+        d = load_data_augment(paths, n, 0, labels, classes, net->hierarchy, min, max,
+                              net->w, 0, 1, 0, 1, 1, 1, 0);
+    } else {
+        d = load_data_augment(paths, n, 0, labels, classes, net->hierarchy, min, max,
+                              net->w, net->angle, net->aspect, net->hue, net->saturation,
+                              net->exposure, 0, net->flip);
+    }
+    if (d.X.cols != net->inputs) {
+        fprintf(stderr, "kfac_compare: %s: images load as %d values, the network takes %d\n",
+                list_file, d.X.cols, net->inputs);
+        exit(1);
+    }
+    int i, j;
+    for (i = 0; i < d.y.rows; ++i) {
+        float s = 0;
+        for (j = 0; j < d.y.cols; ++j) s += d.y.vals[i][j];
+        if (s != 1) {
+            fprintf(stderr, "kfac_compare: %s: %s matches %g labels, needs exactly 1\n",
+                    list_file, paths[i], s);
+            exit(1);
+        }
+    }
+    free_ptrs((void **)paths, n);
+    return d;
+}
+
+/* ------------------------------------------------------------ evaluation ---------- */
+
+typedef struct {
+    float acc;   /* top-1 accuracy */
+    float loss;  /* mean cross-entropy per image */
+} eval_result;
+
+/* Predicts all of d and returns top-1 accuracy and mean cross-entropy. */
+static eval_result evaluate(network *net, data d)
+{
+    matrix pred = network_predict_data(net, d); /* d.X.rows x classes, softmax output */
+    eval_result r;
+    r.acc = matrix_topk_accuracy(d.y, pred, 1);
+    double sum = 0;
+    int i, j;
+    for (i = 0; i < d.y.rows; ++i) {
+        for (j = 0; j < d.y.cols; ++j) {
+            if (d.y.vals[i][j]) sum -= log(fmax(pred.vals[i][j], 1e-30));
+        }
+    }
+    r.loss = sum / d.y.rows;
+    free_matrix(pred);
+    return r;
+}
+
+/* ------------------------------------------------------------ main ---------------- */
+
+/* Frees a list made by read_data_cfg: each kvp's key is the line its value points into. */
+static void options_free(list *l)
+{
+    node *n;
+    for (n = l->front; n; n = n->next) {
+        kvp *p = (kvp *)n->val;
+        free(p->key);
+        free(p);
+    }
+    free_list(l);
+}
+
+int main(int argc, char **argv)
+{
+    options o = parse_options(argc, argv);
+
+    list *dopts = read_data_cfg((char *)o.datacfg);
+    int classes = option_find_int(dopts, "classes", 2);
+    char *train_list = option_find_str(dopts, "train", "data/train.list");
+    char *test_list = option_find_str(dopts, "valid", "data/test.list");
+    char *label_list = option_find_str(dopts, "labels", "data/labels.list");
+    list *llist = get_paths(label_list);
+    if (llist->size != classes) {
+        fprintf(stderr, "kfac_compare: %s has %d labels, %s says classes=%d\n",
+                label_list, llist->size, o.datacfg, classes);
+        exit(1);
+    }
+    char **labels = (char **)list_to_array(llist);
+    free_list(llist);
+
+#ifdef GPU
+    gpu_index = o.gpu;
+    if (gpu_index >= 0) cuda_set_device(gpu_index);
+#endif
+    srand(o.seed); /* weight initialization draws from rand() */
+    network *net = load_network((char *)o.cfg, 0, 0);
+    if (o.has_lr) net->learning_rate = o.lr;
+    if (o.iters == 0) o.iters = net->max_batches;
+    if (net->policy == POLY && o.iters > net->max_batches) {
+        fprintf(stderr, "kfac_compare: -iters %d exceeds %s max_batches=%d: the poly "
+                "learning-rate policy is undefined past it\n", o.iters, o.cfg, net->max_batches);
+        exit(1);
+    }
+    if (net->outputs != classes) {
+        fprintf(stderr, "kfac_compare: %s has %d outputs, %s says classes=%d\n",
+                o.cfg, net->outputs, o.datacfg, classes);
+        exit(1);
+    }
+
+    double t0 = what_time_is_it_now();
+    data train = dataset_load(net, train_list, labels, classes, 0);
+    data test = dataset_load(net, test_list, labels, classes, 1);
+    fprintf(stderr, "kfac_compare: loaded %d train and %d test images in %.1f s\n",
+            train.X.rows, test.X.rows, what_time_is_it_now() - t0);
+    printf("cfg %s seed %d lr %g momentum %g decay %g batch %d x %d, %d updates\n",
+           o.cfg, o.seed, net->learning_rate, net->momentum, net->decay, net->batch,
+           net->subdivisions, o.iters);
+
+    FILE *tsv = 0;
+    if (o.out) {
+        tsv = fopen(o.out, "w");
+        if (!tsv) {
+            fprintf(stderr, "kfac_compare: cannot write %s\n", o.out);
+            exit(1);
+        }
+        fprintf(tsv, "iter\ttrain_seconds\ttrain_loss\ttest_acc\ttest_loss\tfull_train_loss\n");
+    }
+
+    uint64_t rng = (uint64_t)(uint32_t)o.seed; /* batch generator, seeded like srand */
+    double train_seconds = 0;
+    double window_loss = 0; /* sum of per-image losses since the last evaluation */
+    int window_n = 0;       /* updates in that sum */
+    float avg_loss = -1;    /* Darknet's smoothed loss, as classifier train prints it */
+    int diverged = 0;
+    int it = 0;
+    for (;;) {
+        if (it % o.eval == 0 || it == o.iters || diverged) {
+            eval_result te = evaluate(net, test);
+            float full = NAN;
+            if (o.full_train) full = evaluate(net, train).loss;
+            float tl = window_n ? window_loss / window_n : NAN;
+            printf("iter %5d  %8.2f s  train_loss %.4f  avg %.4f  test_acc %.4f  test_loss %.4f",
+                   it, train_seconds, tl, avg_loss, te.acc, te.loss);
+            if (o.full_train) printf("  full_train_loss %.4f", full);
+            printf("\n");
+            fflush(stdout);
+            if (tsv) {
+                fprintf(tsv, "%d\t%.4f\t%.6f\t%.4f\t%.6f\t%.6f\n",
+                        it, train_seconds, tl, te.acc, te.loss, full);
+                fflush(tsv);
+            }
+            window_loss = 0;
+            window_n = 0;
+        }
+        if (it == o.iters || diverged) break;
+
+        /* One update = subdivisions forward/backward passes, as train_network_sgd. */
+        float loss = 0;
+        int s;
+        for (s = 0; s < net->subdivisions; ++s) {
+            batch_fill_random(train, net->batch, net->input, net->truth, &rng);
+            double t = what_time_is_it_now();
+            loss += train_network_datum(net);
+            train_seconds += what_time_is_it_now() - t;
+        }
+        loss /= net->subdivisions * net->batch;
+        ++it;
+        if (avg_loss == -1) avg_loss = loss;
+        avg_loss = avg_loss * .9 + loss * .1;
+        window_loss += loss;
+        ++window_n;
+        if (!isfinite(loss)) {
+            fprintf(stderr, "kfac_compare: loss is %g at update %d: stopping\n", loss, it);
+            diverged = 1;
+        }
+    }
+
+    if (it > 0) printf("mean seconds per update: %.4f\n", train_seconds / it);
+    if (tsv) fclose(tsv);
+    if (o.weights_out) save_weights(net, (char *)o.weights_out);
+
+    free_data(train);
+    free_data(test);
+    free_ptrs((void **)labels, classes);
+    options_free(dopts);
+    free_network(net);
+    return 0;
+}
