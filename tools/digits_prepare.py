@@ -270,7 +270,7 @@ def stamp_text(sha):
 
 
 def up_to_date(out, stamp):
-    """True when out holds a stamp equal to stamp and every file the lists name."""
+    """True when out holds a stamp equal to stamp, both lists, and every file they name."""
     try:
         with open(os.path.join(out, "stamp")) as f:
             if f.read() != stamp:
@@ -280,11 +280,10 @@ def up_to_date(out, stamp):
                 return False
         for name, count in (("train", CLASSES * TRAIN_PER_CLASS),
                             ("test", CLASSES * TEST_PER_CLASS)):
-            if len(glob.glob(os.path.join(out, name, "*.pgm"))) != count:
-                return False
             with open(os.path.join(out, name + ".list")) as f:
-                if len(f.read().split()) != count:
-                    return False
+                paths = f.read().split()
+            if len(paths) != count or not all(os.path.isfile(p) for p in paths):
+                return False
     except OSError:
         return False
     return True
@@ -318,6 +317,11 @@ def main():
 
     stamp = stamp_text(sha)
     out = args.out
+    clash = [lab for lab in LABELS if lab in list_path(out)]
+    if clash:
+        die("output folder %s contains the label name(s) %s: Darknet finds labels by "
+            "substring search over the whole path, so choose another --out"
+            % (out, ", ".join(clash)))
     if up_to_date(out, stamp):
         log("%s is up to date (stamp matches), nothing to do" % out)
         return

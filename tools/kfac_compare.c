@@ -37,13 +37,18 @@
  *   full_train_loss  mean cross-entropy over the whole training set with -full-train,
  *                    else nan
  *
- * Build (from the repo root; the -D flags must be the ones libdarknet.a was built with,
- * since darknet.h's structs change with GPU and CUDNN):
+ * Build: `make build/kfac_compare` (the top Makefile). By hand, from the repo root,
+ * against the CPU build of Darknet with darknet-kfac in build/darknet-cpu:
  *
- *   gcc -O2 -Ibuild/darknet/include -Ibuild/darknet/src tools/kfac_compare.c build/darknet/libdarknet.a -lopenblas -lm -pthread -o build/kfac_compare
+ *   gcc -O2 -Wall -Ibuild/darknet-cpu/include -Ibuild/darknet-cpu/src tools/kfac_compare.c build/darknet-cpu/libdarknet.a -lopenblas -lm -pthread -o build/kfac_compare
  *
- * Exit status: 0 after a complete run or a run stopped because the loss stopped being
- * finite (reported on stderr and in the TSV), 1 on usage or input errors.
+ * For a GPU build add the flags libdarknet.a was compiled with (-DGPU, -DCUDNN and
+ * CUDA's include folder) and its libraries: darknet.h's structs change with GPU and
+ * CUDNN, so a mismatch compiles but reads the wrong fields.
+ *
+ * Exit status: 0 after a complete run or a run stopped because the loss became NaN
+ * (reported on stderr; the TSV ends with that update's row), 1 on usage or input
+ * errors.
  */
 #include <math.h>
 #include <stdint.h>
@@ -61,7 +66,7 @@ typedef struct {
     const char *datacfg;     /* Darknet .data file: classes, train, valid, labels */
     const char *cfg;         /* network cfg */
     int seed;                /* seeds weights init (srand) and the batch generator */
-    int iters;               /* updates to run; 0 = the cfg's max_batches */
+    int iters;               /* updates to run; -1 = the cfg's max_batches */
     int eval;                /* evaluate every eval updates */
     float lr;                /* learning rate override; used when has_lr */
     int has_lr;              /* 1 when -lr was given */
@@ -112,6 +117,7 @@ static options parse_options(int argc, char **argv)
 {
     options o = {0};
     o.seed = 1;
+    o.iters = -1;
     o.eval = 10;
     int i;
     for (i = 1; i < argc; ++i) {
@@ -139,10 +145,25 @@ static options parse_options(int argc, char **argv)
         }
     }
     if (!o.datacfg || !o.cfg) usage(argv[0]);
-    if (o.iters < 0) { fprintf(stderr, "kfac_compare: -iters %d: must be >= 0\n", o.iters); exit(1); }
+    if (o.iters < -1) { fprintf(stderr, "kfac_compare: -iters %d: must be >= 0\n", o.iters); exit(1); }
     if (o.eval <= 0) { fprintf(stderr, "kfac_compare: -eval %d: must be > 0\n", o.eval); exit(1); }
     if (o.has_lr && o.lr <= 0) { fprintf(stderr, "kfac_compare: -lr %g: must be > 0\n", o.lr); exit(1); }
     return o;
+}
+
+/* ------------------------------------------------------------ files --------------- */
+
+/* Exits with status 1 unless path can be opened for reading. Darknet's own loaders
+ * exit with status 0 on a missing file (file_error, load_image_stb), which a script
+ * would take for success, so every file is checked here first. */
+static void file_require(const char *path, const char *what)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "kfac_compare: cannot open %s %s\n", what, path);
+        exit(1);
+    }
+    fclose(f);
 }
 
 /* ------------------------------------------------------------ batches ------------- */
@@ -178,6 +199,7 @@ static void batch_fill_random(data d, int n, float *X, float *y, uint64_t *state
 static data dataset_load(network *net, const char *list_file, char **labels, int classes,
                          int center)
 {
+    file_require(list_file, "image list");
     list *plist = get_paths((char *)list_file);
     char **paths = (char **)list_to_array(plist);
     int n = plist->size;
@@ -186,6 +208,8 @@ static data dataset_load(network *net, const char *list_file, char **labels, int
         fprintf(stderr, "kfac_compare: %s lists no images\n", list_file);
         exit(1);
     }
+    int i, j;
+    for (i = 0; i < n; ++i) file_require(paths[i], "image");
     int min = net->min_ratio * net->w;
     int max = net->max_ratio * net->w;
     data d;
@@ -202,7 +226,6 @@ static data dataset_load(network *net, const char *list_file, char **labels, int
                 list_file, d.X.cols, net->inputs);
         exit(1);
     }
-    int i, j;
     for (i = 0; i < d.y.rows; ++i) {
         float s = 0;
         for (j = 0; j < d.y.cols; ++j) s += d.y.vals[i][j];
@@ -259,11 +282,14 @@ int main(int argc, char **argv)
 {
     options o = parse_options(argc, argv);
 
+    file_require(o.datacfg, "data file");
+    file_require(o.cfg, "cfg");
     list *dopts = read_data_cfg((char *)o.datacfg);
     int classes = option_find_int(dopts, "classes", 2);
     char *train_list = option_find_str(dopts, "train", "data/train.list");
     char *test_list = option_find_str(dopts, "valid", "data/test.list");
     char *label_list = option_find_str(dopts, "labels", "data/labels.list");
+    file_require(label_list, "label list");
     list *llist = get_paths(label_list);
     if (llist->size != classes) {
         fprintf(stderr, "kfac_compare: %s has %d labels, %s says classes=%d\n",
@@ -280,7 +306,7 @@ int main(int argc, char **argv)
     srand(o.seed); /* weight initialization draws from rand() */
     network *net = load_network((char *)o.cfg, 0, 0);
     if (o.has_lr) net->learning_rate = o.lr;
-    if (o.iters == 0) o.iters = net->max_batches;
+    if (o.iters < 0) o.iters = net->max_batches;
     if (net->policy == POLY && o.iters > net->max_batches) {
         fprintf(stderr, "kfac_compare: -iters %d exceeds %s max_batches=%d: the poly "
                 "learning-rate policy is undefined past it\n", o.iters, o.cfg, net->max_batches);
@@ -292,15 +318,6 @@ int main(int argc, char **argv)
         exit(1);
     }
 
-    double t0 = what_time_is_it_now();
-    data train = dataset_load(net, train_list, labels, classes, 0);
-    data test = dataset_load(net, test_list, labels, classes, 1);
-    fprintf(stderr, "kfac_compare: loaded %d train and %d test images in %.1f s\n",
-            train.X.rows, test.X.rows, what_time_is_it_now() - t0);
-    printf("cfg %s seed %d lr %g momentum %g decay %g batch %d x %d, %d updates\n",
-           o.cfg, o.seed, net->learning_rate, net->momentum, net->decay, net->batch,
-           net->subdivisions, o.iters);
-
     FILE *tsv = 0;
     if (o.out) {
         tsv = fopen(o.out, "w");
@@ -310,6 +327,15 @@ int main(int argc, char **argv)
         }
         fprintf(tsv, "iter\ttrain_seconds\ttrain_loss\ttest_acc\ttest_loss\tfull_train_loss\n");
     }
+
+    double t0 = what_time_is_it_now();
+    data train = dataset_load(net, train_list, labels, classes, 0);
+    data test = dataset_load(net, test_list, labels, classes, 1);
+    fprintf(stderr, "kfac_compare: loaded %d train and %d test images in %.1f s\n",
+            train.X.rows, test.X.rows, what_time_is_it_now() - t0);
+    printf("cfg %s seed %d lr %g momentum %g decay %g batch %d x %d, %d updates\n",
+           o.cfg, o.seed, net->learning_rate, net->momentum, net->decay, net->batch,
+           net->subdivisions, o.iters);
 
     uint64_t rng = (uint64_t)(uint32_t)o.seed; /* batch generator, seeded like srand */
     double train_seconds = 0;
@@ -325,7 +351,7 @@ int main(int argc, char **argv)
             if (o.full_train) full = evaluate(net, train).loss;
             float tl = window_n ? window_loss / window_n : NAN;
             printf("iter %5d  %8.2f s  train_loss %.4f  avg %.4f  test_acc %.4f  test_loss %.4f",
-                   it, train_seconds, tl, avg_loss, te.acc, te.loss);
+                   it, train_seconds, tl, it ? avg_loss : NAN, te.acc, te.loss);
             if (o.full_train) printf("  full_train_loss %.4f", full);
             printf("\n");
             fflush(stdout);
@@ -354,14 +380,20 @@ int main(int argc, char **argv)
         avg_loss = avg_loss * .9 + loss * .1;
         window_loss += loss;
         ++window_n;
-        if (!isfinite(loss)) {
-            fprintf(stderr, "kfac_compare: loss is %g at update %d: stopping\n", loss, it);
+        /* An infinite loss is one image whose softmax output underflowed to 0 for its
+         * label: the gradient (t - p) stays finite, so training goes on. NaN means the
+         * network's outputs are NaN, which no later update repairs. */
+        if (isnan(loss)) {
+            fprintf(stderr, "kfac_compare: loss is nan at update %d: stopping\n", it);
             diverged = 1;
         }
     }
 
     if (it > 0) printf("mean seconds per update: %.4f\n", train_seconds / it);
-    if (tsv) fclose(tsv);
+    if (tsv && fclose(tsv) != 0) {
+        fprintf(stderr, "kfac_compare: error writing %s\n", o.out);
+        exit(1);
+    }
     if (o.weights_out) save_weights(net, (char *)o.weights_out);
 
     free_data(train);

@@ -1,0 +1,110 @@
+/* test_config: what the [kfac] section and the per-layer kfac= key turn into.
+ *
+ *  - no [kfac]: net->kfac is NULL (Darknet untouched);
+ *  - an empty [kfac]: the documented defaults (kfac_config.c, README.md);
+ *  - every key set: each value arrives, including fisher=empirical;
+ *  - kfac=0 on a layer and a max_dim below a layer's factor size: those layers stay
+ *    on SGD, the others are covered, whatever the position of the [kfac] section
+ *    among the layer sections (layer indices must not shift);
+ *  - a net whose last layer is not a softmax falls back to the empirical Fisher.
+ * (Rejected values are tests/test_cli.sh's job: they end the process.) */
+#include "kt.h"
+#include "kfac_internal.h"
+
+static const char *base = "tests/cfg/small.cfg"; /* layers: conv, conv, maxpool, conn, conn, softmax */
+
+static int covered(const network *net, int i)
+{
+    const float *A, *G;
+    int g, k, m;
+    return kfac_layer_factors(net, i, &A, &G, &g, &k, &m);
+}
+
+int main(void)
+{
+    network *net = kt_net(base, 1);
+    kt_check("no_kfac_section_no_kfac", net->kfac == NULL, "net->kfac set without a [kfac] section");
+    free_network(net);
+
+    net = kt_net(kt_cfg_with("build/tests/config-empty.cfg", base, "[kfac]\n"), 1);
+    const kfac_config *c = &kfac_of(net)->cfg;
+    kt_check("empty_section_gives_defaults",
+             c->damping == 1e-3f && c->decay == 0.95f && c->stats_interval == 10 && c->inverse_interval == 100 &&
+             c->kl_clip == 1e-3f && c->fisher == KFAC_FISHER_TRUE && c->warmup == 0 && c->max_dim == 4096 && c->seed == 1,
+             "got damping=%g decay=%g stats_interval=%d inverse_interval=%d kl_clip=%g fisher=%d warmup=%d max_dim=%d seed=%d",
+             c->damping, c->decay, c->stats_interval, c->inverse_interval, c->kl_clip, (int)c->fisher, c->warmup,
+             c->max_dim, c->seed);
+    kt_check("default_covers_all_conv_and_connected",
+             covered(net, 0) && covered(net, 1) && !covered(net, 2) && covered(net, 3) && covered(net, 4) && !covered(net, 5),
+             "coverage of layers 0-5: %d %d %d %d %d %d", covered(net, 0), covered(net, 1), covered(net, 2),
+             covered(net, 3), covered(net, 4), covered(net, 5));
+    kt_check("softmax_net_uses_true_fisher", kfac_of(net)->true_fisher == 1 && kfac_of(net)->loss_index == 5,
+             "true_fisher %d loss_index %d", kfac_of(net)->true_fisher, kfac_of(net)->loss_index);
+    free_network(net);
+
+    net = kt_net(kt_cfg_with("build/tests/config-all.cfg", base,
+                             "[kfac]\ndamping=0.25\ndecay=0.5\nstats_interval=3\ninverse_interval=7\nkl_clip=0.01\n"
+                             "fisher=empirical\nwarmup=11\nmax_dim=30\nseed=42\n"),
+                 1);
+    c = &kfac_of(net)->cfg;
+    kt_check("every_key_arrives",
+             c->damping == 0.25f && c->decay == 0.5f && c->stats_interval == 3 && c->inverse_interval == 7 &&
+             c->kl_clip == 0.01f && c->fisher == KFAC_FISHER_EMPIRICAL && c->warmup == 11 && c->max_dim == 30 && c->seed == 42,
+             "got damping=%g decay=%g stats_interval=%d inverse_interval=%d kl_clip=%g fisher=%d warmup=%d max_dim=%d seed=%d",
+             c->damping, c->decay, c->stats_interval, c->inverse_interval, c->kl_clip, (int)c->fisher, c->warmup,
+             c->max_dim, c->seed);
+    /* layer 1 (conv 3x3x4 + bias: A is 37 > max_dim 30) stays on SGD; layer 0 (A 27) is covered */
+    kt_check("max_dim_leaves_big_layers_on_sgd", covered(net, 0) && !covered(net, 1) && covered(net, 3) && covered(net, 4),
+             "coverage of layers 0, 1, 3, 4: %d %d %d %d", covered(net, 0), covered(net, 1), covered(net, 3), covered(net, 4));
+    kt_check("empirical_fisher_when_asked", kfac_of(net)->true_fisher == 0, "true_fisher %d", kfac_of(net)->true_fisher);
+    free_network(net);
+
+    /* kfac=0 on layers 1 and 3, with the [kfac] section between the layer sections */
+    {
+        const char *path = "build/tests/config-kfac0.cfg";
+        FILE *in = fopen(base, "r"), *out = fopen(path, "w");
+        char line[512];
+        int conv = 0, conn = 0;
+        while (fgets(line, sizeof line, in)) {
+            fputs(line, out);
+            if (!strcmp(line, "[convolutional]\n") && conv++ == 1) fputs("kfac=0\n", out);
+            if (!strcmp(line, "[connected]\n") && conn++ == 0) fputs("kfac=0\n", out);
+            if (!strcmp(line, "[maxpool]\n")) fputs("size=2\nstride=2\n\n[kfac]\nstats_interval=2\n\n[maxpool]\n", out);
+        }
+        fclose(in);
+        fclose(out);
+        /* the extra [maxpool] (layer 3 now: 6x6 -> ... ) shifts the connected layers to 4 and 5 */
+        net = kt_net(path, 1);
+        kt_check("kfac_section_between_layers_is_taken_out", net->n == 7 && net->kfac && kfac_of(net)->cfg.stats_interval == 2,
+                 "n = %d layers, kfac %p", net->n, net->kfac);
+        kt_check("kfac_0_leaves_layers_on_sgd",
+                 covered(net, 0) && !covered(net, 1) && !covered(net, 2) && !covered(net, 3) && !covered(net, 4) &&
+                 covered(net, 5),
+                 "coverage of layers 0-5: %d %d %d %d %d %d", covered(net, 0), covered(net, 1), covered(net, 2),
+                 covered(net, 3), covered(net, 4), covered(net, 5));
+        free_network(net);
+    }
+
+    /* no softmax at the end: a [cost] layer (sse) cannot be sampled through -> empirical */
+    {
+        const char *path = "build/tests/config-cost.cfg";
+        FILE *in = fopen(base, "r"), *out = fopen(path, "w");
+        char line[512];
+        while (fgets(line, sizeof line, in)) fputs(!strcmp(line, "[softmax]\n") ? "[cost]\ntype=sse\n" : line, out);
+        fprintf(out, "\n[kfac]\n");
+        fclose(in);
+        fclose(out);
+        net = kt_net(path, 1);
+        kt_check("non_softmax_loss_falls_back_to_empirical", kfac_of(net)->true_fisher == 0 && kfac_of(net)->cfg.fisher == KFAC_FISHER_TRUE,
+                 "true_fisher %d", kfac_of(net)->true_fisher);
+        /* and trains: the fallback must capture statistics from the real backward */
+        kt_train_updates(net, 61, 0, 10);
+        const float *A, *G;
+        int g, k, m;
+        kfac_layer_factors(net, 4, &A, &G, &g, &k, &m);
+        kt_check("empirical_fallback_collects_factors", kfac_of(net)->layers[3].have_factors && G[0] > 0,
+                 "have_factors %d G[0] %g", kfac_of(net)->layers[3].have_factors, G[0]);
+        free_network(net);
+    }
+    return kt_exit();
+}
