@@ -25,10 +25,12 @@ endif
 endif
 
 TOP := $(abspath .)
-BUILD := $(TOP)/build
+BUILD := build
 CACHE := $(BUILD)/cache
-VARIANT := cpu$(if $(filter 1,$(GPU)),-gpu)$(if $(filter 1,$(CUDNN)),-cudnn)$(if $(filter 1,$(OPENCV)),-opencv)
+VARIANT := $(if $(filter 1,$(GPU)),gpu,cpu)$(if $(filter 1,$(CUDNN)),-cudnn)$(if $(filter 1,$(OPENCV)),-opencv)
 DK := $(BUILD)/darknet-$(VARIANT)
+# the demo's driver, one per variant (its structs follow GPU/CUDNN)
+COMPARE := $(BUILD)/kfac_compare$(if $(filter-out cpu,$(VARIANT)),-$(VARIANT))
 PRISTINE := $(if $(DARKNET_SRC),$(abspath $(DARKNET_SRC)),$(BUILD)/darknet-debian)
 KFAC_SRCS := $(wildcard darknet-kfac/*.c darknet-kfac/*.h darknet-kfac/*.cu darknet-kfac/kfac.mk)
 PATCHES := patches/series $(wildcard patches/*.patch)
@@ -42,7 +44,7 @@ $(info nvcc found ($(NVCC)): GPU build on, CUDA_ARCH=$(CUDA_ARCH))
 endif
 
 .PHONY: all darknet setup fetch demo test bench bench-gpu clean distclean
-all: darknet $(BUILD)/kfac_compare
+all: darknet $(COMPARE)
 
 setup:
 	tools/setup.sh $(if $(filter 1,$(OPENCV)),opencv)
@@ -68,9 +70,12 @@ $(DK)/.kfac-stamp: $(KFAC_SRCS) $(DK)/.patched
 	touch $@
 darknet: $(DK)/.kfac-stamp
 
-$(BUILD)/kfac_compare: tools/kfac_compare.c darknet
-	$(CC) -O2 -Wall -I$(DK)/include -I$(DK)/src -I$(TOP)/darknet-kfac $< $(DK)/libdarknet.a \
-	    $(shell $(MAKE) -s -C $(DK) KFAC_DIR=$(TOP)/darknet-kfac GPU=$(GPU) CUDNN=$(CUDNN) OPENCV=$(OPENCV) print-ldflags) -o $@
+$(COMPARE): tools/kfac_compare.c darknet
+	$(CC) -O2 -Wall -I$(DK)/include -I$(DK)/src -I$(TOP)/darknet-kfac \
+	    $(if $(filter 1,$(GPU)),-DGPU -I$(dir $(NVCC))../include) $(if $(filter 1,$(CUDNN)),-DCUDNN) \
+	    $< $(DK)/libdarknet.a \
+	    $(shell $(MAKE) -s -C $(DK) KFAC_DIR=$(TOP)/darknet-kfac GPU=$(GPU) CUDNN=$(CUDNN) OPENCV=$(OPENCV) \
+	        OPENBLAS_LIB=$(OPENBLAS_LIB) NVCC="$(NVCC)" print-ldflags) -o $@
 
 demo: all
 	tools/demo.sh
@@ -81,8 +86,12 @@ test: all
 bench: all
 	tools/bench.sh $(DK)
 
+# GPU benchmark (needs a GPU; builds the GPU variant itself): BENCHMARKS.md's GPU part
+bench-gpu:
+	tools/bench_gpu.sh
+
 clean:
-	rm -rf $(BUILD)/darknet-cpu* $(BUILD)/kfac_compare $(BUILD)/tests
+	rm -rf $(BUILD)/darknet-cpu* $(BUILD)/darknet-gpu* $(BUILD)/kfac_compare* $(BUILD)/tests
 
 distclean:
 	rm -rf $(BUILD)

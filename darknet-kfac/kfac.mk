@@ -7,17 +7,36 @@
 KFAC_OBJ := kfac_config.o kfac_network.o kfac_factors.o kfac_inverse.o \
             kfac_precondition.o kfac_fisher.o kfac_state.o kfac_util.o
 ifeq ($(GPU), 1)
-KFAC_OBJ += kfac_kernels.o
+KFAC_OBJ += kfac_gpu.o kfac_kernels.o
 LDFLAGS += -lcusolver
+# libcuda.so comes with the driver; a build machine without one links against the
+# toolkit's stub (the binary then loads the driver's libcuda.so.1 at run time)
+KFAC_CUDA_HOME := $(patsubst %/bin/nvcc,%,$(realpath $(shell command -v $(NVCC) 2>/dev/null)))
+LDFLAGS += -L$(or $(KFAC_CUDA_HOME),/usr/local/cuda)/lib64/stubs
 endif
 
 VPATH := $(VPATH):$(KFAC_DIR)
 COMMON += -I$(KFAC_DIR)
 OBJ += $(KFAC_OBJ)
+# OPENBLAS_LIB=/abs/path/libopenblas.a (best in the environment) links that archive,
+# with cblas.h beside it, instead of the system's -lopenblas: a GPU machine without
+# Debian's -dev packages (tests/gpu/pack_openblas.sh, tests/gpu/README.md)
+ifeq ($(OPENBLAS_LIB),)
 LDFLAGS += -lopenblas
+else
+ifneq ($(filter /%,$(OPENBLAS_LIB)),$(OPENBLAS_LIB))
+$(error OPENBLAS_LIB=$(OPENBLAS_LIB): give an absolute path)
+endif
+COMMON += -I$(dir $(OPENBLAS_LIB))
+# whole: Darknet puts libdarknet.a after LDFLAGS, so an archive would be scanned too early
+KFAC_BLAS_LINK := -Wl,--whole-archive $(OPENBLAS_LIB) -Wl,--no-whole-archive
+LDFLAGS += $(KFAC_BLAS_LINK)
+# a static OpenBLAS is not position-independent: libdarknet.so leaves BLAS to the program
+$(SLIB): LDFLAGS := $(filter-out $(KFAC_BLAS_LINK),$(LDFLAGS))
+endif
 
 # Darknet compiles with -Ofast; K-FAC's NaN/Inf checks must not be optimised away.
-$(OBJDIR)kfac_%.o: CFLAGS += -fno-finite-math-only -std=gnu99
+$(addprefix $(OBJDIR),$(filter-out kfac_kernels.o,$(KFAC_OBJ))): CFLAGS += -fno-finite-math-only -std=gnu99
 $(addprefix $(OBJDIR),$(KFAC_OBJ)): $(wildcard $(KFAC_DIR)/*.h)
 
 print-ldflags:

@@ -8,6 +8,7 @@
  * backward that follows computes exactly what it would have without K-FAC. */
 #include <string.h>
 #include "kfac_internal.h"
+#include "kfac_gpu.h"
 
 /* saved is 3 x net->n: the weight, bias and scale update buffers of each layer */
 static void redirect_updates(network *net, float *sink, float **saved)
@@ -62,6 +63,11 @@ void kfac_network_fisher_pass(network *net)
         k->capture = KFAC_CAPTURE_A | KFAC_CAPTURE_G; /* from the real backward */
         return;
     }
+#ifdef GPU
+    if (net->gpu_index >= 0) { kfac_network_fisher_pass_gpu(net); return; }
+#endif
+    /* the whole pass counts as statistics time (its captures add themselves) */
+    double t0 = kfac_now(), counted = k->t_stats;
     layer *soft = &net->layers[k->loss_index];
     size_t nd = (size_t)soft->outputs * soft->batch;
     float **saved = (float **)kfac_calloc((size_t)net->n * 3, sizeof(float *));
@@ -80,4 +86,5 @@ void kfac_network_fisher_pass(network *net)
         if (l->delta) memset(l->delta, 0, (size_t)l->outputs * l->batch * sizeof(float));
     }
     memcpy(soft->delta, k->loss_delta_save, nd * sizeof(float));
+    k->t_stats = counted + (kfac_now() - t0);
 }

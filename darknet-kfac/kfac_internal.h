@@ -72,6 +72,11 @@ typedef struct {
     float *EA, *dA;         /* groups x K x K, groups x K */
     float *EG, *dG;         /* groups x M x M, groups x M */
     int have_inverse;
+    /* damped inverses from the eigendecompositions, used at every update:
+     * Ainv = Q_A diag(1/(d_A + lA)) Q_A^T, Ginv likewise (kfac_precondition.c) */
+    float *Ainv, *Ginv;     /* groups x K x K, groups x M x M */
+    float inv_damping;      /* the damping Ainv and Ginv were built with; 0 = stale */
+    int inv_ok;             /* 0: a factor was all zeros, the layer stays on SGD */
     /* update integration, DESIGN.md 4: snapshots of the *_updates buffers taken right
      * after each update (they then hold momentum*v) */
     float *w_snap;          /* nweights */
@@ -79,6 +84,13 @@ typedef struct {
     float *D, *P;           /* groups x M x K: new gradient and its preconditioned form */
     float *tmp;             /* M x K scratch */
     int bad_factors_logged, bad_eig_logged, bad_grad_logged;
+    /* GPU twins in device memory (kfac_gpu.c), NULL in CPU runs; same shapes as above.
+     * The host arrays then only stage the state file and kfac_layer_factors. */
+    float *A_gpu, *G_gpu, *A_acc_gpu, *G_acc_gpu;
+    float *EA_gpu, *dA_gpu, *EG_gpu, *dG_gpu, *Ainv_gpu, *Ginv_gpu;
+    float *damp_gpu;        /* groups x 2: (lA, lG) of the damped inverses */
+    float *w_snap_gpu, *b_snap_gpu, *D_gpu, *P_gpu;
+    float *tmp_gpu;         /* groups x M x K scratch */
 } kfac_layer;
 
 /* ---- network state -------------------------------------------------------------- */
@@ -101,6 +113,7 @@ typedef struct {
     float *patches;         /* K x (images*T) im2col buffer for A */
     size_t patches_len;
     double t_stats, t_inverse, t_precond;
+    struct kfac_gpu_net *gpu; /* device handles and scratch (kfac_gpu.h); NULL on the CPU */
 } kfac_net;
 
 static inline kfac_net *kfac_of(const network *net) { return (kfac_net *)net->kfac; }
@@ -108,6 +121,11 @@ static inline kfac_net *kfac_of(const network *net) { return (kfac_net *)net->kf
 /* kfac_config.c */
 void kfac_config_free(kfac_config *c);
 void kfac_config_print(const kfac_config *c, FILE *out);
+
+/* kfac_network.c: decisions shared by the CPU and GPU paths */
+int kfac_inverse_due(const kfac_net *k);
+double kfac_kl_term(const update_args *a, const layer *l, double p_dot_d);
+float kfac_kl_scale(const kfac_net *k, const network *net, const update_args *a, double quad);
 
 /* kfac_factors.c */
 int kfac_stats_step(const kfac_net *k);
@@ -120,6 +138,7 @@ int kfac_inverse_update_cpu(kfac_layer *kl);
 int kfac_eigh_cpu(float *a, float *w, int n); /* a (n x n) -> rows of eigenvectors */
 
 /* kfac_precondition.c */
+void kfac_damped_inverses_cpu(kfac_layer *kl, float damping);
 void kfac_precondition_layer_cpu(kfac_layer *kl, float damping);
 void kfac_gather_gradient_cpu(kfac_layer *kl, const layer *l);
 void kfac_scatter_update_cpu(kfac_layer *kl, const layer *l, float scale);

@@ -75,5 +75,6 @@ int kfac_inverse_update_cpu(kfac_layer *kl)
         return -1;
     }
     kl->have_inverse = 1;
+    kl->inv_damping = 0; /* the damped inverses are rebuilt from the new decomposition */
     return 0;
 }

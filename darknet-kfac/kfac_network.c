@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "kfac_internal.h"
+#include "kfac_gpu.h"
 
 static const char *layer_kind(const layer *l)
 {
@@ -52,6 +53,8 @@ static void alloc_layer(kfac_layer *kl, const layer *l)
     kl->dA = (float *)kfac_calloc(g * K, sizeof(float));
     kl->EG = (float *)kfac_calloc(g * M * M, sizeof(float));
     kl->dG = (float *)kfac_calloc(g * M, sizeof(float));
+    kl->Ainv = (float *)kfac_calloc(g * K * K, sizeof(float));
+    kl->Ginv = (float *)kfac_calloc(g * M * M, sizeof(float));
     kl->w_snap = (float *)kfac_calloc(g * M * (size_t)kl->k_in, sizeof(float));
     if (kl->has_bias) kl->b_snap = (float *)kfac_calloc(g * M, sizeof(float));
     kl->D = (float *)kfac_calloc(g * M * K, sizeof(float));
@@ -139,6 +142,9 @@ void kfac_network_attach(network *net, void *cfgp)
         }
     }
     net->kfac = k;
+#ifdef GPU
+    if (net->gpu_index >= 0) kfac_network_attach_gpu(net);
+#endif
 
     fprintf(stderr, "K-FAC: ");
     kfac_config_print(&k->cfg, stderr);
@@ -156,7 +162,7 @@ void kfac_network_attach(network *net, void *cfgp)
 static void free_layer_state(kfac_layer *kl)
 {
     free(kl->A); free(kl->G); free(kl->A_acc); free(kl->G_acc);
-    free(kl->EA); free(kl->dA); free(kl->EG); free(kl->dG);
+    free(kl->EA); free(kl->dA); free(kl->EG); free(kl->dG); free(kl->Ainv); free(kl->Ginv);
     free(kl->w_snap); free(kl->b_snap); free(kl->D); free(kl->P); free(kl->tmp);
 }
 
@@ -165,6 +171,9 @@ void kfac_network_free(network *net)
     kfac_net *k = kfac_of(net);
     int i;
     if (!k) return;
+#ifdef GPU
+    if (k->gpu) kfac_network_free_gpu(net);
+#endif
     for (i = 0; i < k->nlayers; ++i) {
         net->layers[k->layers[i].index].kfac = NULL;
         free_layer_state(&k->layers[i]);
@@ -184,16 +193,60 @@ void kfac_layer_backward(network *net, int index, float *input)
     layer *l = &net->layers[index];
     kfac_layer *kl = (kfac_layer *)l->kfac;
     if (!kl || !k->capture) return;
+    /* resize_network (random=1 in Darknet's trainers) changes a conv layer's output size */
+    if (kl->type == CONVOLUTIONAL) kl->T = l->out_h * l->out_w;
+#ifdef GPU
+    if (net->gpu_index >= 0) { kfac_layer_backward_gpu(net, kl, l, input); return; }
+#endif
     double t0 = kfac_now();
     if (k->capture & KFAC_CAPTURE_A) kfac_factors_capture_A_cpu(k, kl, l, input);
     if (k->capture & KFAC_CAPTURE_G) kfac_factors_capture_G_cpu(kl, l);
     k->t_stats += kfac_now() - t0;
 }
 
+/* ---- decisions shared by the CPU and GPU paths --------------------------------- */
+
+/* Inverses every inverse_interval updates; during the first inverse_interval updates
+ * also on every statistics step, since the curvature moves fastest at the start and
+ * the first factors come from a single batch at the initial weights.  This costs at
+ * most inverse_interval/stats_interval extra decompositions, once. */
+int kfac_inverse_due(const kfac_net *k)
+{
+    int since = k->step - k->cfg.warmup;
+    if (since < 0) return 0;
+    return since % k->cfg.inverse_interval == 0 ||
+           (since < k->cfg.inverse_interval && kfac_stats_step(k));
+}
+
+/* One layer's share of the KL-clip quadratic, lr_eff^2 <P/B, D/B> (DESIGN.md 4), with
+ * lr_eff = lr/(1 - momentum): the step that momentum builds from a steady gradient.
+ * Without that factor a clipped step is taken again and again by the momentum buffer
+ * (measured: momentum 0.9 on the demo CNN diverged within 40 updates at any rate). */
+double kfac_kl_term(const update_args *a, const layer *l, double p_dot_d)
+{
+    double lr = (double)a->learning_rate * l->learning_rate_scale / (1.0 - fmin(a->momentum, 0.999));
+    double B = (double)a->batch;
+    return lr * lr * p_dot_d / (B * B);
+}
+
+/* KL clip: nu = min(1, sqrt(bound / quad)).  The bound is kl_clip at the cfg's
+ * learning_rate and follows Darknet's policy (burn_in, steps, poly, ...) as
+ * (rate / learning_rate)^2, so a clipped step still shrinks when the rate does. */
+float kfac_kl_scale(const kfac_net *k, const network *net, const update_args *a, double quad)
+{
+    if (k->identity || k->cfg.kl_clip <= 0 || !(quad > 0) || !(net->learning_rate > 0)) return 1.0f;
+    double rel = a->learning_rate / net->learning_rate;
+    double r = sqrt(k->cfg.kl_clip * rel * rel / quad);
+    return r < 1 ? (float)r : 1.0f;
+}
+
 void kfac_network_precondition(network *net, update_args *a)
 {
     kfac_net *k = kfac_of(net);
     int i;
+#ifdef GPU
+    if (net->gpu_index >= 0) { kfac_network_precondition_gpu(net, a); return; }
+#endif
     k->capture = KFAC_CAPTURE_NONE;
     double t0 = kfac_now();
     if (kfac_stats_step(k))
@@ -202,7 +255,7 @@ void kfac_network_precondition(network *net, update_args *a)
     k->t_stats += t1 - t0;
     if (k->step < k->cfg.warmup) return;
 
-    int refresh = (k->step - k->cfg.warmup) % k->cfg.inverse_interval == 0;
+    int refresh = kfac_inverse_due(k);
     for (i = 0; i < k->nlayers; ++i) {
         kfac_layer *kl = &k->layers[i];
         if (!k->identity && kl->have_factors && (refresh || !kl->have_inverse)) kfac_inverse_update_cpu(kl);
@@ -222,9 +275,10 @@ void kfac_network_precondition(network *net, update_args *a)
         if (!kfac_all_finite(kl->D, len)) {
             if (!kl->bad_grad_logged++)
                 kfac_log("layer %d: non-finite gradient, this update's gradient dropped for the layer (logged once)", kl->index);
-            /* write back the snapshot alone: the momentum step without the bad gradient */
-            memset(kl->P, 0, len * sizeof(float));
-            active[i] = 2;
+            /* write back the snapshot alone: the momentum step without the bad gradient
+             * (copied, as on the GPU: adding 0 - D would leave NaN + (0 - NaN) = NaN) */
+            memcpy(l->weight_updates, kl->w_snap, (size_t)kl->groups * kl->M * kl->k_in * sizeof(float));
+            if (kl->has_bias) memcpy(l->bias_updates, kl->b_snap, (size_t)kl->groups * kl->M * sizeof(float));
             continue;
         }
         if (k->identity) {
@@ -238,17 +292,11 @@ void kfac_network_precondition(network *net, update_args *a)
                 active[i] = 2;
                 continue;
             }
-            float lr = a->learning_rate * l->learning_rate_scale;
-            float B = (float)a->batch;
-            quad += (double)lr * lr * kfac_dot_cpu(kl->P, kl->D, len) / ((double)B * B);
+            quad += kfac_kl_term(a, l, kfac_dot_cpu(kl->P, kl->D, len));
         }
         active[i] = 1;
     }
-    float nu = 1.0f;
-    if (!k->identity && k->cfg.kl_clip > 0 && quad > 0) {
-        double r = sqrt(k->cfg.kl_clip / quad);
-        if (r < 1) nu = (float)r;
-    }
+    float nu = kfac_kl_scale(k, net, a, quad);
     for (i = 0; i < k->nlayers; ++i) {
         kfac_layer *kl = &k->layers[i];
         if (!active[i]) continue;
@@ -262,6 +310,9 @@ void kfac_network_updated(network *net)
 {
     kfac_net *k = kfac_of(net);
     int i;
+#ifdef GPU
+    if (net->gpu_index >= 0) { kfac_network_updated_gpu(net); return; }
+#endif
     for (i = 0; i < k->nlayers; ++i) {
         kfac_layer *kl = &k->layers[i];
         const layer *l = &net->layers[kl->index];
@@ -284,6 +335,9 @@ void kfac_network_set_identity(network *net, int identity)
 void kfac_network_timing(const network *net, double *stats, double *inverse, double *precond)
 {
     const kfac_net *k = kfac_of(net);
+#ifdef GPU
+    if (k->gpu) kfac_timing_collect_gpu(kfac_of(net));
+#endif
     *stats = k->t_stats;
     *inverse = k->t_inverse;
     *precond = k->t_precond;
@@ -294,6 +348,9 @@ int kfac_layer_factors(const network *net, int index, const float **A, const flo
 {
     const kfac_layer *kl = (const kfac_layer *)net->layers[index].kfac;
     if (!kl) return 0;
+#ifdef GPU
+    if (net->gpu_index >= 0) kfac_layer_pull_factors_gpu(net, (kfac_layer *)kl);
+#endif
     *A = kl->A; *G = kl->G; *groups = kl->groups; *a_dim = kl->K; *g_dim = kl->M;
     return 1;
 }

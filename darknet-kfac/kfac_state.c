@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "kfac_internal.h"
+#include "kfac_gpu.h"
 
 #define KFAC_STATE_MAGIC 0x4341464bu /* "KFAC" */
 #define KFAC_STATE_VERSION 1u
@@ -65,6 +66,9 @@ void kfac_state_save(network *net, const char *weightfile)
     int i;
     snprintf(path, sizeof path, "%s.kfac", weightfile);
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
+#ifdef GPU
+    if (net->gpu_index >= 0) kfac_state_pull_gpu(net); /* the host arrays stage the file */
+#endif
     kfac_stream s = {fopen(tmp, "wb"), tmp, 0xcbf29ce484222325ULL, 0};
     if (!s.fp) {
         kfac_log("cannot write %s (%s): K-FAC state not saved; the weights are saved", tmp, strerror(errno));
@@ -199,6 +203,7 @@ void kfac_state_load(network *net, const char *weightfile)
         if (kl->has_bias) memcpy(kl->b_snap, t->b_snap, gM * sizeof(float));
         kl->have_factors = t->have_factors;
         kl->have_inverse = t->have_inverse;
+        kl->inv_damping = 0; /* damped inverses rebuilt from the loaded decomposition */
         free(t->A); free(t->G); free(t->EA); free(t->dA); free(t->EG); free(t->dG); free(t->w_snap); free(t->b_snap);
     }
     for (i = 0; i < net->n; ++i) {
@@ -215,5 +220,8 @@ void kfac_state_load(network *net, const char *weightfile)
     free(tmp);
     k->step = step;
     k->rng = rng;
+#ifdef GPU
+    if (net->gpu_index >= 0) kfac_state_push_gpu(net);
+#endif
     kfac_log("resumed from %s at K-FAC step %d", path, step);
 }

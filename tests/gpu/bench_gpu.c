@@ -36,7 +36,9 @@ static void die(const char *msg, const char *arg)
 /* A copy of cfg without its [kfac] section, in a temporary file; returns its path. */
 static char *cfg_without_kfac(const char *cfg)
 {
-    static char out[] = "/tmp/bench_gpu_sgd_XXXXXX";
+    static char out[4096];
+    const char *tmp = getenv("TMPDIR");
+    snprintf(out, sizeof out, "%s/bench_gpu_sgd_XXXXXX", tmp && *tmp ? tmp : "/tmp");
     FILE *in = fopen(cfg, "r");
     int fd = mkstemp(out);
     FILE *o = fd >= 0 ? fdopen(fd, "w") : NULL;

@@ -75,6 +75,7 @@ EOF
     if [ -z "${OPENBLAS_LIB:-}" ] && [ -f build/openblas/libopenblas.a ]; then
         OPENBLAS_LIB=$ROOT/build/openblas/libopenblas.a
     fi
+    [ -n "${OPENBLAS_LIB:-}" ] && export OPENBLAS_LIB
     MAKEVARS=(GPU=1)
     [ -n "${CUDA_ARCH:-}" ] && MAKEVARS+=("CUDA_ARCH=$CUDA_ARCH")
     [ -n "${OPENBLAS_LIB:-}" ] && MAKEVARS+=("OPENBLAS_LIB=$OPENBLAS_LIB")
@@ -88,7 +89,7 @@ gpu_build() {
         GPU_BUILD_ERROR="make ${MAKEVARS[*]} CUDNN=$cudnn darknet failed (log: $log)"
         return 1
     fi
-    dk=build/darknet-cpu-gpu$([ "$cudnn" = 1 ] && echo -cudnn)
+    dk=build/darknet-gpu$([ "$cudnn" = 1 ] && echo -cudnn)
     vdir=$OUT/cudnn$cudnn
     mkdir -p "$vdir"
     ld=$(make -s -C "$dk" KFAC_DIR="$ROOT/darknet-kfac" "${MAKEVARS[@]}" CUDNN="$cudnn" NVCC="$(command -v nvcc)" print-ldflags)

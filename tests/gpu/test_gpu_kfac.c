@@ -509,14 +509,26 @@ static void test_update(void)
     pull_params(ng);
     int same = kt_nets_same_bits(nc, ng);
     kt_check("update_same_start", same, "the CPU and GPU nets start from different weights");
+    /* Darknet's GPU forward/backward sums in other orders (1e-6), then the
+     * eigendecompositions of factors with few samples (rank <= batch*T) spread it
+     * through the damped inverses: 2e-3 leaves room for that, not for a bug (a wrong
+     * term moves the change by O(1)).  cuDNN's batch norm normalizes by the biased
+     * variance (1/n), Darknet's CPU code by 1/(n-1): with n = 4*36 values per channel
+     * the normalized activations differ by 0.35%, so that build is held to 2e-2 (the
+     * build without cuDNN holds the GPU K-FAC code to 2e-3). */
+#ifdef CUDNN
+    const double tol = 2e-2;
+    /* and with p 0.35% apart, a sampled label would differ whenever a uniform falls
+     * that close to a class boundary: this build compares the empirical Fisher, the
+     * build without cuDNN the sampled one */
+    kfac_of(nc)->true_fisher = kfac_of(ng)->true_fisher = 0;
+#else
+    const double tol = 2e-3;
+#endif
     for (u = 0; u < 3; ++u) {
         kt_train_updates(nc, 1, u, 1);
         kt_train_updates(ng, 1, u, 1);
-        /* Darknet's GPU forward/backward sums in other orders (1e-6), then the
-         * eigendecompositions of factors with few samples (rank <= batch*T) spread it
-         * through the damped inverses: 2e-3 leaves room for that, not for a bug (a
-         * wrong term moves the change by O(1)) */
-        compare_nets(nc, ng, w0, b0, u + 1, 2e-3);
+        compare_nets(nc, ng, w0, b0, u + 1, tol);
     }
     kt_check("update_steps", kfac_network_step(nc) == 3 && kfac_network_step(ng) == 3,
              "steps CPU %d GPU %d", kfac_network_step(nc), kfac_network_step(ng));
