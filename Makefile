@@ -32,7 +32,6 @@ DK := $(BUILD)/darknet-$(VARIANT)
 # the demo's driver, one per variant (its structs follow GPU/CUDNN)
 COMPARE := $(BUILD)/kfac_compare$(if $(filter-out cpu,$(VARIANT)),-$(VARIANT))
 PRISTINE := $(if $(DARKNET_SRC),$(abspath $(DARKNET_SRC)),$(BUILD)/darknet-debian)
-KFAC_SRCS := $(wildcard darknet-kfac/*.c darknet-kfac/*.h darknet-kfac/*.cu darknet-kfac/kfac.mk)
 PATCHES := patches/series $(wildcard patches/*.patch)
 NVCC ?= $(shell command -v nvcc 2>/dev/null || { test -x /usr/local/cuda/bin/nvcc && echo /usr/local/cuda/bin/nvcc; })
 
@@ -46,10 +45,12 @@ endif
 .PHONY: all darknet setup fetch demo test bench bench-gpu clean distclean
 all: darknet $(COMPARE)
 
+# Installs the Debian packages the build needs (as root), or names them and stops.
+# Every build checks first; the check itself is a few dpkg queries.
 setup:
-	tools/setup.sh $(if $(filter 1,$(OPENCV)),opencv)
+	@tools/setup.sh $(if $(filter 1,$(OPENCV)),opencv)
 
-$(BUILD)/darknet-debian/.fetched: tools/fetch_darknet.sh
+$(BUILD)/darknet-debian/.fetched: tools/fetch_darknet.sh | setup
 	tools/fetch_darknet.sh $(CACHE) $(BUILD)/darknet-debian
 	touch $@
 
@@ -59,16 +60,11 @@ fetch: $(if $(DARKNET_SRC),,$(BUILD)/darknet-debian/.fetched)
 $(DK)/.patched: $(PATCHES) tools/apply_patches.sh $(if $(DARKNET_SRC),,$(BUILD)/darknet-debian/.fetched)
 	tools/apply_patches.sh $(PRISTINE) $(DK) patches
 
-darknet: $(DK)/.patched
+darknet: $(DK)/.patched | setup
 	$(MAKE) -C $(DK) -j2 GPU=$(GPU) CUDNN=$(CUDNN) OPENCV=$(OPENCV) \
 	    CUDA_ARCH="$(CUDA_ARCH)" NVCC="$(NVCC)" KFAC_DIR=$(TOP)/darknet-kfac
 	@echo "built $(DK)/darknet and libdarknet.a with darknet-kfac ($(VARIANT))"
 
-# Rebuild Darknet's objects when a K-FAC source changes (Darknet's Makefile only
-# tracks its own headers).
-$(DK)/.kfac-stamp: $(KFAC_SRCS) $(DK)/.patched
-	touch $@
-darknet: $(DK)/.kfac-stamp
 
 $(COMPARE): tools/kfac_compare.c darknet
 	$(CC) -O2 -Wall -I$(DK)/include -I$(DK)/src -I$(TOP)/darknet-kfac \

@@ -17,7 +17,7 @@ typedef struct {
 
 /* Defaults: the values README.md documents.  Keep the two in step. */
 static const kfac_config kfac_defaults = {
-    .damping = 1e-3f,
+    .damping = 1e-2f,
     .decay = 0.95f,
     .stats_interval = 10,
     .inverse_interval = 100,

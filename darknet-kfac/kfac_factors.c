@@ -4,7 +4,8 @@
  *   G = E_i[ (1/T) sum_t g_t g_t^T ]     M x M, g_t = l.delta at location t
  *
  * summed over every image of an update (all subdivisions) and folded into running
- * averages X <- decay*X + (1-decay)*X_batch on statistics steps.  The products run in
+ * averages X <- decay*X + (1-decay)*X_batch on statistics steps (the plain mean while
+ * there are fewer than 1/(1-decay) batches: kfac_fold_weight).  The products run in
  * OpenBLAS (ssyrk); patches are built here because net.workspace does not hold them
  * at backward time. */
 #include <cblas.h>
@@ -115,11 +116,11 @@ void kfac_factors_capture_G_cpu(kfac_layer *kl, const layer *l)
     kl->n_acc_G += B;
 }
 
-/* X <- decay*X + (1-decay)*(acc/n), from the upper triangle of acc, kept full. */
-static void fold_one(float *X, float *acc, int dim, int groups, int n, float decay, int first)
+/* X <- (1-w)*X + w*(acc/n), from the upper triangle of acc, kept full. */
+static void fold_one(float *X, float *acc, int dim, int groups, int n, float w)
 {
     int g, i, j;
-    float w_new = first ? 1.0f : 1.0f - decay, w_old = first ? 0.0f : decay;
+    float w_new = w, w_old = 1.0f - w;
     float inv_n = 1.0f / (float)n;
     for (g = 0; g < groups; ++g) {
         float *x = X + (size_t)g * dim * dim, *a = acc + (size_t)g * dim * dim;
@@ -144,9 +145,10 @@ void kfac_factors_fold_cpu(kfac_layer *kl, float decay)
         memset(kl->A_acc, 0, (size_t)kl->groups * kl->K * kl->K * sizeof(float));
         memset(kl->G_acc, 0, (size_t)kl->groups * kl->M * kl->M * sizeof(float));
     } else {
-        fold_one(kl->A, kl->A_acc, kl->K, kl->groups, kl->n_acc_A, decay, !kl->have_factors);
-        fold_one(kl->G, kl->G_acc, kl->M, kl->groups, kl->n_acc_G, decay, !kl->have_factors);
-        kl->have_factors = 1;
+        float w = kfac_fold_weight(kl, decay);
+        fold_one(kl->A, kl->A_acc, kl->K, kl->groups, kl->n_acc_A, w);
+        fold_one(kl->G, kl->G_acc, kl->M, kl->groups, kl->n_acc_G, w);
+        ++kl->have_factors;
     }
     kl->n_acc_A = kl->n_acc_G = 0;
 }

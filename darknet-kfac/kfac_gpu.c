@@ -429,11 +429,10 @@ void kfac_factors_fold_gpu(kfac_net *k)
             if (!kl->bad_factors_logged++)
                 kfac_log("layer %d: non-finite statistics, batch skipped (the factors keep their last good value; logged once)", kl->index);
         } else {
-            int first = !kl->have_factors;
-            float w_new = first ? 1.0f : 1.0f - k->cfg.decay, w_old = first ? 0.0f : k->cfg.decay;
+            float w_new = kfac_fold_weight(kl, k->cfg.decay), w_old = 1.0f - w_new;
             kfac_fold_gpu(kl->A_gpu, kl->A_acc_gpu, kl->K, kl->groups, w_old, w_new, 1.0f / (float)kl->n_acc_A, KFAC_STREAM);
             kfac_fold_gpu(kl->G_gpu, kl->G_acc_gpu, kl->M, kl->groups, w_old, w_new, 1.0f / (float)kl->n_acc_G, KFAC_STREAM);
-            kl->have_factors = 1;
+            ++kl->have_factors;
         }
         KFAC_CUDA_CHECK(cudaMemsetAsync(kl->A_acc_gpu, 0, sq(kl->groups, kl->K) * sizeof(float), KFAC_STREAM));
         KFAC_CUDA_CHECK(cudaMemsetAsync(kl->G_acc_gpu, 0, sq(kl->groups, kl->M) * sizeof(float), KFAC_STREAM));
@@ -598,7 +597,7 @@ void kfac_scatter_update_gpu(kfac_net *k, kfac_layer *kl, const layer *l, float 
 
 /* What the write-back does with a layer this update (kfac_network_precondition's
  * active[] values). */
-enum { MODE_OFF = 0, MODE_SCALED = 1, MODE_SNAPSHOT = 2, MODE_KEEP = 3 };
+enum { MODE_OFF = 0, MODE_SCALED = 1, MODE_SNAPSHOT = 2, MODE_KEEP = 3, MODE_PLAIN = 4 };
 
 void kfac_network_precondition_gpu(network *net, update_args *a)
 {
@@ -610,11 +609,12 @@ void kfac_network_precondition_gpu(network *net, update_args *a)
     s = span_begin(g, KFAC_PHASE_STATS);
     if (kfac_stats_step(k)) kfac_factors_fold_gpu(k);
     span_end(g, s);
-    if (k->step < k->cfg.warmup) return;
 
-    int refresh = kfac_inverse_due(k);
+    /* as kfac_network_precondition: warmup and layers without an inverse go plain */
+    int on = k->step >= k->cfg.warmup;
+    int refresh = on && kfac_inverse_due(k);
     s = span_begin(g, KFAC_PHASE_INVERSE);
-    for (i = 0; i < k->nlayers; ++i) {
+    for (i = 0; on && i < k->nlayers; ++i) {
         kfac_layer *kl = &k->layers[i];
         if (k->identity || !kl->have_factors || !(refresh || !kl->have_inverse)) continue;
         /* in a multi-GPU group the inverses are shared out at the next sync */
@@ -631,12 +631,12 @@ void kfac_network_precondition_gpu(network *net, update_args *a)
         kfac_layer *kl = &k->layers[i];
         const layer *l = &net->layers[kl->index];
         size_t len = (size_t)kl->groups * kl->M * kl->K;
-        if (!k->identity && !kl->have_inverse) continue;
+        int plain = !k->identity && (!on || !kl->have_inverse);
         kfac_gather_gradient_gpu(k, kl, l);
-        if (k->identity) copy_d2d(kl->P_gpu, kl->D_gpu, len);
+        if (k->identity || plain) copy_d2d(kl->P_gpu, kl->D_gpu, len);
         else kfac_precondition_layer_gpu(k, kl, k->cfg.damping);
         kfac_dot_stats_gpu(kl->P_gpu, kl->D_gpu, len, g->red + 3 * i, KFAC_STREAM);
-        mode[i] = MODE_SCALED;
+        mode[i] = plain ? MODE_PLAIN : MODE_SCALED;
     }
     /* the one read-back of the update: <P, D> and finiteness of every layer */
     if (k->nlayers)
@@ -646,6 +646,13 @@ void kfac_network_precondition_gpu(network *net, update_args *a)
         kfac_layer *kl = &k->layers[i];
         const layer *l = &net->layers[kl->index];
         const double *r = g->red_host + 3 * i;
+        if (mode[i] == MODE_PLAIN) {
+            /* plain SGD for the layer: only a non-finite gradient changes anything */
+            if (r[1] != 0 && !kl->bad_grad_logged++)
+                kfac_log("layer %d: non-finite gradient, this update's gradient dropped for the layer (logged once)", kl->index);
+            mode[i] = r[1] != 0 ? MODE_SNAPSHOT : MODE_KEEP;
+            continue;
+        }
         if (mode[i] != MODE_SCALED) continue;
         if (r[1] != 0) {
             if (!kl->bad_grad_logged++)

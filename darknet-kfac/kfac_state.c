@@ -5,7 +5,7 @@
  * K-FAC's update relies on.  Layout (little-endian, as Darknet's own files):
  *
  *   u32 magic "KFAC", u32 version, u32 net->n, u32 covered layers, i32 step, u64 rng
- *   per covered layer: i32 index, type, groups, K, M, has_bias, have_factors,
+ *   per covered layer: i32 index, type, groups, K, M, has_bias, have_factors (batches),
  *                      have_inverse; f32 A, G, EA, dA, EG, dG, w_snap, b_snap
  *   per conv/connected layer: i32 index, u32 counts; f32 weight, bias, scale updates
  *   u64 FNV-1a hash of everything before it

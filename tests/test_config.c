@@ -29,7 +29,7 @@ int main(void)
     net = kt_net(kt_cfg_with("build/tests/config-empty.cfg", base, "[kfac]\n"), 1);
     const kfac_config *c = &kfac_of(net)->cfg;
     kt_check("empty_section_gives_defaults",
-             c->damping == 1e-3f && c->decay == 0.95f && c->stats_interval == 10 && c->inverse_interval == 100 &&
+             c->damping == 1e-2f && c->decay == 0.95f && c->stats_interval == 10 && c->inverse_interval == 100 &&
              c->kl_clip == 1e-3f && c->fisher == KFAC_FISHER_TRUE && c->warmup == 0 && c->max_dim == 4096 && c->seed == 1,
              "got damping=%g decay=%g stats_interval=%d inverse_interval=%d kl_clip=%g fisher=%d warmup=%d max_dim=%d seed=%d",
              c->damping, c->decay, c->stats_interval, c->inverse_interval, c->kl_clip, (int)c->fisher, c->warmup,

@@ -6,10 +6,13 @@
  *   [(A + lA I) (x) (G + lG I)] vec(P) = vec(D),   lA = sqrt(damping) * mean eig(A),
  *                                                  lG = sqrt(damping) * mean eig(G)
  *
+ * where "mean eig" is over the nonzero eigenvalues (the trace over the rank),
+ *
  * (factored Tikhonov damping, Martens & Grosse 2015 section 6.3, as documented in
  * kfac_precondition.c), with vec() stacking columns so that (A (x) G) vec(P) =
  * vec(G P A).  The reference builds that (M K) x (M K) matrix explicitly and solves it
- * in double by Gaussian elimination with partial pivoting; mean eig = trace / dim. */
+ * in double by Gaussian elimination with partial pivoting; mean eig = trace / rank,
+ * with the rank the factors were built with (random_psd). */
 #include "kt.h"
 #include "kfac_internal.h"
 
@@ -131,8 +134,8 @@ static void run_case(const pcase *c, uint64_t stream)
     for (grp = 0; grp < G_; ++grp) {
         const float *A = kl->A + (size_t)grp * K * K, *G = kl->G + (size_t)grp * M * M;
         const float *D = kl->D + (size_t)grp * M * K;
-        double lA = sqrt((double)c->damping) * trace_of(A, K) / K;
-        double lG = sqrt((double)c->damping) * trace_of(G, M) / M;
+        double lA = sqrt((double)c->damping) * trace_of(A, K) / (c->rank_A < K ? c->rank_A : K);
+        double lG = sqrt((double)c->damping) * trace_of(G, M) / (c->rank_G < M ? c->rank_G : M);
         /* column-major vec: index of P[i][j] (row i < M, column j < K) is j*M + i;
          * X = (A + lA I) (x) (G + lG I) */
         for (a = 0; a < K; ++a)
