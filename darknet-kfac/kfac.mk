@@ -35,9 +35,11 @@ LDFLAGS += $(KFAC_BLAS_LINK)
 $(SLIB): LDFLAGS := $(filter-out $(KFAC_BLAS_LINK),$(LDFLAGS))
 endif
 
-# Darknet compiles with -Ofast; K-FAC's NaN/Inf checks must not be optimised away.
-$(addprefix $(OBJDIR),$(filter-out kfac_kernels.o,$(KFAC_OBJ))): CFLAGS += -fno-finite-math-only -std=gnu99
-$(addprefix $(OBJDIR),$(KFAC_OBJ)): $(wildcard $(KFAC_DIR)/*.h)
+# Darknet compiles with -Ofast.  K-FAC turns fast math off: its NaN/Inf checks must
+# not be folded away, and the write-back wu += scale*P - D must not be reassociated
+# (with P == D it has to add exact zeros: tests/test_identity.c, test_yolo.c).
+$(addprefix $(OBJDIR),$(filter-out kfac_kernels.o,$(KFAC_OBJ))): CFLAGS += -fno-fast-math -std=gnu99
+$(addprefix $(OBJDIR),$(KFAC_OBJ)): $(wildcard $(KFAC_DIR)/*.h) $(KFAC_DIR)/kfac.mk
 
 print-ldflags:
 	@echo $(LDFLAGS)
