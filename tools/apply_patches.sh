@@ -19,7 +19,7 @@ while read -r p; do
     case "$p" in ''|'#'*) continue ;; esac
     if ! log=$(patch --dry-run -p1 -d "$out" -F 0 < "$pdir/$p" 2>&1); then
         echo "apply_patches: patches/$p does not apply to $src:" >&2
-        echo "$log" | grep -E 'FAILED|can.t find|No file|malformed' >&2 || echo "$log" >&2
+        echo "$log" | grep -E 'checking file|FAILED|can.t find|No file|malformed' >&2 || echo "$log" >&2
         echo "apply_patches: Darknet must be pjreddie 61c9d02e (with or without Debian's patches); rebase this patch onto your fork by hand" >&2
         rm -rf "$out"
         exit 1
