@@ -59,6 +59,7 @@
 #include "darknet.h"
 #include "data.h"
 #include "option_list.h"
+#include "kfac.h"
 
 /* ------------------------------------------------------------ options ------------- */
 
@@ -390,6 +391,12 @@ int main(int argc, char **argv)
     }
 
     if (it > 0) printf("mean seconds per update: %.4f\n", train_seconds / it);
+    if (it > 0 && net->kfac) {
+        double st, inv, pre;
+        kfac_network_timing(net, &st, &inv, &pre);
+        printf("K-FAC seconds per update: statistics %.4f, decompositions %.4f, preconditioning %.4f\n",
+               st / it, inv / it, pre / it);
+    }
     if (tsv && fclose(tsv) != 0) {
         fprintf(stderr, "kfac_compare: error writing %s\n", o.out);
         exit(1);
