@@ -641,7 +641,7 @@ void kfac_network_precondition_gpu(network *net, update_args *a)
     /* the one read-back of the update: <P, D> and finiteness of every layer */
     if (k->nlayers)
         KFAC_CUDA_CHECK(cudaMemcpy(g->red_host, g->red, (size_t)3 * k->nlayers * sizeof(double), cudaMemcpyDeviceToHost));
-    double quad = 0; /* sum_l lr_l^2 <P/B, D/B> */
+    double quad = 0; /* sum over layers of kfac_kl_term */
     for (i = 0; i < k->nlayers; ++i) {
         kfac_layer *kl = &k->layers[i];
         const layer *l = &net->layers[kl->index];

@@ -43,7 +43,7 @@ typedef struct {
     float decay;            /* running-average weight of the old factors */
     int stats_interval;     /* factors are accumulated every this many updates */
     int inverse_interval;   /* eigendecompositions every this many updates */
-    float kl_clip;          /* bound on lr^2 <D'/B, D/B> per update; 0 = off */
+    float kl_clip;          /* bound on the KL term of an update (kfac_kl_term); 0 = off */
     kfac_fisher_kind fisher;
     int warmup;             /* plain SGD updates before preconditioning starts */
     int max_dim;            /* layers with a factor larger than this stay on SGD */

@@ -276,7 +276,7 @@ void kfac_network_precondition(network *net, update_args *a)
     k->t_inverse += t2 - t1;
 
     /* precondition every layer that has an inverse; KL-clip them together */
-    double quad = 0; /* sum_l lr_l^2 <P/B, D/B> */
+    double quad = 0; /* sum over layers of kfac_kl_term */
     int *active = (int *)kfac_calloc((size_t)(k->nlayers ? k->nlayers : 1), sizeof(int));
     for (i = 0; i < k->nlayers; ++i) {
         kfac_layer *kl = &k->layers[i];
