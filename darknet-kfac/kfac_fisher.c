@@ -6,34 +6,34 @@
  * redirected to a scratch sink, capturing A and G; afterwards every delta is cleared,
  * the loss delta of the real step restored and the buffers put back, so the real
  * backward that follows computes exactly what it would have without K-FAC. */
+#include <stddef.h>
 #include <string.h>
 #include "kfac_internal.h"
 #include "kfac_gpu.h"
 
-/* saved is 3 x net->n: the weight, bias and scale update buffers of each layer */
-static void redirect_updates(network *net, float *sink, float **saved)
+static float **update_field(layer *l, size_t offset)
 {
-    int i;
-    for (i = 0; i < net->n; ++i) {
-        layer *l = &net->layers[i];
-        saved[3 * i] = l->weight_updates;
-        saved[3 * i + 1] = l->bias_updates;
-        saved[3 * i + 2] = l->scale_updates;
-        if (l->weight_updates) l->weight_updates = sink;
-        if (l->bias_updates) l->bias_updates = sink;
-        if (l->scale_updates) l->scale_updates = sink;
-    }
+    return (float **)((char *)l + offset);
 }
 
-static void restore_updates(network *net, float **saved)
+void kfac_redirect_updates(network *net, kfac_update_fields f, float *sink, float **saved)
 {
-    int i;
-    for (i = 0; i < net->n; ++i) {
-        layer *l = &net->layers[i];
-        l->weight_updates = saved[3 * i];
-        l->bias_updates = saved[3 * i + 1];
-        l->scale_updates = saved[3 * i + 2];
-    }
+    const size_t off[3] = {f.weights, f.biases, f.scales};
+    int i, j;
+    for (i = 0; i < net->n; ++i)
+        for (j = 0; j < 3; ++j) {
+            float **p = update_field(&net->layers[i], off[j]);
+            saved[3 * i + j] = *p;
+            if (*p) *p = sink;
+        }
+}
+
+void kfac_restore_updates(network *net, kfac_update_fields f, float **saved)
+{
+    const size_t off[3] = {f.weights, f.biases, f.scales};
+    int i, j;
+    for (i = 0; i < net->n; ++i)
+        for (j = 0; j < 3; ++j) *update_field(&net->layers[i], off[j]) = saved[3 * i + j];
 }
 
 static void sample_loss_delta(kfac_net *k, const layer *soft)
@@ -74,11 +74,13 @@ void kfac_network_fisher_pass(network *net)
 
     memcpy(k->loss_delta_save, soft->delta, nd * sizeof(float));
     sample_loss_delta(k, soft);
-    redirect_updates(net, k->sink, saved);
+    const kfac_update_fields f = {offsetof(layer, weight_updates), offsetof(layer, bias_updates),
+                                  offsetof(layer, scale_updates)};
+    kfac_redirect_updates(net, f, k->sink, saved);
     k->capture = KFAC_CAPTURE_A | KFAC_CAPTURE_G;
     backward_network(net);
     k->capture = KFAC_CAPTURE_NONE;
-    restore_updates(net, saved);
+    kfac_restore_updates(net, f, saved);
     free(saved);
 
     for (i = 0; i < net->n; ++i) {

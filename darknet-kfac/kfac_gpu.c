@@ -10,6 +10,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stddef.h>
 #include "kfac_gpu.h"
 
 #define KFAC_STREAM ((cudaStream_t)0)
@@ -498,11 +499,7 @@ int kfac_inverse_update_gpu(kfac_net *k, kfac_layer *kl)
     kfac_nonfinite_gpu(kl->A_gpu, sq(kl->groups, kl->K), g->eig_info, KFAC_STREAM);
     kfac_nonfinite_gpu(kl->G_gpu, sq(kl->groups, kl->M), g->eig_info + 1, KFAC_STREAM);
     KFAC_CUDA_CHECK(cudaMemcpy(bad, g->eig_info, sizeof bad, cudaMemcpyDeviceToHost));
-    if (bad[0] || bad[1]) {
-        if (!kl->bad_eig_logged++)
-            kfac_log("layer %d: non-finite factor, decomposition skipped, keeping the last good inverse (logged once)", kl->index);
-        return -1;
-    }
+    if (!kfac_factors_finite_or_log(kl, !bad[0] && !bad[1])) return -1;
     /* decompose into scratch so a failure leaves the last good inverse intact */
     int info = decompose_gpu(g, kl->A_gpu, kl->K, kl->groups);
     if (info == 0) {
@@ -514,15 +511,7 @@ int kfac_inverse_update_gpu(kfac_net *k, kfac_layer *kl)
             copy_d2d(kl->dG_gpu, g->eig_d, (size_t)kl->groups * kl->M);
         }
     }
-    if (info != 0) {
-        /* EA may now be newer than EG: harmless, both are decompositions of good factors */
-        if (!kl->bad_eig_logged++)
-            kfac_log("layer %d: eigendecomposition failed (cusolverDnSsyevd info %d), keeping the last good inverse (logged once)", kl->index, info);
-        return -1;
-    }
-    kl->have_inverse = 1;
-    kl->inv_damping = 0; /* the damped inverses are rebuilt from the new decomposition */
-    return 0;
+    return kfac_inverse_outcome(kl, info, "cusolverDnSsyevd");
 }
 
 /* ---- preconditioning (kfac_precondition.c) ------------------------------------------------ */
@@ -696,32 +685,6 @@ void kfac_network_updated_gpu(network *net)
 
 /* ---- true Fisher (kfac_fisher.c) ---------------------------------------------------------- */
 
-/* saved is 3 x net->n: the weight, bias and scale update buffers of each layer */
-static void redirect_updates_gpu(network *net, float *sink, float **saved)
-{
-    int i;
-    for (i = 0; i < net->n; ++i) {
-        layer *l = &net->layers[i];
-        saved[3 * i] = l->weight_updates_gpu;
-        saved[3 * i + 1] = l->bias_updates_gpu;
-        saved[3 * i + 2] = l->scale_updates_gpu;
-        if (l->weight_updates_gpu) l->weight_updates_gpu = sink;
-        if (l->bias_updates_gpu) l->bias_updates_gpu = sink;
-        if (l->scale_updates_gpu) l->scale_updates_gpu = sink;
-    }
-}
-
-static void restore_updates_gpu(network *net, float **saved)
-{
-    int i;
-    for (i = 0; i < net->n; ++i) {
-        layer *l = &net->layers[i];
-        l->weight_updates_gpu = saved[3 * i];
-        l->bias_updates_gpu = saved[3 * i + 1];
-        l->scale_updates_gpu = saved[3 * i + 2];
-    }
-}
-
 /* The sampled-label backward of kfac_network_fisher_pass, on the device: labels from
  * the softmax's output_gpu with the host generator's uniforms (one per image, drawn in
  * the CPU's order, so both paths sample the same labels from the same p). */
@@ -741,11 +704,13 @@ void kfac_network_fisher_pass_gpu(network *net)
     kfac_sample_gpu(soft->output_gpu, g->uniforms, soft->batch, soft->inputs, soft->delta_gpu, KFAC_STREAM);
     /* the sink only absorbs the pass's gradients; zeroed so it never grows to inf */
     KFAC_CUDA_CHECK(cudaMemsetAsync(g->sink, 0, (k->sink_len ? k->sink_len : 1) * sizeof(float), KFAC_STREAM));
-    redirect_updates_gpu(net, g->sink, saved);
+    const kfac_update_fields f = {offsetof(layer, weight_updates_gpu), offsetof(layer, bias_updates_gpu),
+                                  offsetof(layer, scale_updates_gpu)};
+    kfac_redirect_updates(net, f, g->sink, saved);
     k->capture = KFAC_CAPTURE_A | KFAC_CAPTURE_G;
     backward_network(net);
     k->capture = KFAC_CAPTURE_NONE;
-    restore_updates_gpu(net, saved);
+    kfac_restore_updates(net, f, saved);
     free(saved);
 
     for (i = 0; i < net->n; ++i) {
@@ -759,71 +724,46 @@ void kfac_network_fisher_pass_gpu(network *net)
 /* ---- state file (kfac_state.c) ------------------------------------------------------------ */
 
 /* Darknet's update buffers of a conv/connected layer, as kfac_state.c counts them. */
-static void update_counts(const layer *l, size_t c[3])
+/* Host arrays <-> device for the state file: to_device 0 pulls (before a save), 1
+ * pushes (after a load). */
+static void xfer(float *host, float *dev, size_t n, int to_device)
 {
-    c[0] = l->weight_updates_gpu ? (size_t)(l->type == CONNECTED ? l->inputs * l->outputs : l->nweights) : 0;
-    c[1] = l->bias_updates_gpu ? (size_t)(l->type == CONNECTED ? l->outputs : l->n) : 0;
-    c[2] = l->scale_updates_gpu ? (size_t)(l->type == CONNECTED ? l->outputs : l->n) : 0;
+    if (to_device) push(dev, host, n);
+    else pull(host, dev, n);
 }
 
-void kfac_state_pull_gpu(network *net)
+static void state_transfer_gpu(network *net, int to_device)
 {
     kfac_net *k = kfac_of(net);
     int i;
     int prev = enter_device(net->gpu_index);
-    KFAC_CUDA_CHECK(cudaStreamSynchronize(KFAC_STREAM));
+    if (!to_device) KFAC_CUDA_CHECK(cudaStreamSynchronize(KFAC_STREAM));
     for (i = 0; i < k->nlayers; ++i) {
         kfac_layer *kl = &k->layers[i];
         size_t gK = (size_t)kl->groups * kl->K, gM = (size_t)kl->groups * kl->M;
-        pull(kl->A, kl->A_gpu, gK * kl->K);
-        pull(kl->G, kl->G_gpu, gM * kl->M);
-        pull(kl->EA, kl->EA_gpu, gK * kl->K);
-        pull(kl->dA, kl->dA_gpu, gK);
-        pull(kl->EG, kl->EG_gpu, gM * kl->M);
-        pull(kl->dG, kl->dG_gpu, gM);
-        pull(kl->w_snap, kl->w_snap_gpu, gM * kl->k_in);
-        if (kl->has_bias) pull(kl->b_snap, kl->b_snap_gpu, gM);
+        xfer(kl->A, kl->A_gpu, gK * kl->K, to_device);
+        xfer(kl->G, kl->G_gpu, gM * kl->M, to_device);
+        xfer(kl->EA, kl->EA_gpu, gK * kl->K, to_device);
+        xfer(kl->dA, kl->dA_gpu, gK, to_device);
+        xfer(kl->EG, kl->EG_gpu, gM * kl->M, to_device);
+        xfer(kl->dG, kl->dG_gpu, gM, to_device);
+        xfer(kl->w_snap, kl->w_snap_gpu, gM * kl->k_in, to_device);
+        if (kl->has_bias) xfer(kl->b_snap, kl->b_snap_gpu, gM, to_device);
     }
     for (i = 0; i < net->n; ++i) {
         layer *l = &net->layers[i];
         size_t c[3];
         if (l->type != CONVOLUTIONAL && l->type != CONNECTED) continue;
-        update_counts(l, c);
-        pull(l->weight_updates, l->weight_updates_gpu, c[0]);
-        pull(l->bias_updates, l->bias_updates_gpu, c[1]);
-        pull(l->scale_updates, l->scale_updates_gpu, c[2]);
+        kfac_layer_update_counts(l, c);
+        xfer(l->weight_updates, l->weight_updates_gpu, c[0], to_device);
+        xfer(l->bias_updates, l->bias_updates_gpu, c[1], to_device);
+        xfer(l->scale_updates, l->scale_updates_gpu, c[2], to_device);
     }
     leave_device(prev);
 }
 
-void kfac_state_push_gpu(network *net)
-{
-    kfac_net *k = kfac_of(net);
-    int i;
-    int prev = enter_device(net->gpu_index);
-    for (i = 0; i < k->nlayers; ++i) {
-        kfac_layer *kl = &k->layers[i];
-        size_t gK = (size_t)kl->groups * kl->K, gM = (size_t)kl->groups * kl->M;
-        push(kl->A_gpu, kl->A, gK * kl->K);
-        push(kl->G_gpu, kl->G, gM * kl->M);
-        push(kl->EA_gpu, kl->EA, gK * kl->K);
-        push(kl->dA_gpu, kl->dA, gK);
-        push(kl->EG_gpu, kl->EG, gM * kl->M);
-        push(kl->dG_gpu, kl->dG, gM);
-        push(kl->w_snap_gpu, kl->w_snap, gM * kl->k_in);
-        if (kl->has_bias) push(kl->b_snap_gpu, kl->b_snap, gM);
-    }
-    for (i = 0; i < net->n; ++i) {
-        layer *l = &net->layers[i];
-        size_t c[3];
-        if (l->type != CONVOLUTIONAL && l->type != CONNECTED) continue;
-        update_counts(l, c);
-        push(l->weight_updates_gpu, l->weight_updates, c[0]);
-        push(l->bias_updates_gpu, l->bias_updates, c[1]);
-        push(l->scale_updates_gpu, l->scale_updates, c[2]);
-    }
-    leave_device(prev);
-}
+void kfac_state_pull_gpu(network *net) { state_transfer_gpu(net, 0); }
+void kfac_state_push_gpu(network *net) { state_transfer_gpu(net, 1); }
 
 void kfac_layer_pull_factors_gpu(const network *net, kfac_layer *kl)
 {

@@ -136,7 +136,22 @@ void kfac_factors_fold_cpu(kfac_layer *kl, float decay);
 
 /* kfac_inverse.c: 0 on success; on failure the last good inverse is kept */
 int kfac_inverse_update_cpu(kfac_layer *kl);
+/* the common end of a decomposition, CPU or GPU: info != 0 is logged once and returns
+ * -1; success marks the inverse present and the damped inverses stale */
+int kfac_inverse_outcome(kfac_layer *kl, int info, const char *solver);
+int kfac_factors_finite_or_log(kfac_layer *kl, int finite);
 int kfac_eigh_cpu(float *a, float *w, int n); /* a (n x n) -> rows of eigenvectors */
+
+/* kfac_fisher.c: point every layer's three *_updates buffers (given by their offsets
+ * in struct layer: the CPU ones or the _gpu ones) at sink, saving the originals in
+ * saved (3 x net->n), and put them back */
+typedef struct { size_t weights, biases, scales; } kfac_update_fields;
+void kfac_redirect_updates(network *net, kfac_update_fields f, float *sink, float **saved);
+void kfac_restore_updates(network *net, kfac_update_fields f, float **saved);
+
+/* kfac_state.c: lengths of a conv/connected layer's weight, bias and scale update
+ * buffers (0 where the layer has none) */
+void kfac_layer_update_counts(const layer *l, size_t c[3]);
 
 /* kfac_precondition.c
  * Eigenvalues at or below KFAC_RANK_TOL times the largest are rounding noise of a

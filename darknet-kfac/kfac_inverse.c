@@ -42,15 +42,32 @@ static int decompose(const float *X, float *E, float *d, int dim, int groups, fl
     return 0;
 }
 
+int kfac_factors_finite_or_log(kfac_layer *kl, int finite)
+{
+    if (!finite && !kl->bad_eig_logged++)
+        kfac_log("layer %d: non-finite factor, decomposition skipped, keeping the last good inverse (logged once)", kl->index);
+    return finite;
+}
+
+int kfac_inverse_outcome(kfac_layer *kl, int info, const char *solver)
+{
+    if (info != 0) {
+        /* EA may now be newer than EG: harmless, both are decompositions of good factors */
+        if (!kl->bad_eig_logged++)
+            kfac_log("layer %d: eigendecomposition failed (%s info %d), keeping the last good inverse (logged once)", kl->index, solver, info);
+        return -1;
+    }
+    kl->have_inverse = 1;
+    kl->inv_damping = 0; /* the damped inverses are rebuilt from the new decomposition */
+    return 0;
+}
+
 int kfac_inverse_update_cpu(kfac_layer *kl)
 {
     if (!kl->have_factors) return 0;
-    if (!kfac_all_finite(kl->A, (size_t)kl->groups * kl->K * kl->K) ||
-        !kfac_all_finite(kl->G, (size_t)kl->groups * kl->M * kl->M)) {
-        if (!kl->bad_eig_logged++)
-            kfac_log("layer %d: non-finite factor, decomposition skipped, keeping the last good inverse (logged once)", kl->index);
+    if (!kfac_factors_finite_or_log(kl, kfac_all_finite(kl->A, (size_t)kl->groups * kl->K * kl->K) &&
+                                        kfac_all_finite(kl->G, (size_t)kl->groups * kl->M * kl->M)))
         return -1;
-    }
     /* decompose into scratch so a failure leaves the last good inverse intact */
     int dim = kl->K > kl->M ? kl->K : kl->M;
     float *E = (float *)kfac_calloc((size_t)kl->groups * dim * dim, sizeof(float));
@@ -68,13 +85,5 @@ int kfac_inverse_update_cpu(kfac_layer *kl)
         }
     }
     free(E); free(d); free(tE); free(td);
-    if (info != 0) {
-        /* EA may now be newer than EG: harmless, both are decompositions of good factors */
-        if (!kl->bad_eig_logged++)
-            kfac_log("layer %d: eigendecomposition failed (ssyevd info %d), keeping the last good inverse (logged once)", kl->index, info);
-        return -1;
-    }
-    kl->have_inverse = 1;
-    kl->inv_damping = 0; /* the damped inverses are rebuilt from the new decomposition */
-    return 0;
+    return kfac_inverse_outcome(kl, info, "ssyevd");
 }

@@ -52,11 +52,20 @@ static int get(kfac_stream *s, void *p, size_t size, size_t n)
 
 static size_t sq(int g, int d) { return (size_t)g * d * d; }
 
+void kfac_layer_update_counts(const layer *l, size_t c[3])
+{
+    c[0] = l->weight_updates ? (size_t)(l->type == CONNECTED ? l->inputs * l->outputs : l->nweights) : 0;
+    c[1] = l->bias_updates ? (size_t)(l->type == CONNECTED ? l->outputs : l->n) : 0;
+    c[2] = l->scale_updates ? (size_t)(l->type == CONNECTED ? l->outputs : l->n) : 0;
+}
+
+/* the counts as the file stores them */
 static void layer_update_counts(const layer *l, uint32_t c[3])
 {
-    c[0] = l->weight_updates ? (uint32_t)(l->type == CONNECTED ? l->inputs * l->outputs : l->nweights) : 0;
-    c[1] = l->bias_updates ? (uint32_t)(l->type == CONNECTED ? l->outputs : l->n) : 0;
-    c[2] = l->scale_updates ? (uint32_t)(l->type == CONNECTED ? l->outputs : l->n) : 0;
+    size_t n[3];
+    int j;
+    kfac_layer_update_counts(l, n);
+    for (j = 0; j < 3; ++j) c[j] = (uint32_t)n[j];
 }
 
 void kfac_state_save(network *net, const char *weightfile)
