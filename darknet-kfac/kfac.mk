@@ -10,9 +10,13 @@ ifeq ($(GPU), 1)
 KFAC_OBJ += kfac_gpu.o kfac_kernels.o
 LDFLAGS += -lcusolver
 # libcuda.so comes with the driver; a build machine without one links against the
-# toolkit's stub (the binary then loads the driver's libcuda.so.1 at run time)
-KFAC_CUDA_HOME := $(patsubst %/bin/nvcc,%,$(realpath $(shell command -v $(NVCC) 2>/dev/null)))
-LDFLAGS += -L$(or $(KFAC_CUDA_HOME),/usr/local/cuda)/lib64/stubs
+# toolkit's stub (the binary then loads the driver's libcuda.so.1 at run time).  The
+# toolkit is the first of these with cuda_runtime.h: $CUDA_HOME, the folder above
+# nvcc's (a copy of nvcc, or a wrapper, may sit in /usr/local/bin), /usr/local/cuda.
+KFAC_NVCC_HOME := $(patsubst %/bin/nvcc,%,$(realpath $(shell command -v $(NVCC) 2>/dev/null)))
+KFAC_CUDA_HOME := $(firstword $(foreach d,$(CUDA_HOME) $(KFAC_NVCC_HOME) /usr/local/cuda $(wildcard /usr/local/cuda-*),\
+                    $(if $(wildcard $(d)/include/cuda_runtime.h),$(d))) /usr/local/cuda)
+LDFLAGS += -L$(KFAC_CUDA_HOME)/lib64/stubs
 endif
 
 VPATH := $(VPATH):$(KFAC_DIR)

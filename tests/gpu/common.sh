@@ -20,7 +20,16 @@ gpu_setup() {
         done
     fi
     command -v nvcc >/dev/null 2>&1 || { GPU_BUILD_ERROR="nvcc not found (on PATH or in /usr/local/cuda/bin)"; return 1; }
-    CUDA_HOME=$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")
+    # the toolkit: the first of these with cuda_runtime.h (nvcc itself may be a copy or
+    # a wrapper in /usr/local/bin, whose parent has no CUDA headers)
+    local nvcc_home home
+    nvcc_home=$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")
+    home=""
+    for d in "${CUDA_HOME:-}" "$nvcc_home" /usr/local/cuda /usr/local/cuda-*; do
+        [ -n "$d" ] && [ -f "$d/include/cuda_runtime.h" ] && { home=$d; break; }
+    done
+    [ -n "$home" ] || { GPU_BUILD_ERROR="cuda_runtime.h not found under \$CUDA_HOME, $nvcc_home or /usr/local/cuda*"; return 1; }
+    export CUDA_HOME=$home
     export LD_LIBRARY_PATH="$CUDA_HOME/lib64:$CUDA_HOME/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     for t in make gcc tar python3; do
         command -v $t >/dev/null 2>&1 || { GPU_BUILD_ERROR="$t not found"; return 1; }
