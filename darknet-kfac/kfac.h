@@ -21,7 +21,9 @@
  *
  *     parse_network_cfg   cfg = kfac_cfg_take(file, sections) ... kfac_network_attach
  *     train_network_datum kfac_network_fisher_pass   between forward and backward
- *     backward_network    kfac_layer_backward        after each l.backward
+ *     backward_network    kfac_fisher_backward       instead of l.backward, in the
+ *                                                    true-Fisher pass only
+ *                         kfac_layer_backward        after each l.backward
  *     update_network      kfac_network_precondition  before the layer updates,
  *                         kfac_network_updated       after them
  *     save_weights        kfac_state_save            <weights>.kfac next to the weights
@@ -51,6 +53,11 @@ void kfac_network_free(network *net);
 /* The training hooks (see above).  `input` is the layer's input as backward saw it. */
 void kfac_network_fisher_pass(network *net);
 void kfac_layer_backward(network *net, int index, float *input);
+/* In the true-Fisher pass (CPU), the backward of layer `index` with the loss's sampled
+ * derivative: returns 1 when it did that layer's part (or found it not needed) and
+ * Darknet's own l.backward must not run, 0 otherwise.  `input` and `delta` are the
+ * layer's input and the delta below it, as backward_network passes them. */
+int kfac_fisher_backward(network *net, int index, float *input, float *delta);
 void kfac_network_precondition(network *net, update_args *a);
 void kfac_network_updated(network *net);
 
@@ -69,6 +76,10 @@ int kfac_network_step(const network *net);
 /* Replace the preconditioner by the identity (1) or restore it (0): everything else
  * (capture, true-Fisher pass, snapshots, write-back, KL clip off) keeps running. */
 void kfac_network_set_identity(network *net, int identity);
+
+/* The true-Fisher pass through kfac_fisher_backward (1, the default) or through
+ * Darknet's full backward (0): the reference the lean one is tested against. */
+void kfac_network_set_lean_fisher(network *net, int lean);
 
 /* Seconds spent so far in statistics, decompositions and preconditioning. */
 void kfac_network_timing(const network *net, double *stats, double *inverse, double *precond);

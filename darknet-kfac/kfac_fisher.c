@@ -5,11 +5,19 @@
  * would use the data's labels).  One extra backward runs with every *_updates buffer
  * redirected to a scratch sink, capturing A and G; afterwards every delta is cleared,
  * the loss delta of the real step restored and the buffers put back, so the real
- * backward that follows computes exactly what it would have without K-FAC. */
+ * backward that follows computes exactly what it would have without K-FAC.
+ *
+ * That pass needs only the deltas, not the weight gradients, and nothing below the
+ * lowest covered layer: kfac_fisher_backward skips those parts on the CPU, where
+ * Darknet's own gemm for the weight gradients was most of the pass's time. */
+#include <cblas.h>
 #include <stddef.h>
 #include <string.h>
 #include "kfac_internal.h"
 #include "kfac_gpu.h"
+#include "activations.h"
+#include "batchnorm_layer.h"
+#include "col2im.h"
 
 static float **update_field(layer *l, size_t offset)
 {
@@ -78,7 +86,9 @@ void kfac_network_fisher_pass(network *net)
                                   offsetof(layer, scale_updates)};
     kfac_redirect_updates(net, f, k->sink, saved);
     k->capture = KFAC_CAPTURE_A | KFAC_CAPTURE_G;
+    k->in_fisher_pass = 1;
     backward_network(net);
+    k->in_fisher_pass = 0;
     k->capture = KFAC_CAPTURE_NONE;
     kfac_restore_updates(net, f, saved);
     free(saved);
@@ -89,4 +99,65 @@ void kfac_network_fisher_pass(network *net)
     }
     memcpy(soft->delta, k->loss_delta_save, nd * sizeof(float));
     k->t_stats = counted + (kfac_now() - t0);
+}
+
+/* Darknet's backward_convolutional_layer / backward_connected_layer without the weight
+ * and bias gradients: the activation's derivative and batch norm's backward (Darknet's
+ * own functions, so l.delta is bit for bit what the full backward leaves for G), then
+ * the delta for the layer below with OpenBLAS.  Like Darknet, a 1x1 convolution
+ * writes the delta below and a larger one adds to it (col2im). */
+static void lean_conv(const layer *l, network *lnet)
+{
+    const int m = l->n / l->groups, n = l->size * l->size * l->c / l->groups, t = l->out_w * l->out_h;
+    const size_t in_len = (size_t)l->c / l->groups * l->h * l->w;
+    int i, j;
+    gradient_array(l->output, l->outputs * l->batch, l->activation, l->delta);
+    if (l->batch_normalize) backward_batchnorm_layer(*l, *lnet);
+    if (!lnet->delta) return;
+    for (i = 0; i < l->batch; ++i)
+        for (j = 0; j < l->groups; ++j) {
+            const float *w = l->weights + (size_t)j * l->nweights / l->groups;
+            const float *d = l->delta + ((size_t)i * l->groups + j) * m * t;
+            float *below = lnet->delta + ((size_t)i * l->groups + j) * in_len;
+            float *cols = l->size == 1 ? below : lnet->workspace;
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, t, m, 1.0f, w, n, d, t, 0.0f, cols, t);
+            if (l->size != 1) col2im_cpu(cols, l->c / l->groups, l->h, l->w, l->size, l->stride, l->pad, below);
+        }
+}
+
+static void lean_connected(const layer *l, network *lnet)
+{
+    gradient_array(l->output, l->outputs * l->batch, l->activation, l->delta);
+    if (l->batch_normalize) backward_batchnorm_layer(*l, *lnet);
+    if (lnet->delta)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, l->batch, l->inputs, l->outputs, 1.0f, l->delta,
+                    l->outputs, l->weights, l->inputs, 1.0f, lnet->delta, l->inputs);
+}
+
+int kfac_fisher_backward(network *net, int index, float *input, float *delta)
+{
+    kfac_net *k = kfac_of(net);
+    const layer *l = &net->layers[index];
+    if (!k->in_fisher_pass || !k->lean_fisher) return 0;
+#ifdef GPU
+    if (net->gpu_index >= 0) return 0; /* backward_network_gpu: Darknet's own backward */
+#endif
+    /* the layers below the lowest covered one feed no statistics; their deltas are
+     * cleared after the pass anyway */
+    if (k->nlayers == 0 || index < k->layers[0].index) return 1;
+    if (l->type == CONVOLUTIONAL && !l->binary && !l->xnor) {
+        network lnet = *net;
+        lnet.input = input;
+        lnet.delta = delta;
+        lean_conv(l, &lnet);
+        return 1;
+    }
+    if (l->type == CONNECTED) {
+        network lnet = *net;
+        lnet.input = input;
+        lnet.delta = delta;
+        lean_connected(l, &lnet);
+        return 1;
+    }
+    return 0;
 }

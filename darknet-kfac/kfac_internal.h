@@ -107,6 +107,8 @@ typedef struct {
     int true_fisher;        /* 1 when the loss allows sampling labels (softmax) */
     int loss_index;         /* the softmax layer used for sampling */
     int capture;            /* KFAC_CAPTURE_* bits for the backward now running */
+    int in_fisher_pass;     /* the true-Fisher pass's backward is running */
+    int lean_fisher;        /* kfac_fisher_backward on (1, the default) or not (tests) */
     float *loss_delta_save; /* batch x outputs of the loss layer */
     float *sink;            /* scratch *_updates target for the true-Fisher pass */
     size_t sink_len;

@@ -80,6 +80,7 @@ void kfac_network_attach(network *net, void *cfgp)
     free(cfg);
     k->rng = 0x9E3779B97F4A7C15ULL ^ (uint64_t)(uint32_t)k->cfg.seed;
     if (!k->rng) k->rng = 1;
+    k->lean_fisher = 1;
     k->layers = (kfac_layer *)kfac_calloc((size_t)net->n, sizeof(kfac_layer));
     k->loss_index = -1;
 
@@ -345,6 +346,11 @@ int kfac_network_step(const network *net)
 void kfac_network_set_identity(network *net, int identity)
 {
     kfac_of(net)->identity = identity;
+}
+
+void kfac_network_set_lean_fisher(network *net, int lean)
+{
+    kfac_of(net)->lean_fisher = lean;
 }
 
 void kfac_network_timing(const network *net, double *stats, double *inverse, double *precond)
