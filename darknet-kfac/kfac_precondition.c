@@ -81,18 +81,23 @@ static float mean_of(const float *d, int n)
     return r ? (float)(s / r) : 0.0f;
 }
 
-/* inv = E^T diag(1/(d + l)) E for each group, E rows = eigenvectors; returns 0 when
- * the factor is all zeros (no curvature to precondition with). */
+/* inv (n x n) = E^T diag(1/(d + l)) E = S^T S with S = diag(1/sqrt(d + l)) E, E rows =
+ * eigenvectors: one ssyrk (half of sgemm's work: on a 1201-input layer this was a
+ * tenth of K-FAC's time) and a mirror of its upper triangle, since the products that
+ * use inv want it whole.  Returns 0 when the factor is all zeros (no curvature to
+ * precondition with). */
 static int damped_inverse(const float *E, const float *d, int n, float sd, float *inv, float *scratch)
 {
     int i, j;
     float l = sd * mean_of(d, n);
     if (!(l > 0)) return 0;
     for (i = 0; i < n; ++i) {
-        float s = 1.0f / (d[i] + l);
+        float s = 1.0f / sqrtf(d[i] + l);
         for (j = 0; j < n; ++j) scratch[(size_t)i * n + j] = s * E[(size_t)i * n + j];
     }
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, n, n, 1.0f, E, n, scratch, n, 0.0f, inv, n);
+    cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, n, n, 1.0f, scratch, n, 0.0f, inv, n);
+    for (i = 1; i < n; ++i)
+        for (j = 0; j < i; ++j) inv[(size_t)i * n + j] = inv[(size_t)j * n + i];
     return 1;
 }
 
