@@ -681,6 +681,7 @@ void kfac_network_updated_gpu(network *net)
         if (kl->has_bias) copy_d2d(kl->b_snap_gpu, l->bias_updates_gpu, (size_t)kl->groups * kl->M);
     }
     ++k->step;
+    kfac_network_report(net);
 }
 
 /* ---- true Fisher (kfac_fisher.c) ---------------------------------------------------------- */

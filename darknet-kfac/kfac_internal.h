@@ -115,6 +115,11 @@ typedef struct {
     float *patches;         /* K x (images*T) im2col buffer for A */
     size_t patches_len;
     double t_stats, t_inverse, t_precond;
+    /* the progress line every inverse_interval updates (kfac_network_report) */
+    double t_reported[3];   /* t_stats, t_inverse, t_precond at the last line */
+    int report_updates;     /* updates since the last line */
+    int nu_count, nu_clipped; /* KL-clip decisions since the last line, and clipped ones */
+    double nu_sum;          /* sum of their factors nu */
     struct kfac_gpu_net *gpu; /* device handles and scratch (kfac_gpu.h); NULL on the CPU */
 } kfac_net;
 
@@ -128,7 +133,10 @@ void kfac_config_print(const kfac_config *c, FILE *out);
 int kfac_inverse_due(const kfac_net *k);
 float kfac_fold_weight(const kfac_layer *kl, float decay);
 double kfac_kl_term(const update_args *a, const layer *l, double p_dot_d);
-float kfac_kl_scale(const kfac_net *k, const network *net, const update_args *a, double quad);
+float kfac_kl_scale(kfac_net *k, const network *net, const update_args *a, double quad);
+/* after each update (CPU and GPU): every inverse_interval updates one line with the
+ * time per update in each part and how often the KL clip scaled the step */
+void kfac_network_report(network *net);
 
 /* kfac_factors.c */
 int kfac_stats_step(const kfac_net *k);

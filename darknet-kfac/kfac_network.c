@@ -243,12 +243,38 @@ double kfac_kl_term(const update_args *a, const layer *l, double p_dot_d)
 /* KL clip: nu = min(1, sqrt(bound / quad)).  The bound is kl_clip at the cfg's
  * learning_rate and follows Darknet's policy (burn_in, steps, poly, ...) as
  * (rate / learning_rate)^2, so a clipped step still shrinks when the rate does. */
-float kfac_kl_scale(const kfac_net *k, const network *net, const update_args *a, double quad)
+float kfac_kl_scale(kfac_net *k, const network *net, const update_args *a, double quad)
 {
     if (k->identity || k->cfg.kl_clip <= 0 || !(quad > 0) || !(net->learning_rate > 0)) return 1.0f;
     double rel = a->learning_rate / net->learning_rate;
     double r = sqrt(k->cfg.kl_clip * rel * rel / quad);
-    return r < 1 ? (float)r : 1.0f;
+    float nu = r < 1 ? (float)r : 1.0f;
+    ++k->nu_count;
+    k->nu_clipped += nu < 1.0f;
+    k->nu_sum += nu;
+    return nu;
+}
+
+/* A user comparing K-FAC with SGD on their own net wants to see where K-FAC's time
+ * goes (to choose the intervals) and whether the KL bound is what sets the step. */
+void kfac_network_report(network *net)
+{
+    kfac_net *k = kfac_of(net);
+    double t[3];
+    if (++k->report_updates < k->cfg.inverse_interval) return;
+    kfac_network_timing(net, &t[0], &t[1], &t[2]);
+    const int n = k->report_updates;
+    char clip[128] = "no step preconditioned";
+    if (k->nu_count)
+        snprintf(clip, sizeof clip, "KL clip scaled %d of %d steps (mean factor %.3g)", k->nu_clipped, k->nu_count,
+                 k->nu_sum / k->nu_count);
+    kfac_log("update %d: seconds per update over the last %d: statistics %.4f, decompositions %.4f, "
+             "preconditioning %.4f; %s", k->step, n, (t[0] - k->t_reported[0]) / n, (t[1] - k->t_reported[1]) / n,
+             (t[2] - k->t_reported[2]) / n, clip);
+    memcpy(k->t_reported, t, sizeof t);
+    k->report_updates = 0;
+    k->nu_count = k->nu_clipped = 0;
+    k->nu_sum = 0;
 }
 
 void kfac_network_precondition(network *net, update_args *a)
@@ -336,6 +362,7 @@ void kfac_network_updated(network *net)
         if (kl->has_bias) memcpy(kl->b_snap, l->bias_updates, (size_t)kl->groups * kl->M * sizeof(float));
     }
     ++k->step;
+    kfac_network_report(net);
 }
 
 int kfac_network_step(const network *net)

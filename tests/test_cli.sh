@@ -74,6 +74,11 @@ rc=$?
 check cli_train_exits_0 "exit status $rc (see $W/train.log)" [ $rc -eq 0 ]
 check cli_prints_kfac_summary "no 'K-FAC: 2 layers: 0 conv ..., 2 conn ...; ... Fisher: true' line in $W/train.log" \
     grep -qE '^K-FAC: 2 layers: 0 conv A 28 G 4, 2 conn A 65 G 2;.*Fisher: true' "$W/train.log"
+# inverse_interval=2: a progress line after updates 2 (of 3), with the KL clip's
+# decisions on both updates (each is preconditioned: update 0 decomposes the factors
+# of its own batch first)
+check cli_prints_kfac_progress "no 'K-FAC: update 2: seconds per update over the last 2: ...' line in $W/train.log" \
+    grep -qE '^K-FAC: update 2: seconds per update over the last 2: statistics [0-9.]+, decompositions [0-9.]+, preconditioning [0-9.]+; KL clip scaled [0-2] of 2 steps' "$W/train.log"
 check cli_trains_max_batches_updates "expected Darknet's progress lines for updates 1 to 3 and no 4th" \
     bash -c "grep -q '^1, ' '$W/train.log' && grep -q '^3, ' '$W/train.log' && ! grep -q '^4, ' '$W/train.log'"
 check cli_saves_weights_and_state "no $W/backup/cli.weights and cli.weights.kfac" \
