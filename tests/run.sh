@@ -29,9 +29,8 @@ CC=${CC:-cc}
 CFLAGS="-O2 -g -Wall -std=gnu99 -I$DK/include -I$DK/src -Idarknet-kfac -Itests"
 LIBS="$DK/libdarknet.a -lopenblas -lm -pthread"
 
-passed=0
-failed=0
 t_suite=$(date +%s)
+. tests/count.sh
 
 selected() {
     [ $# -eq 1 ] && return 0
@@ -41,30 +40,6 @@ selected() {
         case "$name" in *"$pat"*) return 0 ;; esac
     done
     return 1
-}
-
-# run_one NAME LOG COMMAND...: runs the command, echoes and counts its result lines
-run_one() {
-    local name=$1 log=$2 t0 rc np nf
-    shift 2
-    t0=$(date +%s)
-    "$@" >"$log" 2>&1
-    rc=$?
-    grep -E '^(ok|FAIL|SKIP) ' "$log"
-    np=$(grep -c '^ok ' "$log")
-    nf=$(grep -c '^FAIL ' "$log")
-    if [ "$rc" -ne 0 ] && [ "$nf" -eq 0 ]; then
-        echo "FAIL $name: exited with status $rc without reporting a failed check"
-        nf=1
-    fi
-    if [ "$nf" -gt 0 ]; then
-        echo "---- last lines of $log ----"
-        tail -n 25 "$log"
-        echo "----"
-    fi
-    passed=$((passed + np))
-    failed=$((failed + nf))
-    echo "# $name: $np passed, $nf failed, $(( $(date +%s) - t0 )) s"
 }
 
 for src in tests/test_*.c; do
@@ -77,13 +52,13 @@ for src in tests/test_*.c; do
         failed=$((failed + 1))
         continue
     fi
-    run_one "$name" "$OUT/$name.log" "$bin"
+    count_run "$name" "$OUT/$name.log" "$bin"
 done
 
 for drv in tests/test_*.sh; do
     name=$(basename "$drv" .sh)
     selected "$name" "$@" || continue
-    run_one "$name" "$OUT/$name.log" bash "$drv" "$DK"
+    count_run "$name" "$OUT/$name.log" bash "$drv" "$DK"
 done
 
 echo "# suite: $(( $(date +%s) - t_suite )) s"

@@ -23,9 +23,8 @@ set -u
 cd "$(dirname "$0")/../.."
 OUT=build/tests-gpu
 mkdir -p "$OUT"
-passed=0
-failed=0
 t_suite=$(date +%s)
+. tests/count.sh
 
 fail() { echo "FAIL $1: $2"; failed=$((failed + 1)); }
 ok() { echo "ok $1"; passed=$((passed + 1)); }
@@ -54,33 +53,11 @@ nvidia-smi -L
 CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
 
 # ---- CPU vs GPU, piece by piece --------------------------------------------------------------
-# run_checks NAME LOG COMMAND...: runs it, echoes and counts its ok/FAIL lines
-run_checks() {
-    local name=$1 log=$2 rc np nf
-    shift 2
-    KFAC_GPU_TMP="$ROOT/$OUT" "$@" >"$log" 2>&1
-    rc=$?
-    grep -E '^(ok|FAIL|SKIP|#) ' "$log"
-    np=$(grep -c '^ok ' "$log")
-    nf=$(grep -c '^FAIL ' "$log")
-    if [ "$rc" -ne 0 ] && [ "$nf" -eq 0 ]; then
-        echo "FAIL $name: exited with status $rc without reporting a failed check"
-        nf=1
-    fi
-    if [ "$nf" -gt 0 ]; then
-        echo "---- last lines of $log ----"
-        tail -n 25 "$log"
-        echo "----"
-    fi
-    passed=$((passed + np))
-    failed=$((failed + nf))
-}
-
-run_checks test_gpu_kfac "$OUT/cudnn0/test_gpu_kfac.log" "$OUT/cudnn0/test_gpu_kfac" tests/gpu
+count_run test_gpu_kfac "$OUT/cudnn0/test_gpu_kfac.log" env KFAC_GPU_TMP="$ROOT/$OUT" "$OUT/cudnn0/test_gpu_kfac" tests/gpu
 if [ "${KFAC_GPU_CUDNN:-1}" != 0 ] && { [ -f "$CUDA_HOME/include/cudnn.h" ] || [ -f /usr/include/cudnn.h ]; }; then
     echo "# again with cuDNN convolutions"
     if build_variant 1; then
-        run_checks test_gpu_kfac_cudnn "$OUT/cudnn1/test_gpu_kfac.log" "$OUT/cudnn1/test_gpu_kfac" tests/gpu
+        count_run test_gpu_kfac_cudnn "$OUT/cudnn1/test_gpu_kfac.log" env KFAC_GPU_TMP="$ROOT/$OUT" "$OUT/cudnn1/test_gpu_kfac" tests/gpu
     fi
 else
     echo "# cuDNN build skipped (no cudnn.h, or KFAC_GPU_CUDNN=0)"
