@@ -145,19 +145,12 @@ int kfac_fisher_backward(network *net, int index, float *input, float *delta)
     /* the layers below the lowest covered one feed no statistics; their deltas are
      * cleared after the pass anyway */
     if (k->nlayers == 0 || index < k->layers[0].index) return 1;
-    if (l->type == CONVOLUTIONAL && !l->binary && !l->xnor) {
-        network lnet = *net;
-        lnet.input = input;
-        lnet.delta = delta;
-        lean_conv(l, &lnet);
-        return 1;
-    }
-    if (l->type == CONNECTED) {
-        network lnet = *net;
-        lnet.input = input;
-        lnet.delta = delta;
-        lean_connected(l, &lnet);
-        return 1;
-    }
-    return 0;
+    const int conv = l->type == CONVOLUTIONAL && !l->binary && !l->xnor;
+    if (!conv && l->type != CONNECTED) return 0;
+    network lnet = *net; /* the view backward_network gives the layer */
+    lnet.input = input;
+    lnet.delta = delta;
+    if (conv) lean_conv(l, &lnet);
+    else lean_connected(l, &lnet);
+    return 1;
 }
