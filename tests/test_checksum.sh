@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# test_checksum.sh <darknet build folder>: one fixed K-FAC run on the CPU gives the
-# same final weights, bit for bit, as it did when the checksum below was recorded.
+# test_checksum.sh <darknet build folder>: fixed K-FAC runs on the CPU give the same
+# final weights, bit for bit, as they did when the checksums below were recorded.
 #
-# The run: the demo CNN (cfg/digits-kfac.cfg, every [kfac] default) on the demo data,
-# seed 1, 200 updates, through build/kfac_compare (same initial weights and batches
-# for a given seed).  200 updates cover two inverse intervals, twenty statistics
-# steps with the true-Fisher pass, the KL clip and the lr policy's first step.
+# The runs, each seed 1 and 200 updates on the demo data through build/kfac_compare
+# (same initial weights and batches for a given seed):
+#   demo_cnn  cfg/digits-kfac.cfg, every [kfac] default: two inverse intervals, twenty
+#             statistics steps with the true-Fisher pass, the KL clip, the lr policy;
+#   bn_cnn    cfg/digits-bn.cfg + an empty [kfac]: batch norm, an avgpool, poly policy;
+#   mlp       cfg/digits-mlp.cfg + [kfac] fisher=empirical, statistics every 3 and
+#             inverses every 25 updates: connected layers only, a 1201-wide factor.
 #
 # Recorded at commit dead170 (before the backend split of issue 6), so that moving
 # code keeps the arithmetic.  A change that is meant to change the numbers (a new
@@ -19,33 +22,44 @@
 # AVX2 the test cannot pin them and says SKIP.
 set -u
 DK=${1:?usage: tests/test_checksum.sh <darknet build folder>}
-EXPECTED=fe2236b700a478545c1c93617b7528d295bf5554b900f1494800cc9dc50f5f7c
 W=build/tests/checksum
 DATA=build/data/digits/digits.data
 COMPARE=build/kfac_compare
 mkdir -p "$W"
 
 if ! grep -qw avx2 /proc/cpuinfo 2>/dev/null; then
-    echo "SKIP checksum_demo_cnn_200: no AVX2 here, OpenBLAS's Haswell kernels cannot be pinned"
+    echo "SKIP checksum: no AVX2 here, OpenBLAS's Haswell kernels cannot be pinned"
     exit 0
 fi
 if [ ! -f "$DATA" ]; then
     python3 tools/digits_prepare.py >"$W/prepare.log" 2>&1 || true
 fi
 if [ ! -f "$DATA" ]; then
-    echo "FAIL checksum_demo_cnn_200: no demo data ($DATA; tools/digits_prepare.py failed, see $W/prepare.log)"
+    echo "FAIL checksum_data: no demo data ($DATA; tools/digits_prepare.py failed, see $W/prepare.log)"
     exit 1
 fi
-rm -f "$W/final.weights"
-if ! OPENBLAS_NUM_THREADS=1 OPENBLAS_CORETYPE=Haswell "$COMPARE" -data "$DATA" -cfg cfg/digits-kfac.cfg \
-        -seed 1 -iters 200 -eval 200 -weights-out "$W/final.weights" >"$W/run.log" 2>&1; then
-    echo "FAIL checksum_demo_cnn_200: $COMPARE failed (see $W/run.log)"
-    exit 1
-fi
-got=$(sha256sum "$W/final.weights" | cut -d' ' -f1)
-if [ "$got" = "$EXPECTED" ]; then
-    echo "ok checksum_demo_cnn_200"
-else
-    echo "FAIL checksum_demo_cnn_200: final weights sha256 $got, recorded $EXPECTED"
-    exit 1
-fi
+nfail=0
+# run NAME CFG EXPECTED-SHA256
+run() {
+    local name=$1 cfg=$2 want=$3 got
+    rm -f "$W/$name.weights"
+    if ! OPENBLAS_NUM_THREADS=1 OPENBLAS_CORETYPE=Haswell "$COMPARE" -data "$DATA" -cfg "$cfg" \
+            -seed 1 -iters 200 -eval 200 -weights-out "$W/$name.weights" >"$W/$name.log" 2>&1; then
+        echo "FAIL checksum_$name: $COMPARE failed (see $W/$name.log)"
+        nfail=$((nfail + 1))
+        return
+    fi
+    got=$(sha256sum "$W/$name.weights" | cut -d' ' -f1)
+    if [ "$got" = "$want" ]; then
+        echo "ok checksum_$name"
+    else
+        echo "FAIL checksum_$name: final weights sha256 $got, recorded $want"
+        nfail=$((nfail + 1))
+    fi
+}
+printf '%s\n\n[kfac]\n' "$(cat cfg/digits-bn.cfg)" >"$W/bn-kfac.cfg"
+printf '%s\n\n[kfac]\nfisher=empirical\nstats_interval=3\ninverse_interval=25\n' "$(cat cfg/digits-mlp.cfg)" >"$W/mlp-kfac.cfg"
+run demo_cnn cfg/digits-kfac.cfg fe2236b700a478545c1c93617b7528d295bf5554b900f1494800cc9dc50f5f7c
+run bn_cnn "$W/bn-kfac.cfg" 165068de378f272f4ae6548dd19120540326c2fe667253549bb67347c8dff94d
+run mlp "$W/mlp-kfac.cfg" d28bf38efc1c0bd3643ee4d5ecbf49b69de715525274f501943e7e24a41a5eeb
+[ $nfail -eq 0 ]
