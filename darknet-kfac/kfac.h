@@ -29,6 +29,7 @@
  *     save_weights        kfac_state_save            <weights>.kfac next to the weights
  *     load_network        kfac_state_load
  *     free_network        kfac_network_free
+ *     sync_nets           kfac_networks_sync         multi-GPU builds: replicas
  *
  * Every other function here is for the tests and tools.
  */
@@ -68,6 +69,10 @@ void kfac_network_updated(network *net);
 void kfac_state_save(network *net, const char *weightfile);
 void kfac_state_load(network *net, const char *weightfile);
 
+/* Darknet's sync_nets hook (multi-GPU training): averages the factors of the n
+ * replicas and shares their decompositions out.  Called while no replica trains. */
+void kfac_networks_sync(network **nets, int n);
+
 /* ---- for tests and tools ---------------------------------------------------- */
 
 /* Number of completed updates K-FAC has seen (saved in the state file). */
@@ -83,6 +88,10 @@ void kfac_network_set_lean_fisher(network *net, int lean);
 
 /* Seconds spent so far in statistics, decompositions and preconditioning. */
 void kfac_network_timing(const network *net, double *stats, double *inverse, double *precond);
+
+/* Reads and checks the state file `path` for this net without applying it: 0 when it
+ * would load, 1 when it does not exist, -1 with the reason in err. */
+int kfac_state_check(network *net, const char *path, char *err, size_t errlen);
 
 /* Pointers into a covered layer's state (NULL when layer `index` is not covered).
  * A is groups x a_dim x a_dim, G is groups x g_dim x g_dim, row-major, symmetric. */

@@ -4,10 +4,11 @@
 # cuBLAS/cuSOLVER on the GPU.
 .DEFAULT_GOAL := all
 
-KFAC_OBJ := kfac_config.o kfac_network.o kfac_factors.o kfac_inverse.o \
-            kfac_precondition.o kfac_fisher.o kfac_state.o kfac_util.o
+# the driver and its files, then one object per backend (darknet-kfac/backend/)
+KFAC_OBJ := kfac_config.o kfac_network.o kfac_driver.o kfac_fisher.o kfac_state.o \
+            kfac_sync.o kfac_util.o kfac_backend_cpu.o
 ifeq ($(GPU), 1)
-KFAC_OBJ += kfac_gpu.o kfac_kernels.o
+KFAC_OBJ += kfac_backend_cuda.o kfac_backend_cuda_kernels.o
 LDFLAGS += -lcusolver
 # libcuda.so comes with the driver; a build machine without one links against the
 # toolkit's stub (the binary then loads the driver's libcuda.so.1 at run time).  The
@@ -19,7 +20,7 @@ KFAC_CUDA_HOME := $(firstword $(foreach d,$(CUDA_HOME) $(KFAC_NVCC_HOME) /usr/lo
 LDFLAGS += -L$(KFAC_CUDA_HOME)/lib64/stubs
 endif
 
-VPATH := $(VPATH):$(KFAC_DIR)
+VPATH := $(VPATH):$(KFAC_DIR):$(KFAC_DIR)/backend
 COMMON += -I$(KFAC_DIR)
 OBJ += $(KFAC_OBJ)
 # OPENBLAS_LIB=/abs/path/libopenblas.a (best in the environment) links that archive,
@@ -42,8 +43,8 @@ endif
 # Darknet compiles with -Ofast.  K-FAC turns fast math off: its NaN/Inf checks must
 # not be folded away, and the write-back wu += scale*P - D must not be reassociated
 # (with P == D it has to add exact zeros: tests/test_identity.c, test_yolo.c).
-$(addprefix $(OBJDIR),$(filter-out kfac_kernels.o,$(KFAC_OBJ))): CFLAGS += -fno-fast-math -std=gnu99
-$(addprefix $(OBJDIR),$(KFAC_OBJ)): $(wildcard $(KFAC_DIR)/*.h) $(KFAC_DIR)/kfac.mk
+$(addprefix $(OBJDIR),$(filter-out kfac_backend_cuda_kernels.o,$(KFAC_OBJ))): CFLAGS += -fno-fast-math -std=gnu99
+$(addprefix $(OBJDIR),$(KFAC_OBJ)): $(wildcard $(KFAC_DIR)/*.h $(KFAC_DIR)/backend/*.h) $(KFAC_DIR)/kfac.mk
 
 print-ldflags:
 	@echo $(LDFLAGS)

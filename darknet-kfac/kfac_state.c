@@ -10,21 +10,22 @@
  *   per conv/connected layer: i32 index, u32 counts; f32 weight, bias, scale updates
  *   u64 FNV-1a hash of everything before it
  *
- * Written to <file>.tmp and renamed, so a crash mid-write never leaves a torn file. */
+ * Written to <file>.tmp and renamed, so a crash mid-write never leaves a torn file.
+ * A file is read whole and checked before anything of the net changes; every length
+ * in it must equal what this net gives, so no size read from the file is trusted. */
 #include <errno.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include "kfac_internal.h"
-#include "kfac_gpu.h"
 
 #define KFAC_STATE_MAGIC 0x4341464bu /* "KFAC" */
 #define KFAC_STATE_VERSION 1u
 
 typedef struct {
     FILE *fp;
-    const char *path;
     uint64_t hash;
-    int failed;
+    int failed;             /* errno of the first failed write */
 } kfac_stream;
 
 static void hash_bytes(uint64_t *h, const void *p, size_t n)
@@ -50,8 +51,6 @@ static int get(kfac_stream *s, void *p, size_t size, size_t n)
     return 0;
 }
 
-static size_t sq(int g, int d) { return (size_t)g * d * d; }
-
 void kfac_layer_update_counts(const layer *l, size_t c[3])
 {
     c[0] = l->weight_updates ? (size_t)(l->type == CONNECTED ? l->inputs * l->outputs : l->nweights) : 0;
@@ -59,59 +58,95 @@ void kfac_layer_update_counts(const layer *l, size_t c[3])
     c[2] = l->scale_updates ? (size_t)(l->type == CONNECTED ? l->outputs : l->n) : 0;
 }
 
-/* the counts as the file stores them */
-static void layer_update_counts(const layer *l, uint32_t c[3])
+static int is_weighted(const layer *l)
 {
-    size_t n[3];
-    int j;
-    kfac_layer_update_counts(l, n);
-    for (j = 0; j < 3; ++j) c[j] = (uint32_t)n[j];
+    return l->type == CONVOLUTIONAL || l->type == CONNECTED;
 }
+
+/* The arrays of one covered layer the file holds, in file order, with their lengths. */
+#define KFAC_LAYER_ARRAYS 8
+static void layer_arrays(kfac_layer *kl, float **p[KFAC_LAYER_ARRAYS], size_t n[KFAC_LAYER_ARRAYS])
+{
+    const size_t g = (size_t)kl->s.groups, K = (size_t)kl->s.K, M = (size_t)kl->s.M;
+    p[0] = &kl->A;      n[0] = g * K * K;
+    p[1] = &kl->G;      n[1] = g * M * M;
+    p[2] = &kl->EA;     n[2] = g * K * K;
+    p[3] = &kl->dA;     n[3] = g * K;
+    p[4] = &kl->EG;     n[4] = g * M * M;
+    p[5] = &kl->dG;     n[5] = g * M;
+    p[6] = &kl->w_snap; n[6] = g * M * (size_t)kl->s.k_in;
+    p[7] = &kl->b_snap; n[7] = kl->s.has_bias ? g * M : 0;
+}
+
+/* ---- save ----------------------------------------------------------------------- */
 
 void kfac_state_save(network *net, const char *weightfile)
 {
     kfac_net *k = kfac_of(net);
+    kfac_backend *be = k->be;
     char path[4096], tmp[4200];
-    int i;
+    int i, j;
     snprintf(path, sizeof path, "%s.kfac", weightfile);
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
-#ifdef GPU
-    if (net->gpu_index >= 0) kfac_state_pull_gpu(net); /* the host arrays stage the file */
-#endif
-    kfac_stream s = {fopen(tmp, "wb"), tmp, 0xcbf29ce484222325ULL, 0};
+    kfac_stream s = {fopen(tmp, "wb"), 0xcbf29ce484222325ULL, 0};
     if (!s.fp) {
         kfac_log("cannot write %s (%s): K-FAC state not saved; the weights are saved", tmp, strerror(errno));
         return;
     }
+    /* one host buffer, as long as the longest array, stages every array */
+    size_t longest = 1;
+    for (i = 0; i < k->nlayers; ++i) {
+        float **p[KFAC_LAYER_ARRAYS];
+        size_t n[KFAC_LAYER_ARRAYS];
+        layer_arrays(&k->layers[i], p, n);
+        for (j = 0; j < KFAC_LAYER_ARRAYS; ++j) if (n[j] > longest) longest = n[j];
+    }
+    for (i = 0; i < net->n; ++i) {
+        size_t c[3];
+        if (!is_weighted(&net->layers[i])) continue;
+        kfac_layer_update_counts(&net->layers[i], c);
+        for (j = 0; j < 3; ++j) if (c[j] > longest) longest = c[j];
+    }
+    float *host = (float *)kfac_calloc(longest, sizeof(float));
+
     uint32_t head[4] = {KFAC_STATE_MAGIC, KFAC_STATE_VERSION, (uint32_t)net->n, (uint32_t)k->nlayers};
     put(&s, head, sizeof(uint32_t), 4);
     put(&s, &k->step, sizeof(int32_t), 1);
     put(&s, &k->rng, sizeof(uint64_t), 1);
     for (i = 0; i < k->nlayers; ++i) {
         kfac_layer *kl = &k->layers[i];
-        int32_t d[8] = {kl->index, kl->type, kl->groups, kl->K, kl->M, kl->has_bias, kl->have_factors, kl->have_inverse};
+        float **p[KFAC_LAYER_ARRAYS];
+        size_t n[KFAC_LAYER_ARRAYS];
+        int32_t d[8] = {kl->index, kl->s.type, kl->s.groups, kl->s.K, kl->s.M, kl->s.has_bias, kl->have_factors,
+                        kl->have_inverse};
         put(&s, d, sizeof(int32_t), 8);
-        put(&s, kl->A, sizeof(float), sq(kl->groups, kl->K));
-        put(&s, kl->G, sizeof(float), sq(kl->groups, kl->M));
-        put(&s, kl->EA, sizeof(float), sq(kl->groups, kl->K));
-        put(&s, kl->dA, sizeof(float), (size_t)kl->groups * kl->K);
-        put(&s, kl->EG, sizeof(float), sq(kl->groups, kl->M));
-        put(&s, kl->dG, sizeof(float), (size_t)kl->groups * kl->M);
-        put(&s, kl->w_snap, sizeof(float), (size_t)kl->groups * kl->M * kl->k_in);
-        if (kl->has_bias) put(&s, kl->b_snap, sizeof(float), (size_t)kl->groups * kl->M);
+        layer_arrays(kl, p, n);
+        for (j = 0; j < KFAC_LAYER_ARRAYS; ++j) {
+            if (!n[j]) continue;
+            be->ops->to_host(be, host, *p[j], n[j]);
+            put(&s, host, sizeof(float), n[j]);
+        }
     }
     for (i = 0; i < net->n; ++i) {
         const layer *l = &net->layers[i];
-        uint32_t c[3];
-        if (l->type != CONVOLUTIONAL && l->type != CONNECTED) continue;
-        layer_update_counts(l, c);
+        size_t c[3];
+        uint32_t c32[3];
+        kfac_darknet_buffers b;
+        if (!is_weighted(l)) continue;
+        kfac_layer_update_counts(l, c);
+        be->ops->darknet_buffers(l, &b);
+        float *src[3] = {b.weight_updates, b.bias_updates, b.scale_updates};
         int32_t idx = i;
+        for (j = 0; j < 3; ++j) c32[j] = (uint32_t)c[j];
         put(&s, &idx, sizeof idx, 1);
-        put(&s, c, sizeof(uint32_t), 3);
-        put(&s, l->weight_updates, sizeof(float), c[0]);
-        put(&s, l->bias_updates, sizeof(float), c[1]);
-        put(&s, l->scale_updates, sizeof(float), c[2]);
+        put(&s, c32, sizeof(uint32_t), 3);
+        for (j = 0; j < 3; ++j) {
+            if (!c[j]) continue;
+            be->ops->to_host(be, host, src[j], c[j]);
+            put(&s, host, sizeof(float), c[j]);
+        }
     }
+    free(host);
     uint64_t h = s.hash;
     put(&s, &h, sizeof h, 1);
     if (fclose(s.fp) != 0 && !s.failed) s.failed = errno ? errno : EIO;
@@ -122,115 +157,186 @@ void kfac_state_save(network *net, const char *weightfile)
     }
 }
 
-#define BAD(...) do { fclose(s.fp); kfac_user_error(__VA_ARGS__); } while (0)
+/* ---- load ------------------------------------------------------------------------- */
 
-void kfac_state_load(network *net, const char *weightfile)
-{
-    kfac_net *k = kfac_of(net);
-    char path[4096];
-    int i;
-    snprintf(path, sizeof path, "%s.kfac", weightfile);
-    kfac_stream s = {fopen(path, "rb"), path, 0xcbf29ce484222325ULL, 0};
-    if (!s.fp) {
-        if (errno == ENOENT) {
-            kfac_log("no state file %s: K-FAC starts fresh from these weights", path);
-            return;
-        }
-        kfac_user_error("%s: cannot open K-FAC state file (%s)", path, strerror(errno));
-    }
-    uint32_t head[4];
+/* A state file read whole into host memory, not yet applied to the net. */
+typedef struct {
     int32_t step;
     uint64_t rng;
-    if (get(&s, head, sizeof(uint32_t), 4)) BAD("%s: not a K-FAC state file (too short)", path);
-    if (head[0] != KFAC_STATE_MAGIC) BAD("%s: not a K-FAC state file (bad magic number)", path);
-    if (head[1] != KFAC_STATE_VERSION) BAD("%s: K-FAC state file version %u, this build reads version %u", path, head[1], KFAC_STATE_VERSION);
-    if (head[2] != (uint32_t)net->n || head[3] != (uint32_t)k->nlayers)
-        BAD("%s: saved for a network of %u layers with %u under K-FAC; this cfg has %d and %d (another net or another [kfac])",
-            path, head[2], head[3], net->n, k->nlayers);
-    if (get(&s, &step, sizeof step, 1) || get(&s, &rng, sizeof rng, 1)) BAD("%s: truncated K-FAC state file", path);
+    int nlayers;
+    int32_t (*flags)[2];    /* per covered layer: have_factors, have_inverse */
+    float **arrays;         /* per covered layer KFAC_LAYER_ARRAYS host arrays */
+    float **updates;        /* per net layer 3 host arrays (NULL for other layer types) */
+    int n;                  /* net->n */
+} kfac_staged;
 
-    /* read everything into scratch first: a bad file must leave the state untouched */
-    kfac_layer *tmp = (kfac_layer *)kfac_calloc((size_t)(k->nlayers ? k->nlayers : 1), sizeof(kfac_layer));
-    float **upd = (float **)kfac_calloc((size_t)net->n * 3, sizeof(float *));
+static void staged_free(kfac_staged *st)
+{
+    int i;
+    if (st->arrays)
+        for (i = 0; i < st->nlayers * KFAC_LAYER_ARRAYS; ++i) free(st->arrays[i]);
+    if (st->updates)
+        for (i = 0; i < st->n * 3; ++i) free(st->updates[i]);
+    free(st->arrays);
+    free(st->updates);
+    free(st->flags);
+    memset(st, 0, sizeof *st);
+}
+
+static int fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+/* Reads and checks path for this net.  Returns 0 with st filled, 1 when the file does
+ * not exist, -1 with a message in err (naming the file and the fault). */
+static int state_read(network *net, const char *path, kfac_staged *st, char *err, size_t errlen)
+{
+    kfac_net *k = kfac_of(net);
+    int i, j, rc = -1;
+    memset(st, 0, sizeof *st);
+    kfac_stream s = {fopen(path, "rb"), 0xcbf29ce484222325ULL, 0};
+    if (!s.fp) {
+        if (errno == ENOENT) return 1;
+        return fail(err, errlen, "%s: cannot open K-FAC state file (%s)", path, strerror(errno));
+    }
+    uint32_t head[4];
+    if (get(&s, head, sizeof(uint32_t), 4)) { fail(err, errlen, "%s: not a K-FAC state file (too short)", path); goto done; }
+    if (head[0] != KFAC_STATE_MAGIC) { fail(err, errlen, "%s: not a K-FAC state file (bad magic number)", path); goto done; }
+    if (head[1] != KFAC_STATE_VERSION) {
+        fail(err, errlen, "%s: K-FAC state file version %u, this build reads version %u", path, head[1], KFAC_STATE_VERSION);
+        goto done;
+    }
+    if (head[2] != (uint32_t)net->n || head[3] != (uint32_t)k->nlayers) {
+        fail(err, errlen, "%s: saved for a network of %u layers with %u under K-FAC; this cfg has %d and %d (another net or another [kfac])",
+             path, head[2], head[3], net->n, k->nlayers);
+        goto done;
+    }
+    if (get(&s, &st->step, sizeof st->step, 1) || get(&s, &st->rng, sizeof st->rng, 1)) {
+        fail(err, errlen, "%s: truncated K-FAC state file", path);
+        goto done;
+    }
+    st->nlayers = k->nlayers;
+    st->n = net->n;
+    st->flags = (int32_t(*)[2])kfac_calloc((size_t)(k->nlayers ? k->nlayers : 1), sizeof *st->flags);
+    st->arrays = (float **)kfac_calloc((size_t)(k->nlayers ? k->nlayers : 1) * KFAC_LAYER_ARRAYS, sizeof(float *));
+    st->updates = (float **)kfac_calloc((size_t)net->n * 3, sizeof(float *));
     for (i = 0; i < k->nlayers; ++i) {
-        kfac_layer *kl = &k->layers[i], *t = &tmp[i];
+        kfac_layer *kl = &k->layers[i];
+        float **p[KFAC_LAYER_ARRAYS];
+        size_t n[KFAC_LAYER_ARRAYS];
         int32_t d[8];
-        if (get(&s, d, sizeof(int32_t), 8)) BAD("%s: truncated K-FAC state file (layer %d)", path, kl->index);
-        if (d[0] != kl->index || d[1] != kl->type || d[2] != kl->groups || d[3] != kl->K || d[4] != kl->M || d[5] != kl->has_bias)
-            BAD("%s: layer %d was saved with factors A %d G %d (groups %d), this cfg gives layer %d A %d G %d (groups %d): another net or another cfg",
-                path, d[0], d[3], d[4], d[2], kl->index, kl->K, kl->M, kl->groups);
-        *t = *kl;
-        t->have_factors = d[6];
-        t->have_inverse = d[7];
-        t->A = (float *)kfac_calloc(sq(kl->groups, kl->K), sizeof(float));
-        t->G = (float *)kfac_calloc(sq(kl->groups, kl->M), sizeof(float));
-        t->EA = (float *)kfac_calloc(sq(kl->groups, kl->K), sizeof(float));
-        t->dA = (float *)kfac_calloc((size_t)kl->groups * kl->K, sizeof(float));
-        t->EG = (float *)kfac_calloc(sq(kl->groups, kl->M), sizeof(float));
-        t->dG = (float *)kfac_calloc((size_t)kl->groups * kl->M, sizeof(float));
-        t->w_snap = (float *)kfac_calloc((size_t)kl->groups * kl->M * kl->k_in, sizeof(float));
-        t->b_snap = kl->has_bias ? (float *)kfac_calloc((size_t)kl->groups * kl->M, sizeof(float)) : NULL;
-        if (get(&s, t->A, sizeof(float), sq(kl->groups, kl->K)) || get(&s, t->G, sizeof(float), sq(kl->groups, kl->M)) ||
-            get(&s, t->EA, sizeof(float), sq(kl->groups, kl->K)) || get(&s, t->dA, sizeof(float), (size_t)kl->groups * kl->K) ||
-            get(&s, t->EG, sizeof(float), sq(kl->groups, kl->M)) || get(&s, t->dG, sizeof(float), (size_t)kl->groups * kl->M) ||
-            get(&s, t->w_snap, sizeof(float), (size_t)kl->groups * kl->M * kl->k_in) ||
-            (kl->has_bias && get(&s, t->b_snap, sizeof(float), (size_t)kl->groups * kl->M)))
-            BAD("%s: truncated K-FAC state file (layer %d factors)", path, kl->index);
+        if (get(&s, d, sizeof(int32_t), 8)) { fail(err, errlen, "%s: truncated K-FAC state file (layer %d)", path, kl->index); goto done; }
+        if (d[0] != kl->index || d[1] != kl->s.type || d[2] != kl->s.groups || d[3] != kl->s.K || d[4] != kl->s.M ||
+            d[5] != kl->s.has_bias) {
+            fail(err, errlen, "%s: layer %d was saved with factors A %d G %d (groups %d), this cfg gives layer %d A %d G %d (groups %d): another net or another cfg",
+                 path, d[0], d[3], d[4], d[2], kl->index, kl->s.K, kl->s.M, kl->s.groups);
+            goto done;
+        }
+        st->flags[i][0] = d[6];
+        st->flags[i][1] = d[7];
+        layer_arrays(kl, p, n);
+        for (j = 0; j < KFAC_LAYER_ARRAYS; ++j) {
+            float **a = &st->arrays[i * KFAC_LAYER_ARRAYS + j];
+            *a = (float *)kfac_calloc(n[j] ? n[j] : 1, sizeof(float));
+            if (get(&s, *a, sizeof(float), n[j])) {
+                fail(err, errlen, "%s: truncated K-FAC state file (layer %d factors)", path, kl->index);
+                goto done;
+            }
+        }
     }
     for (i = 0; i < net->n; ++i) {
         const layer *l = &net->layers[i];
-        uint32_t c[3], fc[3];
+        size_t c[3];
+        uint32_t fc[3];
         int32_t idx;
-        if (l->type != CONVOLUTIONAL && l->type != CONNECTED) continue;
-        layer_update_counts(l, c);
-        if (get(&s, &idx, sizeof idx, 1) || get(&s, fc, sizeof(uint32_t), 3)) BAD("%s: truncated K-FAC state file (momentum of layer %d)", path, i);
-        if (idx != i || fc[0] != c[0] || fc[1] != c[1] || fc[2] != c[2])
-            BAD("%s: momentum of layer %d saved with %u/%u/%u values, this net has %u/%u/%u: another net", path, i, fc[0], fc[1], fc[2], c[0], c[1], c[2]);
-        int j;
+        if (!is_weighted(l)) continue;
+        kfac_layer_update_counts(l, c);
+        if (get(&s, &idx, sizeof idx, 1) || get(&s, fc, sizeof(uint32_t), 3)) {
+            fail(err, errlen, "%s: truncated K-FAC state file (momentum of layer %d)", path, i);
+            goto done;
+        }
+        if (idx != i || fc[0] != c[0] || fc[1] != c[1] || fc[2] != c[2]) {
+            fail(err, errlen, "%s: momentum of layer %d saved with %u/%u/%u values, this net has %zu/%zu/%zu: another net",
+                 path, i, fc[0], fc[1], fc[2], c[0], c[1], c[2]);
+            goto done;
+        }
         for (j = 0; j < 3; ++j) {
-            upd[3 * i + j] = (float *)kfac_calloc(c[j] ? c[j] : 1, sizeof(float));
-            if (get(&s, upd[3 * i + j], sizeof(float), c[j])) BAD("%s: truncated K-FAC state file (momentum of layer %d)", path, i);
+            float **a = &st->updates[3 * i + j];
+            *a = (float *)kfac_calloc(c[j] ? c[j] : 1, sizeof(float));
+            if (get(&s, *a, sizeof(float), c[j])) {
+                fail(err, errlen, "%s: truncated K-FAC state file (momentum of layer %d)", path, i);
+                goto done;
+            }
         }
     }
     uint64_t want = s.hash, h;
-    if (fread(&h, sizeof h, 1, s.fp) != 1) BAD("%s: truncated K-FAC state file (no checksum)", path);
-    if (h != want) BAD("%s: K-FAC state file is corrupt (checksum mismatch)", path);
-    if (fgetc(s.fp) != EOF) BAD("%s: K-FAC state file has trailing bytes: corrupt", path);
+    if (fread(&h, sizeof h, 1, s.fp) != 1) { fail(err, errlen, "%s: truncated K-FAC state file (no checksum)", path); goto done; }
+    if (h != want) { fail(err, errlen, "%s: K-FAC state file is corrupt (checksum mismatch)", path); goto done; }
+    if (fgetc(s.fp) != EOF) { fail(err, errlen, "%s: K-FAC state file has trailing bytes: corrupt", path); goto done; }
+    rc = 0;
+done:
     fclose(s.fp);
+    if (rc != 0) staged_free(st);
+    return rc;
+}
 
-    /* commit */
+static void state_commit(network *net, const kfac_staged *st)
+{
+    kfac_net *k = kfac_of(net);
+    kfac_backend *be = k->be;
+    int i, j;
     for (i = 0; i < k->nlayers; ++i) {
-        kfac_layer *kl = &k->layers[i], *t = &tmp[i];
-        size_t gK = (size_t)kl->groups * kl->K, gM = (size_t)kl->groups * kl->M;
-        memcpy(kl->A, t->A, gK * kl->K * sizeof(float));
-        memcpy(kl->G, t->G, gM * kl->M * sizeof(float));
-        memcpy(kl->EA, t->EA, gK * kl->K * sizeof(float));
-        memcpy(kl->dA, t->dA, gK * sizeof(float));
-        memcpy(kl->EG, t->EG, gM * kl->M * sizeof(float));
-        memcpy(kl->dG, t->dG, gM * sizeof(float));
-        memcpy(kl->w_snap, t->w_snap, gM * kl->k_in * sizeof(float));
-        if (kl->has_bias) memcpy(kl->b_snap, t->b_snap, gM * sizeof(float));
-        kl->have_factors = t->have_factors;
-        kl->have_inverse = t->have_inverse;
+        kfac_layer *kl = &k->layers[i];
+        float **p[KFAC_LAYER_ARRAYS];
+        size_t n[KFAC_LAYER_ARRAYS];
+        layer_arrays(kl, p, n);
+        for (j = 0; j < KFAC_LAYER_ARRAYS; ++j)
+            if (n[j]) be->ops->from_host(be, *p[j], st->arrays[i * KFAC_LAYER_ARRAYS + j], n[j]);
+        kl->have_factors = st->flags[i][0];
+        kl->have_inverse = st->flags[i][1];
         kl->inv_damping = 0; /* damped inverses rebuilt from the loaded decomposition */
-        free(t->A); free(t->G); free(t->EA); free(t->dA); free(t->EG); free(t->dG); free(t->w_snap); free(t->b_snap);
     }
     for (i = 0; i < net->n; ++i) {
-        layer *l = &net->layers[i];
-        uint32_t c[3];
-        if (l->type != CONVOLUTIONAL && l->type != CONNECTED) continue;
-        layer_update_counts(l, c);
-        if (c[0]) memcpy(l->weight_updates, upd[3 * i], c[0] * sizeof(float));
-        if (c[1]) memcpy(l->bias_updates, upd[3 * i + 1], c[1] * sizeof(float));
-        if (c[2]) memcpy(l->scale_updates, upd[3 * i + 2], c[2] * sizeof(float));
-        free(upd[3 * i]); free(upd[3 * i + 1]); free(upd[3 * i + 2]);
+        const layer *l = &net->layers[i];
+        size_t c[3];
+        kfac_darknet_buffers b;
+        if (!is_weighted(l)) continue;
+        kfac_layer_update_counts(l, c);
+        be->ops->darknet_buffers(l, &b);
+        float *dst[3] = {b.weight_updates, b.bias_updates, b.scale_updates};
+        for (j = 0; j < 3; ++j)
+            if (c[j]) be->ops->from_host(be, dst[j], st->updates[3 * i + j], c[j]);
     }
-    free(upd);
-    free(tmp);
-    k->step = step;
-    k->rng = rng;
-#ifdef GPU
-    if (net->gpu_index >= 0) kfac_state_push_gpu(net);
-#endif
-    kfac_log("resumed from %s at K-FAC step %d", path, step);
+    k->step = st->step;
+    k->rng = st->rng;
+}
+
+int kfac_state_check(network *net, const char *path, char *err, size_t errlen)
+{
+    kfac_staged st;
+    int rc = state_read(net, path, &st, err, errlen);
+    if (rc == 0) staged_free(&st);
+    return rc;
+}
+
+void kfac_state_load(network *net, const char *weightfile)
+{
+    char path[4096], err[1024];
+    kfac_staged st;
+    snprintf(path, sizeof path, "%s.kfac", weightfile);
+    int rc = state_read(net, path, &st, err, sizeof err);
+    if (rc == 1) {
+        kfac_log("no state file %s: K-FAC starts fresh from these weights", path);
+        return;
+    }
+    if (rc != 0) kfac_user_error("%s", err);
+    state_commit(net, &st);
+    kfac_log("resumed from %s at K-FAC step %d", path, st.step);
+    staged_free(&st);
 }

@@ -3,7 +3,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include "kfac_internal.h"
+#include <stdio.h>
+#include "kfac_util.h"
 
 void kfac_die(const char *file, int line, const char *fmt, ...)
 {

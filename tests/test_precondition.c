@@ -1,6 +1,7 @@
 /* test_precondition: the preconditioned gradient against an explicit dense solve.
  *
- * kfac_precondition_layer_cpu (after kfac_inverse_update_cpu) must return, for each
+ * kfac_precondition_layer (after kfac_inverse_refresh; the CPU backend) must return,
+ * for each
  * group, the P solving
  *
  *   [(A + lA I) (x) (G + lG I)] vec(P) = vec(D),   lA = sqrt(damping) * mean eig(A),
@@ -9,7 +10,7 @@
  * where "mean eig" is over the nonzero eigenvalues (the trace over the rank),
  *
  * (factored Tikhonov damping, Martens & Grosse 2015 section 6.3, as documented in
- * kfac_precondition.c), with vec() stacking columns so that (A (x) G) vec(P) =
+ * kfac_driver.c), with vec() stacking columns so that (A (x) G) vec(P) =
  * vec(G P A).  The reference builds that (M K) x (M K) matrix explicitly and solves it
  * in double by Gaussian elimination with partial pivoting; mean eig = trace / rank,
  * with the rank the factors were built with (random_psd). */
@@ -109,8 +110,8 @@ static void run_case(const pcase *c, uint64_t stream)
     kfac_layer *kl = (kfac_layer *)net->layers[0].kfac;
     char nm[160];
     snprintf(nm, sizeof nm, "%s_layer_shapes", c->name);
-    if (!kt_check(nm, kl && kl->groups == G_ && kl->K == K && kl->M == M, "layer 0: %s groups %d K %d M %d",
-                  kl ? "covered" : "not covered", kl ? kl->groups : 0, kl ? kl->K : 0, kl ? kl->M : 0)) {
+    if (!kt_check(nm, kl && kl->s.groups == G_ && kl->s.K == K && kl->s.M == M, "layer 0: %s groups %d K %d M %d",
+                  kl ? "covered" : "not covered", kl ? kl->s.groups : 0, kl ? kl->s.K : 0, kl ? kl->s.M : 0)) {
         free_network(net);
         return;
     }
@@ -123,9 +124,11 @@ static void run_case(const pcase *c, uint64_t stream)
     kl->have_factors = 1;
 
     snprintf(nm, sizeof nm, "%s_inverse_update", c->name);
-    int rc = kfac_inverse_update_cpu(kl);
-    kt_check(nm, rc == 0 && kl->have_inverse, "kfac_inverse_update_cpu returned %d, have_inverse %d", rc, kl->have_inverse);
-    kfac_precondition_layer_cpu(kl, c->damping);
+    kfac_net *k = kfac_of(net);
+    int rc = kfac_inverse_refresh(k, kl);
+    kt_check(nm, rc == 0 && kl->have_inverse, "kfac_inverse_refresh returned %d, have_inverse %d", rc, kl->have_inverse);
+    k->cfg.damping = c->damping;
+    kfac_precondition_layer(k, kl);
 
     const int n = M * K;
     double *X = (double *)calloc((size_t)n * n, sizeof(double));
@@ -169,7 +172,7 @@ static void run_case(const pcase *c, uint64_t stream)
 }
 
 /* A layer whose factors are all zero (a dead layer) has nothing to precondition
- * with: P must be D unchanged (kfac_precondition.c) */
+ * with: P must be D unchanged (kfac_driver.c) */
 static void zero_factor_case(void)
 {
     static const pcase c = {"zero_factors", 1, 3, 2, 3, 2, 0, 0, 1e-3f};
@@ -178,8 +181,9 @@ static void zero_factor_case(void)
     int i;
     for (i = 0; i < c.M * c.K; ++i) kl->D[i] = (float)(i + 1);
     kl->have_factors = 1; /* A and G are still all zeros */
-    kfac_inverse_update_cpu(kl);
-    kfac_precondition_layer_cpu(kl, c.damping);
+    kfac_inverse_refresh(kfac_of(net), kl);
+    kfac_of(net)->cfg.damping = c.damping;
+    kfac_precondition_layer(kfac_of(net), kl);
     kt_check("zero_factors_P_is_D", memcmp(kl->P, kl->D, (size_t)c.M * c.K * sizeof(float)) == 0, "P differs from D");
     free_network(net);
 }

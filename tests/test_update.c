@@ -19,6 +19,14 @@
 
 static const char *base = "tests/cfg/update.cfg";
 
+static double dot(const float *a, const float *b, size_t n)
+{
+    double s = 0;
+    size_t i;
+    for (i = 0; i < n; ++i) s += (double)a[i] * (double)b[i];
+    return s;
+}
+
 static network *make(const char *tag, const char *section)
 {
     char path[256];
@@ -50,15 +58,15 @@ static step_info one_update(network *net)
         const layer *l = &net->layers[kl->index];
         double dp = 0, pp = 0;
         int r, c;
-        for (r = 0; r < kl->groups * kl->M; ++r)
-            for (c = 0; c < kl->k_in; ++c) {
-                double p = kl->P[(size_t)r * kl->K + c];
-                double dw = (double)l->weights[(size_t)r * kl->k_in + c] - before[i][(size_t)r * kl->k_in + c];
+        for (r = 0; r < kl->s.groups * kl->s.M; ++r)
+            for (c = 0; c < kl->s.k_in; ++c) {
+                double p = kl->P[(size_t)r * kl->s.K + c];
+                double dw = (double)l->weights[(size_t)r * kl->s.k_in + c] - before[i][(size_t)r * kl->s.k_in + c];
                 dp += dw * p;
                 pp += p * p;
             }
         s.nu[i] = dp / (lr / B * pp);
-        s.quad += lr * lr * kfac_dot_cpu(kl->P, kl->D, (size_t)kl->groups * kl->M * kl->K) / (B * B);
+        s.quad += lr * lr * dot(kl->P, kl->D, (size_t)kl->s.groups * kl->s.M * kl->s.K) / (B * B);
         free(before[i]);
     }
     return s;
@@ -117,18 +125,18 @@ static void schedule_checks(void)
     network *net = make("schedule", "[kfac]\nstats_interval=2\ninverse_interval=3\nwarmup=1\n");
     kfac_net *k = kfac_of(net);
     const kfac_layer *kl = &k->layers[1];
-    size_t nA = (size_t)kl->K * kl->K;
-    float *A_prev = (float *)calloc(nA, sizeof(float)), *d_prev = (float *)calloc((size_t)kl->K, sizeof(float));
+    size_t nA = (size_t)kl->s.K * kl->s.K;
+    float *A_prev = (float *)calloc(nA, sizeof(float)), *d_prev = (float *)calloc((size_t)kl->s.K, sizeof(float));
     char factors[64] = "", inverses[64] = "";
     int u;
     for (u = 0; u < 8; ++u) {
         kt_train_updates(net, 83, u, 1);
         if (memcmp(A_prev, kl->A, nA * sizeof(float)))
             snprintf(factors + strlen(factors), sizeof factors - strlen(factors), "%d ", u);
-        if (memcmp(d_prev, kl->dA, (size_t)kl->K * sizeof(float)))
+        if (memcmp(d_prev, kl->dA, (size_t)kl->s.K * sizeof(float)))
             snprintf(inverses + strlen(inverses), sizeof inverses - strlen(inverses), "%d ", u);
         memcpy(A_prev, kl->A, nA * sizeof(float));
-        memcpy(d_prev, kl->dA, (size_t)kl->K * sizeof(float));
+        memcpy(d_prev, kl->dA, (size_t)kl->s.K * sizeof(float));
     }
     kt_check("factors_change_on_statistics_steps", !strcmp(factors, "0 2 4 6 "),
              "A changed after updates %s(expected 0 2 4 6)", factors);
@@ -148,10 +156,10 @@ static int net_finite(const network *net)
     for (i = 0; i < k->nlayers; ++i) {
         const kfac_layer *kl = &k->layers[i];
         const layer *l = &net->layers[kl->index];
-        if (!kfac_all_finite(l->weights, kt_nweights(l)) || !kfac_all_finite(l->biases, (size_t)kl->groups * kl->M) ||
-            !kfac_all_finite(kl->A, (size_t)kl->groups * kl->K * kl->K) ||
-            !kfac_all_finite(kl->G, (size_t)kl->groups * kl->M * kl->M) ||
-            !kfac_all_finite(kl->dA, (size_t)kl->groups * kl->K) || !kfac_all_finite(kl->dG, (size_t)kl->groups * kl->M))
+        if (!kfac_all_finite(l->weights, kt_nweights(l)) || !kfac_all_finite(l->biases, (size_t)kl->s.groups * kl->s.M) ||
+            !kfac_all_finite(kl->A, (size_t)kl->s.groups * kl->s.K * kl->s.K) ||
+            !kfac_all_finite(kl->G, (size_t)kl->s.groups * kl->s.M * kl->s.M) ||
+            !kfac_all_finite(kl->dA, (size_t)kl->s.groups * kl->s.K) || !kfac_all_finite(kl->dG, (size_t)kl->s.groups * kl->s.M))
             return 0;
     }
     return 1;

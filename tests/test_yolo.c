@@ -90,7 +90,7 @@ int main(void)
     int factors_ok = 1;
     for (i = 0; i < k->nlayers; ++i) {
         const kfac_layer *kl = &k->layers[i];
-        size_t nA = (size_t)kl->groups * kl->K * kl->K, nG = (size_t)kl->groups * kl->M * kl->M;
+        size_t nA = (size_t)kl->s.groups * kl->s.K * kl->s.K, nG = (size_t)kl->s.groups * kl->s.M * kl->s.M;
         double a = 0, g = 0;
         size_t j;
         for (j = 0; j < nA; ++j) a += fabs(kl->A[j]);

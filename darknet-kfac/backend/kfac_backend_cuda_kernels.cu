@@ -1,5 +1,5 @@
-/* darknet-kfac: CUDA kernels, the device twins of the loops in kfac_factors.c,
- * kfac_inverse.c, kfac_precondition.c and kfac_fisher.c.
+/* darknet-kfac: the CUDA backend's kernels, the device twins of the loops of the CPU
+ * backend (kfac_backend_cpu.c).
  *
  * Each op is a `static __global__` kernel and a launcher that takes a stream and
  * checks the launch (KFAC_CUDA_CHECK(cudaGetLastError())).  Kernels use grid-stride
@@ -15,9 +15,7 @@
 #include <cudnn.h>
 #endif
 
-extern "C" {
-#include "kfac_gpu.h"
-}
+#include "kfac_backend_cuda.h"
 
 #define KFAC_THREADS 256
 
@@ -39,7 +37,7 @@ static __device__ int kfac_bad(float x)
     return (__float_as_uint(x) & 0x7f800000u) == 0x7f800000u;
 }
 
-/* ---- patches (kfac_factors.c: patches_one_image) ------------------------------------ */
+/* ---- patches (kfac_backend_cpu.c: patches_one_image) ------------------------------------ */
 
 /* out is (c*size*size + bias_row) x (nb*T), row r = (channel, ky, kx), column b*T + t */
 static __global__ void kfac_patches_kernel(const float *input, size_t im_stride, int nb, int c, int h,
@@ -65,7 +63,7 @@ static __global__ void kfac_patches_kernel(const float *input, size_t im_stride,
     }
 }
 
-extern "C" void kfac_patches_gpu(const float *input, size_t im_stride, int nb, int c, int h, int w,
+extern "C" void kfac_cuda_patches(const float *input, size_t im_stride, int nb, int c, int h, int w,
                                  int size, int stride, int pad, int out_h, int out_w, int bias_row,
                                  float *out, cudaStream_t s)
 {
@@ -88,7 +86,7 @@ static __global__ void kfac_rows_kernel(const float *src, size_t im_stride, int 
     }
 }
 
-extern "C" void kfac_rows_gpu(const float *src, size_t im_stride, int nb, int rows, int T, int bias_row,
+extern "C" void kfac_cuda_rows(const float *src, size_t im_stride, int nb, int rows, int T, int bias_row,
                               float *out, cudaStream_t s)
 {
     size_t total = ((size_t)rows + bias_row) * (size_t)nb * T;
@@ -107,27 +105,27 @@ static __global__ void kfac_sum_parts_kernel(const float *part, int S, size_t n,
     }
 }
 
-extern "C" void kfac_sum_parts_gpu(const float *part, int S, size_t n, float alpha, float *C, cudaStream_t s)
+extern "C" void kfac_cuda_sum_parts(const float *part, int S, size_t n, float alpha, float *C, cudaStream_t s)
 {
     kfac_sum_parts_kernel<<<kfac_blocks(n), KFAC_THREADS, 0, s>>>(part, S, n, alpha, C);
     KFAC_CUDA_CHECK(cudaGetLastError());
 }
 
-static __global__ void kfac_nonfinite_kernel(const float *x, size_t n, int *flag)
+static __global__ void kfac_nonfinite_kernel(const float *x, size_t n, double *slot)
 {
     int bad = 0;
     KFAC_FOR(i, n) bad |= kfac_bad(x[i]);
-    if (bad) *flag = 1; /* every writer stores the same value */
+    if (bad) *slot = 1.0; /* every writer stores the same value */
 }
 
-extern "C" void kfac_nonfinite_gpu(const float *x, size_t n, int *flag, cudaStream_t s)
+extern "C" void kfac_cuda_nonfinite(const float *x, size_t n, double *slot, cudaStream_t s)
 {
     if (n == 0) return;
-    kfac_nonfinite_kernel<<<kfac_blocks(n), KFAC_THREADS, 0, s>>>(x, n, flag);
+    kfac_nonfinite_kernel<<<kfac_blocks(n), KFAC_THREADS, 0, s>>>(x, n, slot);
     KFAC_CUDA_CHECK(cudaGetLastError());
 }
 
-/* kfac_factors.c fold_one: element (i, j), i <= j, is read from acc's upper triangle
+/* kfac_backend_cpu.c cpu_fold: element (i, j), i <= j, is read from acc's upper triangle
  * and written to both triangles of X.  Only (i <= j) threads touch X[i][j] or X[j][i],
  * so there is no race. */
 static __global__ void kfac_fold_kernel(float *X, const float *acc, int dim, int groups, float w_old,
@@ -145,7 +143,7 @@ static __global__ void kfac_fold_kernel(float *X, const float *acc, int dim, int
     }
 }
 
-extern "C" void kfac_fold_gpu(float *X, const float *acc, int dim, int groups, float w_old, float w_new,
+extern "C" void kfac_cuda_fold(float *X, const float *acc, int dim, int groups, float w_old, float w_new,
                               float inv_n, cudaStream_t s)
 {
     size_t n = (size_t)dim * dim * groups;
@@ -153,14 +151,14 @@ extern "C" void kfac_fold_gpu(float *X, const float *acc, int dim, int groups, f
     KFAC_CUDA_CHECK(cudaGetLastError());
 }
 
-/* ---- eigenvalues and damping (kfac_inverse.c, kfac_precondition.c) ------------------- */
+/* ---- eigenvalues and damped inverses ------------------- */
 
 static __global__ void kfac_clamp_kernel(float *d, size_t n)
 {
     KFAC_FOR(i, n) if (d[i] < 0) d[i] = 0;
 }
 
-extern "C" void kfac_clamp_gpu(float *d, size_t n, cudaStream_t s)
+extern "C" void kfac_cuda_clamp(float *d, size_t n, cudaStream_t s)
 {
     if (n == 0) return;
     kfac_clamp_kernel<<<kfac_blocks(n), KFAC_THREADS, 0, s>>>(d, n);
@@ -180,54 +178,26 @@ static __device__ double kfac_block_sum(double v)
     return sh[0];
 }
 
-/* one block per (group, factor): blockIdx.x = 2*g + (0 for A, 1 for G) */
-static __global__ void kfac_damping_kernel(const float *dA, const float *dG, int K, int M, float sd,
-                                           float rank_tol, float *damp)
-{
-    int g = blockIdx.x / 2, f = blockIdx.x % 2;
-    int n = f ? M : K;
-    const float *d = f ? dG + (size_t)g * M : dA + (size_t)g * K;
-    /* syevd sorts ascending and negatives are clamped: the largest is d[n-1] */
-    float tol = rank_tol * d[n - 1];
-    double s = 0, r = 0;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        s += d[i];
-        r += d[i] > tol;
-    }
-    s = kfac_block_sum(s);
-    __syncthreads(); /* every thread has read the first sum before the second reuses sh */
-    r = kfac_block_sum(r);
-    /* sd * mean_of(d, n) of kfac_precondition.c: the mean over the numerical rank */
-    if (threadIdx.x == 0) damp[blockIdx.x] = r > 0 ? sd * (float)(s / r) : 0.0f;
-}
+/* ---- the update ---------------------------------------------- */
 
-extern "C" void kfac_damping_gpu(const float *dA, const float *dG, int K, int M, int groups,
-                                 float sqrt_damping, float *damp, cudaStream_t s)
-{
-    kfac_damping_kernel<<<2 * groups, KFAC_THREADS, 0, s>>>(dA, dG, K, M, sqrt_damping, KFAC_RANK_TOL, damp);
-    KFAC_CUDA_CHECK(cudaGetLastError());
-}
-
-/* ---- preconditioning (kfac_precondition.c) ---------------------------------------------- */
-
-/* out[g][i][j] = E[g][i][j] / (d[g][i] + l_g), l_g = damp[2g + which]: one factor's
- * E (rows = eigenvectors) scaled row by row, the middle of E^T diag(1/(d + l)) E */
-static __global__ void kfac_scale_rows_kernel(const float *E, const float *d, const float *damp, int which,
-                                              int groups, int n, float *out)
+/* out[g][i][j] = E[g][i][j] / (d[g][i] + lambda[g]): one factor's E (rows =
+ * eigenvectors) scaled row by row, the middle of E^T diag(1/(d + lambda)) E */
+static __global__ void kfac_scale_rows_kernel(const float *E, const float *d, const float *lambda, int groups, int n,
+                                              float *out)
 {
     const size_t nn = (size_t)n * n;
     KFAC_FOR(idx, nn * groups) {
         size_t g = idx / nn, i = (idx % nn) / n;
-        float s = 1.0f / (d[g * n + i] + damp[2 * g + which]);
+        float s = 1.0f / (d[g * n + i] + lambda[g]);
         out[idx] = s * E[idx];
     }
 }
 
-extern "C" void kfac_scale_rows_gpu(const float *E, const float *d, const float *damp, int which, int groups,
-                                    int n, float *out, cudaStream_t s)
+extern "C" void kfac_cuda_scale_rows(const float *E, const float *d, const float *lambda, int groups, int n,
+                                     float *out, cudaStream_t s)
 {
     size_t total = (size_t)n * n * groups;
-    kfac_scale_rows_kernel<<<kfac_blocks(total), KFAC_THREADS, 0, s>>>(E, d, damp, which, groups, n, out);
+    kfac_scale_rows_kernel<<<kfac_blocks(total), KFAC_THREADS, 0, s>>>(E, d, lambda, groups, n, out);
     KFAC_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -242,7 +212,7 @@ static __global__ void kfac_gather_kernel(const float *wu, const float *ws, cons
     }
 }
 
-extern "C" void kfac_gather_gpu(const float *wu, const float *ws, const float *bu, const float *bs, int groups,
+extern "C" void kfac_cuda_gather(const float *wu, const float *ws, const float *bu, const float *bs, int groups,
                                 int M, int kin, int has_bias, float *D, cudaStream_t s)
 {
     size_t n = (size_t)groups * M * (kin + has_bias);
@@ -263,7 +233,7 @@ static __global__ void kfac_scatter_kernel(float *wu, float *bu, const float *P,
     }
 }
 
-extern "C" void kfac_scatter_gpu(float *wu, float *bu, const float *P, const float *D, int groups, int M,
+extern "C" void kfac_cuda_scatter(float *wu, float *bu, const float *P, const float *D, int groups, int M,
                                  int kin, int has_bias, float scale, cudaStream_t s)
 {
     size_t n = (size_t)groups * M * (kin + has_bias);
@@ -271,32 +241,25 @@ extern "C" void kfac_scatter_gpu(float *wu, float *bu, const float *P, const flo
     KFAC_CUDA_CHECK(cudaGetLastError());
 }
 
-/* The KL-clip term <P, D> in double (kfac_dot_cpu) and the finiteness of D and P. */
-static __global__ void kfac_dot_stats_kernel(const float *P, const float *D, size_t n, double *out)
+/* <x, y> in double (kfac_backend_cpu.c cpu_dot), added to *slot */
+static __global__ void kfac_dot_kernel(const float *x, const float *y, size_t n, double *slot)
 {
     double s = 0;
-    int badD = 0, badP = 0;
-    KFAC_FOR(i, n) {
-        float p = P[i], d = D[i];
-        badD |= kfac_bad(d);
-        badP |= kfac_bad(p);
-        s += (double)p * (double)d;
-    }
-    if (badD) out[1] = 1.0;
-    if (badP) out[2] = 1.0;
+    KFAC_FOR(i, n) s += (double)x[i] * (double)y[i];
     s = kfac_block_sum(s);
-    if (threadIdx.x == 0) atomicAdd(out, s);
+    if (threadIdx.x == 0) atomicAdd(slot, s);
 }
 
-extern "C" void kfac_dot_stats_gpu(const float *P, const float *D, size_t n, double *out, cudaStream_t s)
+extern "C" void kfac_cuda_dot(const float *x, const float *y, size_t n, double *slot, cudaStream_t s)
 {
     unsigned b = kfac_blocks(n);
+    if (n == 0) return;
     if (b > 1024) b = 1024; /* fewer double atomics; each thread loops */
-    kfac_dot_stats_kernel<<<b, KFAC_THREADS, 0, s>>>(P, D, n, out);
+    kfac_dot_kernel<<<b, KFAC_THREADS, 0, s>>>(x, y, n, slot);
     KFAC_CUDA_CHECK(cudaGetLastError());
 }
 
-/* ---- true Fisher (kfac_fisher.c sample_loss_delta) ---------------------------------------- */
+/* ---- true Fisher (kfac_backend_cpu.c cpu_sample) ---------------------------------------- */
 
 /* one thread per image: the same sequential float sum as the CPU, so equal p and u
  * give equal labels */
@@ -315,7 +278,7 @@ static __global__ void kfac_sample_kernel(const float *p, const float *u, int ba
     }
 }
 
-extern "C" void kfac_sample_gpu(const float *p, const float *u, int batch, int n, float *delta, cudaStream_t s)
+extern "C" void kfac_cuda_sample(const float *p, const float *u, int batch, int n, float *delta, cudaStream_t s)
 {
     kfac_sample_kernel<<<kfac_blocks((size_t)batch), KFAC_THREADS, 0, s>>>(p, u, batch, n, delta);
     KFAC_CUDA_CHECK(cudaGetLastError());

@@ -1,0 +1,503 @@
+/* darknet-kfac: the CPU backend (kfac_backend.h): OpenBLAS for the products (ssyrk,
+ * sgemm), LAPACK's ssyevd for the eigendecompositions, plain loops for the rest.
+ * Buffers are host memory.  It is also the oracle the CUDA backend is tested against,
+ * and the arithmetic of each loop is the one the CUDA kernels repeat term for term.
+ *
+ * Darknet builds with -Ofast; kfac.mk compiles this file without fast math, so the
+ * finiteness tests are not folded away and the write-back wu += scale*P - D is not
+ * reassociated (with P == D it must add exact zeros: tests/test_identity.c). */
+#include <cblas.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "kfac_backend.h"
+#include "kfac_util.h"
+#include "activations.h"
+#include "batchnorm_layer.h"
+#include "col2im.h"
+
+/* Largest patch buffer, in floats (128 MiB): big layers are done in chunks of images. */
+#define KFAC_PATCH_BUDGET ((size_t)32 << 20)
+
+typedef struct {
+    double *slots;          /* nslots result slots (results()) */
+    int nslots;
+    float *patches;         /* K x (images*T) im2col buffer for A */
+    size_t patches_len;
+    double seconds[KFAC_NPHASES];
+    double phase_start;
+} cpu_impl;
+
+static cpu_impl *impl_of(kfac_backend *b) { return (cpu_impl *)b->impl; }
+
+static void cpu_darknet_buffers(const layer *l, kfac_darknet_buffers *out)
+{
+    out->weight_updates = l->weight_updates;
+    out->bias_updates = l->bias_updates;
+    out->scale_updates = l->scale_updates;
+    out->delta = l->delta;
+    out->output = l->output;
+}
+
+/* ---- memory ------------------------------------------------------------------------- */
+
+static float *cpu_alloc(kfac_backend *b, size_t n)
+{
+    (void)b;
+    return (float *)kfac_calloc(n, sizeof(float));
+}
+
+static void cpu_release(kfac_backend *b, float *p)
+{
+    (void)b;
+    free(p);
+}
+
+static void cpu_zero(kfac_backend *b, float *p, size_t n)
+{
+    (void)b;
+    if (n) memset(p, 0, n * sizeof(float));
+}
+
+static void cpu_copy(kfac_backend *b, float *dst, const float *src, size_t n)
+{
+    (void)b;
+    if (n && dst != src) memcpy(dst, src, n * sizeof(float));
+}
+
+/* ---- statistics ----------------------------------------------------------------------- */
+
+/* im2col of one image and group into columns [col0, col0+T) of a buffer whose rows
+ * are ld floats long: out is K x ld, row r = (channel, ky, kx), plus a row of ones
+ * when the layer's bias is folded into A.  Same indexing as Darknet's im2col_cpu, which
+ * cannot write many images side by side into one buffer. */
+static void patches_one_image(const layer *l, const float *im, int has_bias, float *out, size_t ld, size_t col0)
+{
+    int c, ky, kx, oy, ox;
+    const int cg = l->c / l->groups, s = l->size;
+    for (c = 0; c < cg; ++c) {
+        for (ky = 0; ky < s; ++ky) {
+            for (kx = 0; kx < s; ++kx) {
+                float *row = out + (size_t)((c * s + ky) * s + kx) * ld + col0;
+                for (oy = 0; oy < l->out_h; ++oy) {
+                    int iy = oy * l->stride + ky - l->pad;
+                    for (ox = 0; ox < l->out_w; ++ox) {
+                        int ix = ox * l->stride + kx - l->pad;
+                        int inside = iy >= 0 && iy < l->h && ix >= 0 && ix < l->w;
+                        row[oy * l->out_w + ox] = inside ? im[((size_t)c * l->h + iy) * l->w + ix] : 0.0f;
+                    }
+                }
+            }
+        }
+    }
+    if (has_bias) {
+        float *row = out + (size_t)(cg * s * s) * ld + col0;
+        int t;
+        for (t = 0; t < l->out_h * l->out_w; ++t) row[t] = 1.0f;
+    }
+}
+
+static float *patch_buffer(cpu_impl *c, size_t len)
+{
+    if (len > c->patches_len) {
+        free(c->patches);
+        c->patches = (float *)kfac_calloc(len, sizeof(float));
+        c->patches_len = len;
+    }
+    return c->patches;
+}
+
+static void cpu_capture_A(kfac_backend *b, const kfac_shape *s, const layer *l, const float *input, float *acc)
+{
+    cpu_impl *c = impl_of(b);
+    const int K = s->K, T = s->T, B = l->batch;
+    if (s->type == CONNECTED) {
+        /* X is B x K: the inputs with a 1 appended; acc += X^T X */
+        float *X = patch_buffer(c, (size_t)B * K);
+        int i;
+        for (i = 0; i < B; ++i) {
+            memcpy(X + (size_t)i * K, input + (size_t)i * l->inputs, (size_t)l->inputs * sizeof(float));
+            if (s->has_bias) X[(size_t)i * K + l->inputs] = 1.0f;
+        }
+        cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, K, B, 1.0f, X, K, 1.0f, acc, K);
+        return;
+    }
+    size_t per_image = (size_t)K * T;
+    int nb = (int)(KFAC_PATCH_BUDGET / per_image);
+    if (nb < 1) nb = 1;
+    if (nb > B) nb = B;
+    float *P = patch_buffer(c, per_image * nb);
+    const size_t group_in = (size_t)(l->c / l->groups) * l->h * l->w;
+    int g, b0, i;
+    for (g = 0; g < s->groups; ++g) {
+        float *Ag = acc + (size_t)g * K * K;
+        for (b0 = 0; b0 < B; b0 += nb) {
+            int n = B - b0 < nb ? B - b0 : nb;
+            size_t ld = (size_t)n * T; /* P is K x (n*T) */
+            for (i = 0; i < n; ++i) {
+                const float *im = input + ((size_t)(b0 + i) * s->groups + g) * group_in;
+                patches_one_image(l, im, s->has_bias, P, ld, (size_t)i * T);
+            }
+            cblas_ssyrk(CblasRowMajor, CblasUpper, CblasNoTrans, K, (int)ld, 1.0f, P, (int)ld, 1.0f, Ag, K);
+        }
+    }
+}
+
+static void cpu_capture_G(kfac_backend *b, const kfac_shape *s, const layer *l, const float *delta, float *acc)
+{
+    const int M = s->M, T = s->T, B = l->batch;
+    (void)b;
+    if (s->type == CONNECTED) {
+        /* delta is B x M: acc += delta^T delta */
+        cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, M, B, 1.0f, delta, M, 1.0f, acc, M);
+        return;
+    }
+    int g, i;
+    for (g = 0; g < s->groups; ++g) {
+        float *Gg = acc + (size_t)g * M * M;
+        for (i = 0; i < B; ++i) {
+            /* image i, group g: M x T block of the NCHW delta */
+            const float *d = delta + ((size_t)i * s->groups + g) * M * T;
+            cblas_ssyrk(CblasRowMajor, CblasUpper, CblasNoTrans, M, T, 1.0f / T, d, T, 1.0f, Gg, M);
+        }
+    }
+}
+
+static void cpu_fold(kfac_backend *b, float *X, float *acc, int dim, int groups, float w_old, float w_new,
+                     float inv_n)
+{
+    int g, i, j;
+    (void)b;
+    for (g = 0; g < groups; ++g) {
+        float *x = X + (size_t)g * dim * dim, *a = acc + (size_t)g * dim * dim;
+        for (i = 0; i < dim; ++i) {
+            for (j = i; j < dim; ++j) {
+                float v = w_old * x[(size_t)i * dim + j] + w_new * inv_n * a[(size_t)i * dim + j];
+                x[(size_t)i * dim + j] = v;
+                x[(size_t)j * dim + i] = v;
+            }
+        }
+    }
+    memset(acc, 0, (size_t)groups * dim * dim * sizeof(float));
+}
+
+/* ---- results ------------------------------------------------------------------------- */
+
+static double *slot(cpu_impl *c, int i)
+{
+    KFAC_ASSERT(i >= 0 && i < c->nslots);
+    return &c->slots[i];
+}
+
+static void cpu_flag_nonfinite(kfac_backend *b, const float *x, size_t n, int i)
+{
+    if (!kfac_all_finite(x, n)) *slot(impl_of(b), i) = 1;
+}
+
+static void cpu_dot(kfac_backend *b, const float *x, const float *y, size_t n, int i)
+{
+    double s = 0;
+    size_t j;
+    for (j = 0; j < n; ++j) s += (double)x[j] * (double)y[j];
+    *slot(impl_of(b), i) += s;
+}
+
+static void cpu_results(kfac_backend *b, double *out, int n)
+{
+    cpu_impl *c = impl_of(b);
+    KFAC_ASSERT(n >= 0 && n <= c->nslots);
+    if (n == 0) return;
+    memcpy(out, c->slots, (size_t)n * sizeof(double));
+    memset(c->slots, 0, (size_t)n * sizeof(double));
+}
+
+/* ---- decompositions --------------------------------------------------------------------- */
+
+/* LAPACK, Fortran interface (OpenBLAS exports it; Debian ships no LAPACKE in it). */
+extern void ssyevd_(const char *jobz, const char *uplo, const int *n, float *a, const int *lda, float *w,
+                    float *work, const int *lwork, int *iwork, const int *liwork, int *info);
+
+/* a (n x n, symmetric) -> rows of eigenvectors, w ascending; returns ssyevd's info */
+static int eigh_one(float *a, float *w, int n)
+{
+    int info = 0, lwork = -1, liwork = -1, iwsize = 0;
+    float wsize = 0;
+    /* column-major 'U' of a symmetric matrix = row-major 'L': same matrix */
+    ssyevd_("V", "U", &n, a, &n, w, &wsize, &lwork, &iwsize, &liwork, &info);
+    if (info != 0) return info;
+    lwork = (int)wsize + 1;
+    liwork = iwsize;
+    float *work = (float *)kfac_calloc((size_t)lwork, sizeof(float));
+    int *iwork = (int *)kfac_calloc((size_t)liwork, sizeof(int));
+    ssyevd_("V", "U", &n, a, &n, w, work, &lwork, iwork, &liwork, &info);
+    free(work);
+    free(iwork);
+    /* column-major eigenvectors in columns = row-major rows: a now holds Q^T */
+    return info;
+}
+
+static int cpu_eigh(kfac_backend *b, const float *X, int dim, int groups, float *E, float *d)
+{
+    const size_t dd = (size_t)dim * dim;
+    int g, i;
+    (void)b;
+    for (g = 0; g < groups; ++g) {
+        float *e = E + g * dd, *w = d + (size_t)g * dim;
+        memcpy(e, X + g * dd, dd * sizeof(float));
+        int info = eigh_one(e, w, dim);
+        if (info != 0) return info;
+        if (!kfac_all_finite(e, dd) || !kfac_all_finite(w, (size_t)dim)) return KFAC_EIGH_NONFINITE;
+        for (i = 0; i < dim; ++i) if (w[i] < 0) w[i] = 0; /* rounding of a PSD matrix */
+    }
+    return 0;
+}
+
+/* inv = E^T diag(1/(d + l)) E = S^T S with S = diag(1/sqrt(d + l)) E: one ssyrk (half
+ * of sgemm's work: on a 1201-input layer this was a tenth of K-FAC's time) and a
+ * mirror of its upper triangle, since the products that use inv want it whole. */
+static void cpu_damped_inverse(kfac_backend *b, const float *E, const float *d, int n, int groups,
+                               const float *lambda, float *inv)
+{
+    const size_t nn = (size_t)n * n;
+    float *S = (float *)kfac_calloc(nn, sizeof(float));
+    int g, i, j;
+    (void)b;
+    for (g = 0; g < groups; ++g) {
+        const float *e = E + g * nn, *dg = d + (size_t)g * n;
+        float *out = inv + g * nn;
+        for (i = 0; i < n; ++i) {
+            float s = 1.0f / sqrtf(dg[i] + lambda[g]);
+            for (j = 0; j < n; ++j) S[(size_t)i * n + j] = s * e[(size_t)i * n + j];
+        }
+        cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, n, n, 1.0f, S, n, 0.0f, out, n);
+        for (i = 1; i < n; ++i)
+            for (j = 0; j < i; ++j) out[(size_t)i * n + j] = out[(size_t)j * n + i];
+    }
+    free(S);
+}
+
+/* ---- the update ------------------------------------------------------------------------ */
+
+static void cpu_gather(kfac_backend *b, const kfac_shape *s, const float *wu, const float *ws, const float *bu,
+                       const float *bs, float *D)
+{
+    const int M = s->M, K = s->K, kin = s->k_in;
+    int g, r, c;
+    (void)b;
+    for (g = 0; g < s->groups; ++g) {
+        for (r = 0; r < M; ++r) {
+            size_t w0 = ((size_t)g * M + r) * kin;
+            float *d = D + ((size_t)g * M + r) * K;
+            for (c = 0; c < kin; ++c) d[c] = wu[w0 + c] - ws[w0 + c];
+            if (s->has_bias) d[kin] = bu[(size_t)g * M + r] - bs[(size_t)g * M + r];
+        }
+    }
+}
+
+static void cpu_precondition(kfac_backend *b, const kfac_shape *s, const float *Ginv, const float *Ainv,
+                             const float *D, float *tmp, float *P)
+{
+    const int M = s->M, K = s->K;
+    int g;
+    (void)b;
+    for (g = 0; g < s->groups; ++g) {
+        const float *Ai = Ainv + (size_t)g * K * K, *Gi = Ginv + (size_t)g * M * M;
+        float *t = tmp + (size_t)g * M * K;
+        /* t = Ginv D (M x K); P = t Ainv (M x K) */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, K, M, 1.0f, Gi, M, D + (size_t)g * M * K, K, 0.0f,
+                    t, K);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, K, K, 1.0f, t, K, Ai, K, 0.0f,
+                    P + (size_t)g * M * K, K);
+    }
+}
+
+static void cpu_scatter(kfac_backend *b, const kfac_shape *s, float *wu, float *bu, const float *P, const float *D,
+                        float scale)
+{
+    const int M = s->M, K = s->K, kin = s->k_in;
+    int g, r, c;
+    (void)b;
+    for (g = 0; g < s->groups; ++g) {
+        for (r = 0; r < M; ++r) {
+            size_t w0 = ((size_t)g * M + r) * kin;
+            const float *d = D + ((size_t)g * M + r) * K;
+            const float *p = P + ((size_t)g * M + r) * K;
+            for (c = 0; c < kin; ++c) wu[w0 + c] += scale * p[c] - d[c];
+            if (s->has_bias) bu[(size_t)g * M + r] += scale * p[kin] - d[kin];
+        }
+    }
+}
+
+/* ---- true Fisher ------------------------------------------------------------------------- */
+
+static void cpu_sample(kfac_backend *b, const float *p, const float *u, int batch, int n, float *delta)
+{
+    int i, j;
+    (void)b;
+    for (i = 0; i < batch; ++i) {
+        const float *pi = p + (size_t)i * n;
+        float *d = delta + (size_t)i * n;
+        float cum = 0;
+        int y = n - 1;
+        for (j = 0; j < n; ++j) {
+            cum += pi[j];
+            if (u[i] < cum) { y = j; break; }
+        }
+        for (j = 0; j < n; ++j) d[j] = (j == y ? 1.0f : 0.0f) - pi[j];
+    }
+}
+
+/* Darknet's backward_convolutional_layer / backward_connected_layer without the weight
+ * and bias gradients: the activation's derivative and batch norm's backward (Darknet's
+ * own functions, so l.delta is bit for bit what the full backward leaves for G), then
+ * the delta for the layer below with OpenBLAS.  Like Darknet, a 1x1 convolution
+ * writes the delta below and a larger one adds to it (col2im). */
+static void lean_conv(const layer *l, network *lnet)
+{
+    const int m = l->n / l->groups, n = l->size * l->size * l->c / l->groups, t = l->out_w * l->out_h;
+    const size_t in_len = (size_t)l->c / l->groups * l->h * l->w;
+    int i, j;
+    gradient_array(l->output, l->outputs * l->batch, l->activation, l->delta);
+    if (l->batch_normalize) backward_batchnorm_layer(*l, *lnet);
+    if (!lnet->delta) return;
+    for (i = 0; i < l->batch; ++i)
+        for (j = 0; j < l->groups; ++j) {
+            const float *w = l->weights + (size_t)j * l->nweights / l->groups;
+            const float *d = l->delta + ((size_t)i * l->groups + j) * m * t;
+            float *below = lnet->delta + ((size_t)i * l->groups + j) * in_len;
+            float *cols = l->size == 1 ? below : lnet->workspace;
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, t, m, 1.0f, w, n, d, t, 0.0f, cols, t);
+            if (l->size != 1) col2im_cpu(cols, l->c / l->groups, l->h, l->w, l->size, l->stride, l->pad, below);
+        }
+}
+
+static void lean_connected(const layer *l, network *lnet)
+{
+    gradient_array(l->output, l->outputs * l->batch, l->activation, l->delta);
+    if (l->batch_normalize) backward_batchnorm_layer(*l, *lnet);
+    if (lnet->delta)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, l->batch, l->inputs, l->outputs, 1.0f, l->delta,
+                    l->outputs, l->weights, l->inputs, 1.0f, lnet->delta, l->inputs);
+}
+
+static int cpu_fisher_layer_backward(network *net, int index, float *input, float *delta)
+{
+    const layer *l = &net->layers[index];
+    const int conv = l->type == CONVOLUTIONAL && !l->binary && !l->xnor;
+    if (!conv && l->type != CONNECTED) return 0;
+    network lnet = *net; /* the view backward_network gives the layer */
+    lnet.input = input;
+    lnet.delta = delta;
+    if (conv) lean_conv(l, &lnet);
+    else lean_connected(l, &lnet);
+    return 1;
+}
+
+/* ---- timing, replicas, teardown ------------------------------------------------------------ */
+
+static void cpu_phase(kfac_backend *b, int phase, int begin)
+{
+    cpu_impl *c = impl_of(b);
+    double now = kfac_now();
+    if (begin) c->phase_start = now;
+    else c->seconds[phase] += now - c->phase_start;
+}
+
+static void cpu_seconds(kfac_backend *b, double t[KFAC_NPHASES])
+{
+    memcpy(t, impl_of(b)->seconds, sizeof impl_of(b)->seconds);
+}
+
+static void cpu_nothing(kfac_backend *b)
+{
+    (void)b;
+}
+
+static int cpu_enter(kfac_backend *b)
+{
+    (void)b;
+    return 0;
+}
+
+static void cpu_leave(kfac_backend *b, int previous)
+{
+    (void)b;
+    (void)previous;
+}
+
+static void cpu_average(kfac_backend **bs, float **bufs, int n, size_t len)
+{
+    const float inv = 1.0f / (float)n;
+    size_t j;
+    int i;
+    (void)bs;
+    for (i = 1; i < n; ++i)
+        for (j = 0; j < len; ++j) bufs[0][j] += bufs[i][j];
+    for (j = 0; j < len; ++j) bufs[0][j] *= inv;
+    for (i = 1; i < n; ++i) memcpy(bufs[i], bufs[0], len * sizeof(float));
+}
+
+static void cpu_broadcast(kfac_backend **bs, float **bufs, int n, int from, size_t len)
+{
+    int i;
+    (void)bs;
+    for (i = 0; i < n; ++i)
+        if (i != from && len) memcpy(bufs[i], bufs[from], len * sizeof(float));
+}
+
+static void cpu_destroy(kfac_backend *b)
+{
+    cpu_impl *c = impl_of(b);
+    free(c->slots);
+    free(c->patches);
+    free(c);
+    free(b);
+}
+
+static const kfac_backend_ops cpu_ops = {
+    .name = "cpu",
+    .host_memory = 1,
+    .update_fields = {offsetof(layer, weight_updates), offsetof(layer, bias_updates), offsetof(layer, scale_updates)},
+    .darknet_buffers = cpu_darknet_buffers,
+    .alloc = cpu_alloc,
+    .release = cpu_release,
+    .zero = cpu_zero,
+    .copy = cpu_copy,
+    .to_host = cpu_copy,
+    .from_host = cpu_copy,
+    .capture_A = cpu_capture_A,
+    .capture_G = cpu_capture_G,
+    .fold = cpu_fold,
+    .flag_nonfinite = cpu_flag_nonfinite,
+    .dot = cpu_dot,
+    .results = cpu_results,
+    .eigh = cpu_eigh,
+    .damped_inverse = cpu_damped_inverse,
+    .gather = cpu_gather,
+    .precondition = cpu_precondition,
+    .scatter = cpu_scatter,
+    .sample = cpu_sample,
+    .fisher_layer_backward = cpu_fisher_layer_backward,
+    .phase = cpu_phase,
+    .seconds = cpu_seconds,
+    .enter = cpu_enter,
+    .leave = cpu_leave,
+    .synchronize = cpu_nothing,
+    .average = cpu_average,
+    .broadcast = cpu_broadcast,
+    .destroy = cpu_destroy,
+};
+
+kfac_backend *kfac_backend_cpu_create(int nslots)
+{
+    kfac_backend *b = (kfac_backend *)kfac_calloc(1, sizeof *b);
+    cpu_impl *c = (cpu_impl *)kfac_calloc(1, sizeof *c);
+    c->nslots = nslots > 0 ? nslots : 1;
+    c->slots = (double *)kfac_calloc((size_t)c->nslots, sizeof(double));
+    b->ops = &cpu_ops;
+    b->impl = c;
+    snprintf(b->description, sizeof b->description, "CPU: OpenBLAS factors and preconditioning, LAPACK ssyevd");
+    return b;
+}

@@ -1,0 +1,170 @@
+/* darknet-kfac: the backend interface, numerical operations on per-layer buffers.
+ *
+ * K-FAC's algorithm is written once, in the driver (kfac_driver.c, with the true-
+ * Fisher pass in kfac_fisher.c, the state file in kfac_state.c and the replica sync in
+ * kfac_sync.c).  The driver decides everything: which update gathers statistics, when
+ * the factors are decomposed, the damping, the step size, what to do with a non-
+ * finite value.  A backend only computes, on buffers in its own memory (the host's for
+ * the CPU backend, the device's for CUDA), and hands back the few numbers the driver
+ * asks for.  It calls down only (Darknet, its libraries, kfac_util.h), never up.
+ *
+ *     backend/kfac_backend_cpu.c    OpenBLAS (ssyrk, sgemm) and LAPACK (ssyevd)
+ *     backend/kfac_backend_cuda.c   cuBLAS, cuSOLVER (syevd) and the kernels of
+ *     backend/kfac_backend_cuda_kernels.cu
+ *
+ * A driver call looks like this (one layer's preconditioning, kfac_driver.c):
+ *
+ *     be->ops->gather(be, &kl->s, wu, kl->w_snap, bu, kl->b_snap, kl->D);
+ *     be->ops->precondition(be, &kl->s, kl->Ginv, kl->Ainv, kl->D, kl->tmp, kl->P);
+ *     be->ops->dot(be, kl->P, kl->D, len, slot);
+ *     ...
+ *     be->ops->results(be, host, nslots);      <- the one wait of the update
+ *
+ * Conventions: matrices are row-major, the groups of a grouped layer stored one after
+ * another; "buffer" means floats in the backend's memory (from ops->alloc, or
+ * Darknet's own arrays as ops->darknet_buffers names them).  Operations on buffers
+ * take effect in call order; they may run asynchronously until a call that returns
+ * something to the host (results, eigh, to_host).  tests/test_backend.c checks the CPU
+ * backend against dense references; tests/gpu runs the same cases on CUDA against the
+ * CPU backend. */
+#ifndef KFAC_BACKEND_H
+#define KFAC_BACKEND_H
+
+#include <stddef.h>
+#include "darknet.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* A covered layer's Kronecker-factor shape (DESIGN.md 4). */
+typedef struct {
+    int type;               /* CONVOLUTIONAL or CONNECTED */
+    int groups;             /* independent linear maps, one factor pair each */
+    int k_in;               /* c/groups*size*size (inputs for connected layers) */
+    int K;                  /* A's dimension: k_in + has_bias */
+    int M;                  /* G's dimension: outputs per group */
+    int has_bias;           /* the layer's own bias folded into A: a row of ones in the patches */
+    int T;                  /* output locations per image (1 for connected); resize may change it */
+} kfac_shape;
+
+/* Darknet's arrays of one layer in this backend's memory (l.x or l.x_gpu); NULL where
+ * the layer has none. */
+typedef struct {
+    float *weight_updates, *bias_updates, *scale_updates;
+    float *delta;           /* batch x outputs */
+    float *output;          /* batch x outputs */
+} kfac_darknet_buffers;
+
+/* Offsets in struct layer of the three *_updates pointers this backend's Darknet path
+ * accumulates into (the true-Fisher pass points them at a scratch sink). */
+typedef struct {
+    size_t weights, biases, scales;
+} kfac_update_fields;
+
+/* where time goes, for the progress line */
+enum { KFAC_PHASE_STATS = 0, KFAC_PHASE_INVERSE = 1, KFAC_PHASE_PRECOND = 2, KFAC_NPHASES = 3 };
+
+/* eigh's result when the solver succeeded but returned a NaN or an infinity */
+#define KFAC_EIGH_NONFINITE (-1000)
+
+typedef struct kfac_backend kfac_backend;
+
+typedef struct {
+    const char *name;       /* "cpu", "cuda" */
+    int host_memory;        /* 1: buffers are host pointers the driver may read */
+    kfac_update_fields update_fields;
+    void (*darknet_buffers)(const layer *l, kfac_darknet_buffers *out);
+
+    /* ---- memory ---------------------------------------------------------------------- */
+    float *(*alloc)(kfac_backend *b, size_t n);   /* n zeroed floats; NULL for n == 0 */
+    void (*release)(kfac_backend *b, float *p);   /* NULL is fine */
+    void (*zero)(kfac_backend *b, float *p, size_t n);
+    void (*copy)(kfac_backend *b, float *dst, const float *src, size_t n);
+    void (*to_host)(kfac_backend *b, float *host, const float *p, size_t n);   /* waits */
+    void (*from_host)(kfac_backend *b, float *p, const float *host, size_t n);
+
+    /* ---- statistics (DESIGN.md 4; KFC, Grosse & Martens 2016) --------------------- */
+    /* acc (groups x K x K, upper triangle kept) += sum over the batch's images and
+     * output locations t of a_t a_t^T, a_t the layer's input patch (+1 with has_bias);
+     * input is the layer's input (batch x inputs) */
+    void (*capture_A)(kfac_backend *b, const kfac_shape *s, const layer *l, const float *input, float *acc);
+    /* acc (groups x M x M, upper triangle kept) += sum over images of
+     * (1/T) sum_t g_t g_t^T, g_t the output derivative at t: delta (batch x outputs) */
+    void (*capture_G)(kfac_backend *b, const kfac_shape *s, const layer *l, const float *delta, float *acc);
+    /* X (groups x dim x dim) <- w_old*X + w_new*inv_n*acc, read from acc's upper
+     * triangle and written to both of X's; acc is zeroed */
+    void (*fold)(kfac_backend *b, float *X, float *acc, int dim, int groups, float w_old, float w_new, float inv_n);
+
+    /* ---- numbers for the host, read back together ---------------------------------- */
+    /* slot <- 1 when x holds a NaN or an infinity (never back to 0 until read) */
+    void (*flag_nonfinite)(kfac_backend *b, const float *x, size_t n, int slot);
+    /* slot += <x, y>, summed in double */
+    void (*dot)(kfac_backend *b, const float *x, const float *y, size_t n, int slot);
+    /* out[0..n) <- slots [0, n), which are then zeroed; waits for the work before it */
+    void (*results)(kfac_backend *b, double *out, int n);
+
+    /* ---- decompositions --------------------------------------------------------------- */
+    /* Each group of X (groups x dim x dim, symmetric) into E (rows: eigenvectors, so
+     * X = E^T diag(d) E) and d (ascending, negatives clamped to 0).  Returns 0, the
+     * solver's info, or KFAC_EIGH_NONFINITE; E and d are undefined after a failure. */
+    int (*eigh)(kfac_backend *b, const float *X, int dim, int groups, float *E, float *d);
+    /* inv_g = E_g^T diag(1/(d_g + lambda[g])) E_g for each group; lambda is a host
+     * array of groups values, each > 0 */
+    void (*damped_inverse)(kfac_backend *b, const float *E, const float *d, int dim, int groups,
+                           const float *lambda, float *inv);
+
+    /* ---- the update: Darknet's new gradient in, the preconditioned one out ---------- */
+    /* D (groups x M x K) = [wu - ws | bu - bs]: the weight and (has_bias) bias
+     * gradients summed since the snapshots ws, bs were taken */
+    void (*gather)(kfac_backend *b, const kfac_shape *s, const float *wu, const float *ws, const float *bu,
+                   const float *bs, float *D);
+    /* P_g = Ginv_g D_g Ainv_g; tmp is groups x M x K scratch */
+    void (*precondition)(kfac_backend *b, const kfac_shape *s, const float *Ginv, const float *Ainv,
+                         const float *D, float *tmp, float *P);
+    /* [wu | bu] += scale*P - D (with P == D and scale 1: exact zeros are added) */
+    void (*scatter)(kfac_backend *b, const kfac_shape *s, float *wu, float *bu, const float *P, const float *D,
+                    float scale);
+
+    /* ---- true Fisher ---------------------------------------------------------------- */
+    /* delta (batch x n) = e_y - p, y the first j with u[b] < p_0 + ... + p_j (else n-1);
+     * p is the softmax output (batch x n), u a host array of batch uniforms */
+    void (*sample)(kfac_backend *b, const float *p, const float *u, int batch, int n, float *delta);
+    /* Optional (NULL when the backend has none): in the true-Fisher pass, layer
+     * `index`'s backward computing only the deltas, no weight gradients.  Returns 1
+     * when it did the layer's part, 0 for a layer it does not handle. */
+    int (*fisher_layer_backward)(network *net, int index, float *input, float *delta);
+
+    /* ---- timing, replicas, teardown ------------------------------------------------- */
+    void (*phase)(kfac_backend *b, int phase, int begin);    /* a timed stretch begins/ends */
+    void (*seconds)(kfac_backend *b, double t[KFAC_NPHASES]); /* total per phase so far */
+    /* make this backend's device current in the calling thread; returns what was
+     * current, for leave */
+    int (*enter)(kfac_backend *b);
+    void (*leave)(kfac_backend *b, int previous);
+    void (*synchronize)(kfac_backend *b); /* wait for all its work */
+    /* bufs[i] (len floats of replica i, backend bs[i]) <- the mean over the n replicas,
+     * summed in replica order; all backends of one kind */
+    void (*average)(kfac_backend **bs, float **bufs, int n, size_t len);
+    /* bufs[i] <- bufs[from] for every replica i */
+    void (*broadcast)(kfac_backend **bs, float **bufs, int n, int from, size_t len);
+    void (*destroy)(kfac_backend *b);
+} kfac_backend_ops;
+
+struct kfac_backend {
+    const kfac_backend_ops *ops;
+    char description[192];  /* one line for the start of a run */
+    void *impl;             /* the backend's own state */
+};
+
+/* A CPU backend with `nslots` result slots. */
+kfac_backend *kfac_backend_cpu_create(int nslots);
+#ifdef GPU
+/* A CUDA backend on `device` with `nslots` result slots (GPU builds only). */
+kfac_backend *kfac_backend_cuda_create(int device, int nslots);
+#endif
+
+#ifdef __cplusplus
+}
+#endif
+#endif

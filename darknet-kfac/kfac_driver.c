@@ -1,0 +1,395 @@
+/* darknet-kfac: the algorithm, written once for every backend.
+ *
+ * Darknet's hooks enter here during training (patches/0004, 0005):
+ *
+ *     backward_network   kfac_layer_backward        captures A and G on statistics steps
+ *     update_network     kfac_network_precondition  folds the statistics, refreshes the
+ *                                                   inverses, writes the preconditioned,
+ *                                                   KL-clipped gradient back
+ *                        kfac_network_updated       snapshots, step count, progress line
+ *
+ * Update integration (DESIGN.md 4): Darknet's *_updates buffers are both the gradient
+ * accumulator and the momentum buffer.  Right after each update we snapshot them (they
+ * then hold momentum*v); at the next update D = buffer - snapshot is the new gradient
+ * alone, and we add nu*P - D, so Darknet's own update then applies decay, learning
+ * rate (policy, burn_in, per-layer scale) and momentum to the preconditioned gradient.
+ *
+ * Every number is computed by the net's backend (kfac_backend.h); this file decides
+ * what is computed when, and reads back only small results: finiteness flags and dot
+ * products (once per update), the solver's status, and the eigenvalues that set the
+ * damping (once per decomposition). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "kfac_internal.h"
+
+/* ---- schedule -------------------------------------------------------------------- */
+
+int kfac_stats_step(const kfac_net *k)
+{
+    return k->step % k->cfg.stats_interval == 0;
+}
+
+/* Inverses every inverse_interval updates; during the first inverse_interval updates
+ * also on every statistics step, since the curvature moves fastest at the start and
+ * the first factors come from a single batch at the initial weights.  This costs at
+ * most inverse_interval/stats_interval extra decompositions, once. */
+int kfac_inverse_due(const kfac_net *k)
+{
+    int since = k->step - k->cfg.warmup;
+    if (since < 0) return 0;
+    return since % k->cfg.inverse_interval == 0 ||
+           (since < k->cfg.inverse_interval && kfac_stats_step(k));
+}
+
+/* ---- timing ------------------------------------------------------------------------ */
+
+void kfac_phase_begin(kfac_net *k, int phase)
+{
+    if (k->phase_depth++ == 0) {
+        k->phase_now = phase;
+        k->be->ops->phase(k->be, phase, 1);
+    }
+}
+
+void kfac_phase_end(kfac_net *k)
+{
+    KFAC_ASSERT(k->phase_depth > 0);
+    if (--k->phase_depth == 0) k->be->ops->phase(k->be, k->phase_now, 0);
+}
+
+void kfac_network_timing(const network *net, double *stats, double *inverse, double *precond)
+{
+    const kfac_net *k = kfac_of(net);
+    double t[KFAC_NPHASES];
+    k->be->ops->seconds(k->be, t);
+    *stats = t[KFAC_PHASE_STATS] + k->sync_seconds[KFAC_PHASE_STATS];
+    *inverse = t[KFAC_PHASE_INVERSE] + k->sync_seconds[KFAC_PHASE_INVERSE];
+    *precond = t[KFAC_PHASE_PRECOND] + k->sync_seconds[KFAC_PHASE_PRECOND];
+}
+
+/* ---- statistics ---------------------------------------------------------------------- */
+
+void kfac_layer_backward(network *net, int index, float *input)
+{
+    kfac_net *k = kfac_of(net);
+    layer *l = &net->layers[index];
+    kfac_layer *kl = (kfac_layer *)l->kfac;
+    if (!kl || !k->capture) return;
+    /* resize_network (random=1 in Darknet's trainers) changes a conv layer's output size */
+    if (kl->s.type == CONVOLUTIONAL) kl->s.T = l->out_h * l->out_w;
+    kfac_backend *be = k->be;
+    kfac_phase_begin(k, KFAC_PHASE_STATS);
+    if (k->capture & KFAC_CAPTURE_A) {
+        be->ops->capture_A(be, &kl->s, l, input, kl->A_acc);
+        kl->n_acc_A += l->batch;
+    }
+    if (k->capture & KFAC_CAPTURE_G) {
+        kfac_darknet_buffers bufs;
+        be->ops->darknet_buffers(l, &bufs);
+        be->ops->capture_G(be, &kl->s, l, bufs.delta, kl->G_acc);
+        kl->n_acc_G += l->batch;
+    }
+    kfac_phase_end(k);
+}
+
+/* Weight of a new batch in the running averages: 1 - decay, but the plain mean of the
+ * batches so far while there are fewer than 1/(1 - decay) of them.  Without this the
+ * first batch keeps 0.95^n of the weight for dozens of statistics steps, and a layer
+ * with more inputs than a batch has images keeps a factor of too low a rank. */
+float kfac_fold_weight(const kfac_layer *kl, float decay)
+{
+    float mean = 1.0f / (float)(kl->have_factors + 1);
+    return mean > 1.0f - decay ? mean : 1.0f - decay;
+}
+
+/* The statistics of the update just finished into the running averages (DESIGN.md 4),
+ * X <- (1-w)*X + w*(acc/n); a batch with a non-finite value is dropped whole. */
+static void fold_statistics(kfac_net *k)
+{
+    kfac_backend *be = k->be;
+    int i, any = 0;
+    for (i = 0; i < k->nlayers; ++i) {
+        kfac_layer *kl = &k->layers[i];
+        if (kl->n_acc_A == 0 || kl->n_acc_G == 0) continue;
+        be->ops->flag_nonfinite(be, kl->A_acc, (size_t)kl->s.groups * kl->s.K * kl->s.K, 2 * i);
+        be->ops->flag_nonfinite(be, kl->G_acc, (size_t)kl->s.groups * kl->s.M * kl->s.M, 2 * i + 1);
+        any = 1;
+    }
+    if (!any) return;
+    be->ops->results(be, k->results, 2 * k->nlayers);
+    for (i = 0; i < k->nlayers; ++i) {
+        kfac_layer *kl = &k->layers[i];
+        const size_t nA = (size_t)kl->s.groups * kl->s.K * kl->s.K, nG = (size_t)kl->s.groups * kl->s.M * kl->s.M;
+        if (kl->n_acc_A == 0 || kl->n_acc_G == 0) continue;
+        if (k->results[2 * i] != 0 || k->results[2 * i + 1] != 0) {
+            if (!kl->bad_factors_logged++)
+                kfac_log("layer %d: non-finite statistics, batch skipped (the factors keep their last good value; logged once)", kl->index);
+            be->ops->zero(be, kl->A_acc, nA);
+            be->ops->zero(be, kl->G_acc, nG);
+        } else {
+            float w = kfac_fold_weight(kl, k->cfg.decay);
+            be->ops->fold(be, kl->A, kl->A_acc, kl->s.K, kl->s.groups, 1.0f - w, w, 1.0f / (float)kl->n_acc_A);
+            be->ops->fold(be, kl->G, kl->G_acc, kl->s.M, kl->s.groups, 1.0f - w, w, 1.0f / (float)kl->n_acc_G);
+            ++kl->have_factors;
+        }
+        kl->n_acc_A = kl->n_acc_G = 0;
+    }
+}
+
+/* ---- decompositions and damped inverses ------------------------------------------------ */
+
+int kfac_inverse_refresh(kfac_net *k, kfac_layer *kl)
+{
+    kfac_backend *be = k->be;
+    const kfac_shape *s = &kl->s;
+    const size_t nA = (size_t)s->groups * s->K * s->K, nG = (size_t)s->groups * s->M * s->M;
+    double bad[2];
+    int info;
+    if (!kl->have_factors) return 0;
+    be->ops->flag_nonfinite(be, kl->A, nA, 0);
+    be->ops->flag_nonfinite(be, kl->G, nG, 1);
+    be->ops->results(be, bad, 2);
+    if (bad[0] != 0 || bad[1] != 0) {
+        if (!kl->bad_eig_logged++)
+            kfac_log("layer %d: non-finite factor, decomposition skipped, keeping the last good inverse (logged once)", kl->index);
+        return -1;
+    }
+    /* into scratch first, so that a failure leaves the last good inverse intact */
+    info = be->ops->eigh(be, kl->A, s->K, s->groups, k->eig_E, k->eig_d);
+    if (info == 0) {
+        be->ops->copy(be, kl->EA, k->eig_E, nA);
+        be->ops->copy(be, kl->dA, k->eig_d, (size_t)s->groups * s->K);
+        info = be->ops->eigh(be, kl->G, s->M, s->groups, k->eig_E, k->eig_d);
+        if (info == 0) {
+            be->ops->copy(be, kl->EG, k->eig_E, nG);
+            be->ops->copy(be, kl->dG, k->eig_d, (size_t)s->groups * s->M);
+        }
+    }
+    if (info != 0) {
+        /* EA may now be newer than EG: harmless, both decompose good factors */
+        if (!kl->bad_eig_logged++)
+            kfac_log("layer %d: eigendecomposition failed (%s %s %d), keeping the last good inverse (logged once)",
+                     kl->index, be->ops->name, info == KFAC_EIGH_NONFINITE ? "non-finite result" : "info", info);
+        return -1;
+    }
+    kl->have_inverse = 1;
+    kl->inv_damping = 0; /* the damped inverses are rebuilt from the new decomposition */
+    return 0;
+}
+
+/* Mean of the eigenvalues d (n, >= 0) that are not rounding noise: the trace over the
+ * numerical rank.  Dividing by n instead would let a factor estimated from fewer
+ * samples than its dimension (a 1201-input connected layer fed 128 images) damp the
+ * directions no sample reached by a tenth of what its data directions get, and those
+ * directions then take over the step (measured: an MLP on the digits fell to 35%
+ * test accuracy with the plain mean, 85% with this one). */
+static float mean_of(const float *d, int n)
+{
+    double s = 0, mx = 0;
+    int i, r = 0;
+    for (i = 0; i < n; ++i) {
+        s += d[i];
+        if (d[i] > mx) mx = d[i];
+    }
+    for (i = 0; i < n; ++i) r += d[i] > KFAC_RANK_TOL * mx;
+    return r ? (float)(s / r) : 0.0f;
+}
+
+/* Factored Tikhonov damping (Martens & Grosse 2015, section 6.3) of one factor's
+ * groups: lambda_g = sqrt(damping) * mean(d_g), the mean over the numerically nonzero
+ * eigenvalues.  Scaling each factor's damping by its own mean eigenvalue makes
+ * `damping` independent of the loss scale, the input scale and the layer's size, so
+ * one default carries from net to net.  Returns 0 when a group's factor is all zeros
+ * (no curvature to precondition with). */
+static int damping_of(kfac_net *k, const float *d, int dim, int groups, float sd)
+{
+    int g, ok = 1;
+    k->be->ops->to_host(k->be, k->host_d, d, (size_t)groups * dim);
+    for (g = 0; g < groups; ++g) {
+        k->lambda[g] = sd * mean_of(k->host_d + (size_t)g * dim, dim);
+        ok &= k->lambda[g] > 0;
+    }
+    return ok;
+}
+
+/* Ainv = (A + lA I)^-1 and Ginv = (G + lG I)^-1 from the decompositions.  Because this
+ * damping is separable, the two damped inverses are formed once per decomposition and
+ * each update costs two products instead of four. */
+static void damped_inverses(kfac_net *k, kfac_layer *kl, float damping)
+{
+    kfac_backend *be = k->be;
+    const kfac_shape *s = &kl->s;
+    const float sd = sqrtf(damping);
+    int ok = damping_of(k, kl->dA, s->K, s->groups, sd);
+    if (ok) be->ops->damped_inverse(be, kl->EA, kl->dA, s->K, s->groups, k->lambda, kl->Ainv);
+    ok = ok && damping_of(k, kl->dG, s->M, s->groups, sd);
+    if (ok) be->ops->damped_inverse(be, kl->EG, kl->dG, s->M, s->groups, k->lambda, kl->Ginv);
+    kl->inv_damping = damping;
+    kl->inv_ok = ok;
+}
+
+/* P = (G + lG I)^-1 D (A + lA I)^-1 per group
+ *   = Q_G [ (Q_G^T D Q_A) / ((d_G + lG) (d_A + lA)^T) ] Q_A^T   (DESIGN.md 4) */
+void kfac_precondition_layer(kfac_net *k, kfac_layer *kl)
+{
+    kfac_backend *be = k->be;
+    if (kl->inv_damping != k->cfg.damping) damped_inverses(k, kl, k->cfg.damping);
+    if (!kl->inv_ok) {
+        be->ops->copy(be, kl->P, kl->D, (size_t)kl->s.groups * kl->s.M * kl->s.K);
+        return;
+    }
+    be->ops->precondition(be, &kl->s, kl->Ginv, kl->Ainv, kl->D, kl->tmp, kl->P);
+}
+
+/* ---- the step --------------------------------------------------------------------------- */
+
+/* One layer's share of the KL-clip quadratic, lr_eff^2 <P/B, D/B> (DESIGN.md 4), with
+ * lr_eff = lr/(1 - momentum): the step that momentum builds from a steady gradient.
+ * Without that factor a clipped step is taken again and again by the momentum buffer
+ * (measured: momentum 0.9 on the demo CNN diverged within 40 updates at any rate). */
+double kfac_kl_term(const update_args *a, const layer *l, double p_dot_d)
+{
+    double lr = (double)a->learning_rate * l->learning_rate_scale / (1.0 - fmin(a->momentum, 0.999));
+    double B = (double)a->batch;
+    return lr * lr * p_dot_d / (B * B);
+}
+
+/* KL clip: nu = min(1, sqrt(bound / quad)).  The bound is kl_clip at the cfg's
+ * learning_rate and follows Darknet's policy (burn_in, steps, poly, ...) as
+ * (rate / learning_rate)^2, so a clipped step still shrinks when the rate does. */
+static float kl_scale(kfac_net *k, const network *net, const update_args *a, double quad)
+{
+    if (k->identity || k->cfg.kl_clip <= 0 || !(quad > 0) || !(net->learning_rate > 0)) return 1.0f;
+    double rel = a->learning_rate / net->learning_rate;
+    double r = sqrt(k->cfg.kl_clip * rel * rel / quad);
+    float nu = r < 1 ? (float)r : 1.0f;
+    ++k->nu_count;
+    k->nu_clipped += nu < 1.0f;
+    k->nu_sum += nu;
+    return nu;
+}
+
+/* What the write-back does with a layer this update. */
+enum {
+    MODE_SCALED = 1,        /* wu += nu*P - D: preconditioned, KL-clipped */
+    MODE_PLAIN = 2,         /* wu += P - D with P = D: Darknet's own gradient */
+    MODE_SNAPSHOT = 3       /* wu = snapshot: the momentum step without a bad gradient */
+};
+
+void kfac_network_precondition(network *net, update_args *a)
+{
+    kfac_net *k = kfac_of(net);
+    kfac_backend *be = k->be;
+    int i;
+    k->capture = KFAC_CAPTURE_NONE;
+    kfac_phase_begin(k, KFAC_PHASE_STATS);
+    if (kfac_stats_step(k)) fold_statistics(k);
+    kfac_phase_end(k);
+
+    /* during warmup, and for a layer without an inverse yet, the plain gradient goes
+     * through (checked for NaN like the rest) */
+    const int on = k->step >= k->cfg.warmup;
+    const int refresh = on && kfac_inverse_due(k);
+    kfac_phase_begin(k, KFAC_PHASE_INVERSE);
+    for (i = 0; on && i < k->nlayers; ++i) {
+        kfac_layer *kl = &k->layers[i];
+        if (k->identity || !kl->have_factors || !(refresh || !kl->have_inverse)) continue;
+        /* with replicas the decompositions are shared out at the next sync */
+        if (k->replicas > 1) k->inverse_due = 1;
+        else kfac_inverse_refresh(k, kl);
+    }
+    kfac_phase_end(k);
+
+    /* precondition every layer that has an inverse; KL-clip them together */
+    kfac_phase_begin(k, KFAC_PHASE_PRECOND);
+    for (i = 0; i < k->nlayers; ++i) {
+        kfac_layer *kl = &k->layers[i];
+        const layer *l = &net->layers[kl->index];
+        const size_t len = (size_t)kl->s.groups * kl->s.M * kl->s.K;
+        const int plain = !k->identity && (!on || !kl->have_inverse);
+        kfac_darknet_buffers bufs;
+        be->ops->darknet_buffers(l, &bufs);
+        be->ops->gather(be, &kl->s, bufs.weight_updates, kl->w_snap, bufs.bias_updates, kl->b_snap, kl->D);
+        if (k->identity || plain) be->ops->copy(be, kl->P, kl->D, len);
+        else kfac_precondition_layer(k, kl);
+        be->ops->dot(be, kl->P, kl->D, len, KFAC_SLOTS_PER_LAYER * i);
+        be->ops->flag_nonfinite(be, kl->D, len, KFAC_SLOTS_PER_LAYER * i + 1);
+        be->ops->flag_nonfinite(be, kl->P, len, KFAC_SLOTS_PER_LAYER * i + 2);
+        k->mode[i] = plain ? MODE_PLAIN : MODE_SCALED;
+    }
+    /* the one read-back of the update: <P, D> and finiteness of every layer */
+    if (k->nlayers) be->ops->results(be, k->results, KFAC_SLOTS_PER_LAYER * k->nlayers);
+    double quad = 0; /* sum over layers of kfac_kl_term */
+    for (i = 0; i < k->nlayers; ++i) {
+        kfac_layer *kl = &k->layers[i];
+        const double *r = k->results + KFAC_SLOTS_PER_LAYER * i;
+        if (r[1] != 0) {
+            if (!kl->bad_grad_logged++)
+                kfac_log("layer %d: non-finite gradient, this update's gradient dropped for the layer (logged once)", kl->index);
+            k->mode[i] = MODE_SNAPSHOT;
+        } else if (k->mode[i] == MODE_SCALED && !k->identity) {
+            if (r[2] != 0) {
+                if (!kl->bad_grad_logged++)
+                    kfac_log("layer %d: non-finite preconditioned gradient, plain SGD for this update (logged once)", kl->index);
+                be->ops->copy(be, kl->P, kl->D, (size_t)kl->s.groups * kl->s.M * kl->s.K);
+                k->mode[i] = MODE_PLAIN;
+            } else {
+                quad += kfac_kl_term(a, &net->layers[kl->index], r[0]);
+            }
+        }
+    }
+    float nu = kl_scale(k, net, a, quad);
+    for (i = 0; i < k->nlayers; ++i) {
+        kfac_layer *kl = &k->layers[i];
+        kfac_darknet_buffers bufs;
+        be->ops->darknet_buffers(&net->layers[kl->index], &bufs);
+        if (k->mode[i] == MODE_SNAPSHOT) {
+            /* copied: adding 0 - D would leave NaN + (0 - NaN) = NaN */
+            be->ops->copy(be, bufs.weight_updates, kl->w_snap, (size_t)kl->s.groups * kl->s.M * kl->s.k_in);
+            if (kl->s.has_bias) be->ops->copy(be, bufs.bias_updates, kl->b_snap, (size_t)kl->s.groups * kl->s.M);
+        } else {
+            be->ops->scatter(be, &kl->s, bufs.weight_updates, bufs.bias_updates, kl->P, kl->D,
+                             k->mode[i] == MODE_SCALED ? nu : 1.0f);
+        }
+    }
+    kfac_phase_end(k);
+}
+
+/* A user comparing K-FAC with SGD on their own net wants to see where K-FAC's time
+ * goes (to choose the intervals) and whether the KL bound is what sets the step. */
+static void report(network *net)
+{
+    kfac_net *k = kfac_of(net);
+    double t[KFAC_NPHASES];
+    if (++k->report_updates < k->cfg.inverse_interval) return;
+    kfac_network_timing(net, &t[0], &t[1], &t[2]);
+    const int n = k->report_updates;
+    char clip[128] = "no step preconditioned";
+    if (k->nu_count)
+        snprintf(clip, sizeof clip, "KL clip scaled %d of %d steps (mean factor %.3g)", k->nu_clipped, k->nu_count,
+                 k->nu_sum / k->nu_count);
+    kfac_log("update %d: seconds per update over the last %d: statistics %.4f, decompositions %.4f, "
+             "preconditioning %.4f; %s", k->step, n, (t[0] - k->t_reported[0]) / n, (t[1] - k->t_reported[1]) / n,
+             (t[2] - k->t_reported[2]) / n, clip);
+    memcpy(k->t_reported, t, sizeof t);
+    k->report_updates = 0;
+    k->nu_count = k->nu_clipped = 0;
+    k->nu_sum = 0;
+}
+
+void kfac_network_updated(network *net)
+{
+    kfac_net *k = kfac_of(net);
+    kfac_backend *be = k->be;
+    int i;
+    for (i = 0; i < k->nlayers; ++i) {
+        kfac_layer *kl = &k->layers[i];
+        kfac_darknet_buffers bufs;
+        be->ops->darknet_buffers(&net->layers[kl->index], &bufs);
+        be->ops->copy(be, kl->w_snap, bufs.weight_updates, (size_t)kl->s.groups * kl->s.M * kl->s.k_in);
+        if (kl->s.has_bias) be->ops->copy(be, kl->b_snap, bufs.bias_updates, (size_t)kl->s.groups * kl->s.M);
+    }
+    ++k->step;
+    report(net);
+}
