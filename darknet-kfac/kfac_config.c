@@ -3,8 +3,13 @@
  * Darknet turns unknown sections into zeroed layers and never checks keys for typos,
  * so the section is taken out of the parsed list here, before make_network, and every
  * key is checked.  The section struct below mirrors the private one in Darknet's
- * parser.c (type string + option list), unchanged since 2016. */
+ * parser.c (type string + option list), unchanged since 2016.
+ *
+ * kfac_config_parse checks everything before it changes anything, so a bad cfg
+ * leaves the section list as Darknet read it (the fuzz target in tests/fuzz relies on
+ * that to free it); kfac_cfg_take, Darknet's hook, stops the program on its message. */
 #include <errno.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include "kfac_internal.h"
@@ -31,6 +36,22 @@ static const kfac_config kfac_defaults = {
 static const char *kfac_known_keys =
     "damping, decay, stats_interval, inverse_interval, kl_clip, fisher, warmup, max_dim, seed";
 
+/* A parse error: the message goes to err, the return value is -1. */
+typedef struct {
+    char *buf;
+    size_t len;
+} kfac_err;
+
+static int fail(kfac_err *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int fail(kfac_err *e, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    if (e->len) vsnprintf(e->buf, e->len, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
 static void list_unlink(list *l, node *n)
 {
     if (n->prev) n->prev->next = n->next; else l->front = n->next;
@@ -39,138 +60,204 @@ static void list_unlink(list *l, node *n)
     free(n);
 }
 
-static double parse_number(const char *file, const char *key, const char *val, int integer)
+/* 0 with *out set, or -1 */
+static int parse_number(kfac_err *e, const char *file, const char *key, const char *val, int integer, double *out)
 {
     char *end = NULL;
     errno = 0;
     double v = strtod(val, &end);
     if (end == val || *end != '\0' || errno == ERANGE || v != v)
-        kfac_user_error("%s [kfac] %s=%s: not a number", file, key, val);
-    if (integer && (v != (double)(long)v || v > 2147483647.0 || v < -2147483647.0))
-        kfac_user_error("%s [kfac] %s=%s: must be a whole number", file, key, val);
-    return v;
+        return fail(e, "%s [kfac] %s=%s: not a number", file, key, val);
+    if (integer && !(v >= -2147483647.0 && v <= 2147483647.0 && v == (double)(long)v))
+        return fail(e, "%s [kfac] %s=%s: must be a whole number", file, key, val);
+    *out = v;
+    return 0;
 }
 
-static void check_range(const char *file, const char *key, const char *val, double v,
-                        double lo, int lo_open, double hi, int hi_open)
+static int check_range(kfac_err *e, const char *file, const char *key, const char *val, double v, double lo,
+                       int lo_open, double hi, int hi_open)
 {
     int bad = lo_open ? !(v > lo) : !(v >= lo);
     bad |= hi_open ? !(v < hi) : !(v <= hi);
     if (bad)
-        kfac_user_error("%s [kfac] %s=%s: must be in %c%g, %g%c", file, key, val,
-                        lo_open ? '(' : '[', lo, hi, hi_open ? ')' : ']');
+        return fail(e, "%s [kfac] %s=%s: must be in %c%g, %g%c", file, key, val, lo_open ? '(' : '[', lo, hi,
+                    hi_open ? ')' : ']');
+    return 0;
 }
 
-static void parse_kfac_section(kfac_config *c, const char *file, list *options)
+/* A numeric option: its name, kind and range. */
+typedef struct {
+    const char *key;
+    int integer;
+    double lo, hi;
+    int lo_open, hi_open;
+    size_t offset;          /* of the float or int field in kfac_config */
+} kfac_numeric;
+
+static const kfac_numeric kfac_numerics[] = {
+    {"damping", 0, 0, 1e6, 1, 0, offsetof(kfac_config, damping)},
+    {"decay", 0, 0, 1, 0, 1, offsetof(kfac_config, decay)},
+    {"stats_interval", 1, 1, 1e6, 0, 0, offsetof(kfac_config, stats_interval)},
+    {"inverse_interval", 1, 1, 1e6, 0, 0, offsetof(kfac_config, inverse_interval)},
+    {"kl_clip", 0, 0, 1e6, 0, 0, offsetof(kfac_config, kl_clip)},
+    {"warmup", 1, 0, 1e9, 0, 0, offsetof(kfac_config, warmup)},
+    {"max_dim", 1, 1, 65536, 0, 0, offsetof(kfac_config, max_dim)},
+    {"seed", 1, -2147483647.0, 2147483647.0, 0, 0, offsetof(kfac_config, seed)},
+};
+
+static int parse_kfac_section(kfac_err *e, kfac_config *c, const char *file, list *options)
 {
     node *n;
+    size_t i;
     for (n = options->front; n; n = n->next) {
         kvp *p = (kvp *)n->val;
         const char *k = p->key, *v = p->val;
-        if (!v || !*v) kfac_user_error("%s [kfac] %s: has no value", file, k);
-        if (!strcmp(k, "damping")) {
-            c->damping = parse_number(file, k, v, 0);
-            check_range(file, k, v, c->damping, 0, 1, 1e6, 0);
-        } else if (!strcmp(k, "decay")) {
-            c->decay = parse_number(file, k, v, 0);
-            check_range(file, k, v, c->decay, 0, 0, 1, 1);
-        } else if (!strcmp(k, "stats_interval")) {
-            c->stats_interval = parse_number(file, k, v, 1);
-            check_range(file, k, v, c->stats_interval, 1, 0, 1e6, 0);
-        } else if (!strcmp(k, "inverse_interval")) {
-            c->inverse_interval = parse_number(file, k, v, 1);
-            check_range(file, k, v, c->inverse_interval, 1, 0, 1e6, 0);
-        } else if (!strcmp(k, "kl_clip")) {
-            c->kl_clip = parse_number(file, k, v, 0);
-            check_range(file, k, v, c->kl_clip, 0, 0, 1e6, 0);
-        } else if (!strcmp(k, "fisher")) {
+        if (!v || !*v) return fail(e, "%s [kfac] %s: has no value", file, k);
+        if (!strcmp(k, "fisher")) {
             if (!strcmp(v, "true")) c->fisher = KFAC_FISHER_TRUE;
             else if (!strcmp(v, "empirical")) c->fisher = KFAC_FISHER_EMPIRICAL;
-            else kfac_user_error("%s [kfac] fisher=%s: must be true or empirical", file, v);
-        } else if (!strcmp(k, "warmup")) {
-            c->warmup = parse_number(file, k, v, 1);
-            check_range(file, k, v, c->warmup, 0, 0, 1e9, 0);
-        } else if (!strcmp(k, "max_dim")) {
-            c->max_dim = parse_number(file, k, v, 1);
-            check_range(file, k, v, c->max_dim, 1, 0, 65536, 0);
-        } else if (!strcmp(k, "seed")) {
-            c->seed = parse_number(file, k, v, 1);
-        } else {
-            kfac_user_error("%s [kfac] %s=%s: unknown option (known: %s)", file, k, v, kfac_known_keys);
+            else return fail(e, "%s [kfac] fisher=%s: must be true or empirical", file, v);
+            continue;
         }
+        for (i = 0; i < sizeof kfac_numerics / sizeof kfac_numerics[0]; ++i)
+            if (!strcmp(k, kfac_numerics[i].key)) break;
+        if (i == sizeof kfac_numerics / sizeof kfac_numerics[0])
+            return fail(e, "%s [kfac] %s=%s: unknown option (known: %s)", file, k, v, kfac_known_keys);
+        const kfac_numeric *o = &kfac_numerics[i];
+        double x = 0;
+        if (parse_number(e, file, k, v, o->integer, &x)) return -1;
+        if (!o->integer) x = (float)x; /* the range holds for the value stored */
+        if (check_range(e, file, k, v, x, o->lo, o->lo_open, o->hi, o->hi_open)) return -1;
+        if (o->integer) *(int *)((char *)c + o->offset) = (int)x;
+        else *(float *)((char *)c + o->offset) = (float)x;
     }
+    return 0;
 }
 
-void *kfac_cfg_take(const char *cfgfile, list *sections)
+static int is_weighted_type(const char *type)
 {
-    kfac_config *c = NULL;
-    node *n, *next;
-    int index = -1; /* layer index of the section: [net] is -1 */
-    int nlayers = 0;
+    return !strcmp(type, "[convolutional]") || !strcmp(type, "[conv]") || !strcmp(type, "[connected]") ||
+           !strcmp(type, "[conn]");
+}
 
+/* Checks the kfac= keys of every section and fills on[] (layers: sections after the
+ * first that are not [kfac]). */
+static int check_layer_keys(kfac_err *e, const char *cfgfile, list *sections, int *on, int nlayers)
+{
+    node *n, *o;
+    int index = -1; /* layer index of the section: [net] is -1 */
     for (n = sections->front; n; n = n->next) {
         kfac_section *s = (kfac_section *)n->val;
-        if (strcmp(s->type, "[kfac]") != 0) ++nlayers;
+        if (!strcmp(s->type, "[kfac]")) continue;
+        if (index >= 0 && index < nlayers) on[index] = 1;
+        for (o = s->options->front; o; o = o->next) {
+            kvp *p = (kvp *)o->val;
+            if (strcmp(p->key, "kfac") != 0) continue;
+            const char *v = p->val ? p->val : "";
+            if (index < 0)
+                return fail(e, "%s %s kfac=%s: kfac= belongs in a layer section; K-FAC options go in [kfac]", cfgfile,
+                            s->type, v);
+            if (strcmp(v, "0") && strcmp(v, "1"))
+                return fail(e, "%s %s (layer %d) kfac=%s: must be 0 or 1", cfgfile, s->type, index, v);
+            if (!is_weighted_type(s->type))
+                return fail(e, "%s %s (layer %d) kfac=%s: only convolutional and connected layers have K-FAC", cfgfile,
+                            s->type, index, v);
+            on[index] = v[0] == '1';
+        }
+        ++index;
     }
-    --nlayers; /* [net] */
+    return 0;
+}
 
+/* Darknet's free_section, for the [kfac] section we take out */
+static void free_kfac_section(kfac_section *s)
+{
+    node *o = s->options->front;
+    while (o) {
+        node *on = o->next;
+        kvp *p = (kvp *)o->val;
+        free(p->key);
+        free(p);
+        free(o);
+        o = on;
+    }
+    free(s->options);
+    free(s->type);
+    free(s);
+}
+
+/* Takes the [kfac] section and every kfac= key out of the list (after the checks). */
+static void take_out(list *sections)
+{
+    node *n, *next, *o, *onext;
     for (n = sections->front; n; n = next) {
         kfac_section *s = (kfac_section *)n->val;
         next = n->next;
         if (!strcmp(s->type, "[kfac]")) {
-            if (c) kfac_user_error("%s: more than one [kfac] section", cfgfile);
-            if (n == sections->front) kfac_user_error("%s: [kfac] cannot be the first section: [net] comes first", cfgfile);
-            c = (kfac_config *)kfac_calloc(1, sizeof *c);
-            *c = kfac_defaults;
-            c->cfgfile = strdup(cfgfile);
-            c->nlayers = nlayers > 0 ? nlayers : 0;
-            c->layer_on = (int *)kfac_calloc(nlayers > 0 ? nlayers : 1, sizeof(int));
-            parse_kfac_section(c, cfgfile, s->options);
-            /* free it as parser.c's free_section would */
-            node *o = s->options->front;
-            while (o) {
-                node *on = o->next;
-                kvp *p = (kvp *)o->val;
-                free(p->key);
-                free(p);
-                free(o);
-                o = on;
-            }
-            free(s->options);
-            free(s->type);
-            free(s);
+            free_kfac_section(s);
             list_unlink(sections, n);
+            continue;
         }
-    }
-
-    /* per-layer kfac=0|1, taken out so Darknet does not report it unused */
-    int *on = (int *)kfac_calloc(nlayers > 0 ? nlayers : 1, sizeof(int));
-    for (n = sections->front, index = -1; n; n = n->next, ++index) {
-        kfac_section *s = (kfac_section *)n->val;
-        node *o, *onext;
-        if (index >= 0) on[index] = 1;
         for (o = s->options->front; o; o = onext) {
             kvp *p = (kvp *)o->val;
             onext = o->next;
             if (strcmp(p->key, "kfac") != 0) continue;
-            if (index < 0) kfac_user_error("%s %s kfac=%s: kfac= belongs in a layer section; K-FAC options go in [kfac]", cfgfile, s->type, p->val);
-            if (strcmp(p->val, "0") && strcmp(p->val, "1"))
-                kfac_user_error("%s %s (layer %d) kfac=%s: must be 0 or 1", cfgfile, s->type, index, p->val);
-            if (strcmp(s->type, "[convolutional]") && strcmp(s->type, "[conv]") &&
-                strcmp(s->type, "[connected]") && strcmp(s->type, "[conn]"))
-                kfac_user_error("%s %s (layer %d) kfac=%s: only convolutional and connected layers have K-FAC", cfgfile, s->type, index, p->val);
-            on[index] = p->val[0] == '1';
             free(p->key);
             free(p);
             list_unlink(s->options, o);
         }
     }
-    if (!c) {
-        free(on);
-        return NULL;
+}
+
+int kfac_config_parse(const char *cfgfile, list *sections, kfac_config **out, char *err, size_t errlen)
+{
+    kfac_err e = {err, errlen};
+    kfac_section *found = NULL;
+    node *n;
+    int nlayers = 0;
+    *out = NULL;
+    if (errlen) err[0] = '\0';
+
+    for (n = sections->front; n; n = n->next) {
+        kfac_section *s = (kfac_section *)n->val;
+        if (strcmp(s->type, "[kfac]") != 0) {
+            ++nlayers;
+            continue;
+        }
+        if (found) return fail(&e, "%s: more than one [kfac] section", cfgfile);
+        if (n == sections->front) return fail(&e, "%s: [kfac] cannot be the first section: [net] comes first", cfgfile);
+        found = s;
     }
-    memcpy(c->layer_on, on, (size_t)(nlayers > 0 ? nlayers : 1) * sizeof(int));
-    free(on);
+    --nlayers; /* [net] */
+    if (nlayers < 0) nlayers = 0;
+
+    kfac_config *c = (kfac_config *)kfac_calloc(1, sizeof *c);
+    *c = kfac_defaults;
+    c->nlayers = nlayers;
+    c->layer_on = (int *)kfac_calloc((size_t)(nlayers > 0 ? nlayers : 1), sizeof(int));
+    if ((found && parse_kfac_section(&e, c, cfgfile, found->options)) ||
+        check_layer_keys(&e, cfgfile, sections, c->layer_on, nlayers)) {
+        kfac_config_free(c);
+        free(c);
+        return -1;
+    }
+    take_out(sections);
+    if (!found) {
+        kfac_config_free(c);
+        free(c);
+        return 0;
+    }
+    c->cfgfile = strdup(cfgfile);
+    if (!c->cfgfile) kfac_die(__FILE__, __LINE__, "out of memory");
+    *out = c;
+    return 0;
+}
+
+void *kfac_cfg_take(const char *cfgfile, list *sections)
+{
+    char err[1024];
+    kfac_config *c = NULL;
+    if (kfac_config_parse(cfgfile, sections, &c, err, sizeof err) != 0) kfac_user_error("%s", err);
     return c;
 }
 
@@ -178,6 +265,8 @@ void kfac_config_free(kfac_config *c)
 {
     free(c->cfgfile);
     free(c->layer_on);
+    c->cfgfile = NULL;
+    c->layer_on = NULL;
 }
 
 void kfac_config_print(const kfac_config *c, FILE *out)

@@ -40,6 +40,11 @@ typedef struct {
     int nlayers;            /* entries in layer_on */
 } kfac_config;
 
+/* Checks the [kfac] section and every kfac= key of a cfg read by Darknet's read_cfg;
+ * then takes them out of `sections`.  Returns 0 with *out the configuration (NULL
+ * when there is no [kfac]), or -1 with a message naming the file, the section and the
+ * key in err, the list untouched. */
+int kfac_config_parse(const char *cfgfile, list *sections, kfac_config **out, char *err, size_t errlen);
 void kfac_config_free(kfac_config *c);
 void kfac_config_print(const kfac_config *c, FILE *out);
 
