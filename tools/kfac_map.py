@@ -208,7 +208,7 @@ def image_size(path):
         if len(data) < 24 or data[12:16] != b"IHDR":
             raise InputError("%s: PNG without IHDR" % path)
         return struct.unpack(">II", data[16:24])
-    if data[:1] == b"P" and data[1:2] in b"123456" and len(data) >= 2:
+    if len(data) >= 2 and data[:1] == b"P" and data[1:2] in b"123456":
         return pnm_size(path, data)
     if data[:2] == b"BM" and len(data) >= 26:
         w, h = struct.unpack("<ii", data[18:26])
@@ -320,7 +320,8 @@ def read_detections(path, images):
             raise InputError("%s:%d: expected `IMAGE_ID SCORE XMIN YMIN XMAX YMAX`: %s"
                              % (path, n, line))
         if not all(math.isfinite(v) for v in (score, x1, y1, x2, y2)):
-            raise InputError("%s:%d: not a finite number: %s" % (path, n, line))
+            raise InputError("%s:%d: not a finite number (a diverged network?): %s"
+                             % (path, n, line))
         iid = parts[0]
         if iid not in images:
             raise InputError("%s:%d: image id %r is not in the valid list" % (path, n, iid))
