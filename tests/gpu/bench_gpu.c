@@ -25,7 +25,8 @@
 #include <string.h>
 #include <cuda_runtime.h>
 #include "darknet.h"
-#include "kfac_gpu.h"
+#include "kfac_internal.h"
+#include "backend/kfac_backend_cuda.h"
 
 static void die(const char *msg, const char *arg)
 {
@@ -88,35 +89,43 @@ static double sync_now(void)
     return what_time_is_it_now();
 }
 
-/* the covered layer with the largest A: its factor product against sgemm */
+/* the covered layer with the largest A: its factor product (the CUDA backend's
+ * kfac_cuda_factor_product) against cuBLAS sgemm on a handle of our own, FP32 like
+ * the backend's */
 static void bench_product(network *net)
 {
     kfac_net *k = kfac_of(net);
     int i, best = -1, reps = 10;
     if (!k || !k->nlayers) { printf("PRODUCT none: no layer under K-FAC\n"); return; }
-    for (i = 0; i < k->nlayers; ++i) if (best < 0 || k->layers[i].K > k->layers[best].K) best = i;
+    if (strcmp(k->be->ops->name, "cuda") != 0) die("the net is not on the CUDA backend: ", k->be->ops->name);
+    for (i = 0; i < k->nlayers; ++i) if (best < 0 || k->layers[i].s.K > k->layers[best].s.K) best = i;
     kfac_layer *kl = &k->layers[best];
     const layer *l = &net->layers[kl->index];
-    size_t n = (size_t)l->batch * kl->T;
-    if (n * kl->K > ((size_t)32 << 20)) n = ((size_t)32 << 20) / kl->K / kl->T * kl->T; /* one patch chunk */
-    if (n < (size_t)kl->T) n = (size_t)kl->T;
-    int K = kl->K;
+    const size_t T = (size_t)kl->s.T;
+    size_t n = (size_t)l->batch * T;
+    if (n * kl->s.K > ((size_t)32 << 20)) n = ((size_t)32 << 20) / kl->s.K / T * T; /* one patch chunk */
+    if (n < T) n = T;
+    int K = kl->s.K;
     float *h = (float *)calloc((size_t)K * n, sizeof(float));
     if (!h) die("out of memory", NULL);
     size_t j;
     for (j = 0; j < (size_t)K * n; ++j) h[j] = uniform() - 0.5f;
     float *P = cuda_make_array(h, (size_t)K * n), *C = cuda_make_array(0, (size_t)K * K);
     free(h);
-    kfac_factor_product_gpu(k->gpu, K, n, P, 1.0f, C); /* warm-up, scratch allocation */
+    kfac_cuda_factor_product(k->be, K, n, P, 1.0f, C); /* warm-up, scratch allocation */
     double t0 = sync_now();
-    for (i = 0; i < reps; ++i) kfac_factor_product_gpu(k->gpu, K, n, P, 1.0f, C);
+    for (i = 0; i < reps; ++i) kfac_cuda_factor_product(k->be, K, n, P, 1.0f, C);
     double t_prod = (sync_now() - t0) / reps;
     const float one = 1.0f, zero = 0.0f;
-    KFAC_CUBLAS_CHECK(cublasSgemm(k->gpu->blas, CUBLAS_OP_T, CUBLAS_OP_N, K, K, (int)n, &one, P, (int)n, P, (int)n, &zero, C, K));
+    cublasHandle_t blas;
+    KFAC_CUBLAS_CHECK(cublasCreate(&blas));
+    KFAC_CUBLAS_CHECK(cublasSetMathMode(blas, CUBLAS_DEFAULT_MATH));
+    KFAC_CUBLAS_CHECK(cublasSgemm(blas, CUBLAS_OP_T, CUBLAS_OP_N, K, K, (int)n, &one, P, (int)n, P, (int)n, &zero, C, K));
     t0 = sync_now();
     for (i = 0; i < reps; ++i)
-        KFAC_CUBLAS_CHECK(cublasSgemm(k->gpu->blas, CUBLAS_OP_T, CUBLAS_OP_N, K, K, (int)n, &one, P, (int)n, P, (int)n, &zero, C, K));
+        KFAC_CUBLAS_CHECK(cublasSgemm(blas, CUBLAS_OP_T, CUBLAS_OP_N, K, K, (int)n, &one, P, (int)n, P, (int)n, &zero, C, K));
     double t_gemm = (sync_now() - t0) / reps;
+    KFAC_CUBLAS_CHECK(cublasDestroy(blas));
     /* the product's useful flops: a symmetric rank-n update, n K (K + 1) */
     double prod = (double)n * K * (K + 1) / t_prod * 1e-9, gemm = 2.0 * n * K * K / t_gemm * 1e-9;
     printf("factor product of layer %d (A %d x %d over %zu columns): %.1f GFLOP/s (useful flops), "

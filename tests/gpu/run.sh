@@ -5,10 +5,11 @@
 #
 #   1. builds the GPU variant (make GPU=1), which needs no GPU;
 #   2. stops with a SKIP line and status 0 when `nvidia-smi -L` lists no GPU;
-#   3. compares every GPU piece against the CPU path (tests/gpu/test_gpu_kfac.c:
-#      factors, eigendecompositions, fallbacks, preconditioning, whole updates, the
-#      state file, two replicas through sync_nets), then again with cuDNN when
-#      cudnn.h is installed (KFAC_GPU_CUDNN=0 skips that);
+#   3. runs tests/gpu/test_gpu_kfac.c: every operation of the CUDA backend against
+#      dense references and the CPU backend (the cases of tests/backend_cases.h),
+#      the factor product's split-k and syrk paths, the driver's fallbacks, whole
+#      updates CPU vs GPU, the state file, two replicas through sync_nets; then again
+#      with cuDNN when cudnn.h is installed (KFAC_GPU_CUDNN=0 skips that);
 #   4. trains the demo CNN briefly on the digits (build/data/digits) with SGD and
 #      K-FAC, on the GPU and on the CPU from the same seed, checks the accuracies;
 #   5. prints a timing table (seconds per update; K-FAC's breakdown on the GPU).
