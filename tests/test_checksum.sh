@@ -11,7 +11,10 @@
 #             inverses every 25 updates: connected layers only, a 1201-wide factor.
 #
 # Recorded at commit dead170 (before the backend split of issue 6), so that moving
-# code keeps the arithmetic.  A change that is meant to change the numbers (a new
+# code keeps the arithmetic; bn_cnn re-recorded after patches/0009 and 0010 (batch
+# norm's training forward now normalizes by the variance its backward differentiates,
+# with the GPU's epsilon), which change that net's numbers on purpose: 200 updates
+# reach test accuracy 0.904 (was 0.905) and loss 0.297 (was 0.303).  A change that is meant to change the numbers (a new
 # default, a Darknet gradient fix) records a new value here and says why in its
 # commit.
 #
@@ -24,7 +27,7 @@ set -u
 DK=${1:?usage: tests/test_checksum.sh <darknet build folder>}
 W=build/tests/checksum
 DATA=build/data/digits/digits.data
-COMPARE=build/kfac_compare
+COMPARE=${KFAC_COMPARE:-build/kfac_compare}
 mkdir -p "$W"
 
 if ! grep -qw avx2 /proc/cpuinfo 2>/dev/null; then
@@ -60,6 +63,6 @@ run() {
 printf '%s\n\n[kfac]\n' "$(cat cfg/digits-bn.cfg)" >"$W/bn-kfac.cfg"
 printf '%s\n\n[kfac]\nfisher=empirical\nstats_interval=3\ninverse_interval=25\n' "$(cat cfg/digits-mlp.cfg)" >"$W/mlp-kfac.cfg"
 run demo_cnn cfg/digits-kfac.cfg fe2236b700a478545c1c93617b7528d295bf5554b900f1494800cc9dc50f5f7c
-run bn_cnn "$W/bn-kfac.cfg" 165068de378f272f4ae6548dd19120540326c2fe667253549bb67347c8dff94d
+run bn_cnn "$W/bn-kfac.cfg" edd7d8add0032e63b54f05f6d45d74aa0973e4bc9151d9a71ccf73f2089d624c
 run mlp "$W/mlp-kfac.cfg" d28bf38efc1c0bd3643ee4d5ecbf49b69de715525274f501943e7e24a41a5eeb
 [ $nfail -eq 0 ]

@@ -352,8 +352,9 @@ static void cpu_sample(kfac_backend *b, const float *p, const float *u, int batc
 /* Darknet's backward_convolutional_layer / backward_connected_layer without the weight
  * and bias gradients: the activation's derivative and batch norm's backward (Darknet's
  * own functions, so l.delta is bit for bit what the full backward leaves for G), then
- * the delta for the layer below with OpenBLAS.  Like Darknet, a 1x1 convolution
- * writes the delta below and a larger one adds to it (col2im). */
+ * the delta for the layer below with OpenBLAS, added to what the layer's other
+ * consumers (a [route], a [shortcut]) left there: a 1x1 convolution adds through the
+ * gemm's beta, a larger one through col2im (patches/0006 makes Darknet's do the same). */
 static void lean_conv(const layer *l, network *lnet)
 {
     const int m = l->n / l->groups, n = l->size * l->size * l->c / l->groups, t = l->out_w * l->out_h;
@@ -368,7 +369,8 @@ static void lean_conv(const layer *l, network *lnet)
             const float *d = l->delta + ((size_t)i * l->groups + j) * m * t;
             float *below = lnet->delta + ((size_t)i * l->groups + j) * in_len;
             float *cols = l->size == 1 ? below : lnet->workspace;
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, t, m, 1.0f, w, n, d, t, 0.0f, cols, t);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, t, m, 1.0f, w, n, d, t, l->size == 1 ? 1.0f : 0.0f,
+                        cols, t);
             if (l->size != 1) col2im_cpu(cols, l->c / l->groups, l->h, l->w, l->size, l->stride, l->pad, below);
         }
 }
