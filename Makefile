@@ -4,7 +4,10 @@
 #   make setup        install the Debian packages the build needs (root), or print how
 #   make demo         SGD and K-FAC side by side on OpenCV's handwritten digits
 #   make test         the test suite (CPU)
+#   make test-sanitize  the same suite with AddressSanitizer and UndefinedBehaviorSanitizer
+#   make fuzz [FUZZ_SECONDS=N]  libFuzzer on the [kfac] parser and the state-file reader
 #   make bench        the CPU benchmark written into BENCHMARKS.md
+#   make bench-threads  OpenBLAS thread counts against factor sizes, idle and loaded
 #
 # Darknet itself is never copied into this repo: it is fetched as the pinned Debian
 # source package (tools/fetch_darknet.sh) or taken from DARKNET_SRC, copied into
@@ -13,11 +16,26 @@
 GPU ?= 0
 CUDNN ?= 0
 OPENCV ?= 0
+# SANITIZE=1: Darknet, darknet-kfac, kfac_compare and the tests with ASan and UBSan
+# (build/darknet-cpu-sanitize); `make test-sanitize` builds and runs it
+SANITIZE ?= 0
+# FUZZ=1: the same with clang and libFuzzer's instrumentation (build/darknet-cpu-fuzz),
+# for `make fuzz`; FUZZ_SECONDS: how long each target runs
+FUZZ ?= 0
+FUZZ_SECONDS ?= 60
 DARKNET_SRC ?=
 # CUDA architectures for GPU builds (compute capability without the dot)
 CUDA_ARCH ?= 75 80 90
 
-$(foreach v,GPU CUDNN OPENCV,$(if $(filter 0 1,$($(v))),,$(error $(v)=$($(v)): must be 0 or 1)))
+$(foreach v,GPU CUDNN OPENCV SANITIZE FUZZ,$(if $(filter 0 1,$($(v))),,$(error $(v)=$($(v)): must be 0 or 1)))
+ifneq ($(filter 1,$(SANITIZE) $(FUZZ)),)
+ifeq ($(GPU),1)
+$(error SANITIZE=1 and FUZZ=1 are for the CPU build: leave GPU=0)
+endif
+endif
+ifeq ($(shell echo '$(FUZZ_SECONDS)' | grep -Ex '[0-9]+'),)
+$(error FUZZ_SECONDS=$(FUZZ_SECONDS): must be a whole number of seconds)
+endif
 ifeq ($(CUDNN),1)
 ifneq ($(GPU),1)
 $(error CUDNN=1 needs GPU=1)
@@ -27,7 +45,13 @@ endif
 TOP := $(abspath .)
 BUILD := build
 CACHE := $(BUILD)/cache
-VARIANT := $(if $(filter 1,$(GPU)),gpu,cpu)$(if $(filter 1,$(CUDNN)),-cudnn)$(if $(filter 1,$(OPENCV)),-opencv)
+VARIANT := $(if $(filter 1,$(GPU)),gpu,cpu)$(if $(filter 1,$(CUDNN)),-cudnn)$(if $(filter 1,$(OPENCV)),-opencv)$(if $(filter 1,$(SANITIZE)),-sanitize)$(if $(filter 1,$(FUZZ)),-fuzz)
+# Darknet's own optimisation (-Ofast) is kept with the sanitizers, so that the suite
+# checks the arithmetic it checks in the release build; every finding stops the
+# program (no recovery), so a test cannot pass over one.
+SANITIZE_FLAGS := -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+DK_OPTS := $(if $(filter 1,$(SANITIZE)),OPTS="-Ofast $(SANITIZE_FLAGS)") $(if $(filter 1,$(FUZZ)),CC=clang CPP=clang++ OPTS="$(FUZZ_FLAGS)")
 DK := $(BUILD)/darknet-$(VARIANT)
 # the demo's driver, one per variant (its structs follow GPU/CUDNN)
 COMPARE := $(BUILD)/kfac_compare$(if $(filter-out cpu,$(VARIANT)),-$(VARIANT))
@@ -42,7 +66,7 @@ endif
 $(info nvcc found ($(NVCC)): GPU build on, CUDA_ARCH=$(CUDA_ARCH))
 endif
 
-.PHONY: all darknet setup fetch demo test bench bench-gpu clean distclean
+.PHONY: all darknet setup fetch demo test test-sanitize fuzz bench bench-gpu bench-threads clean distclean
 all: darknet $(COMPARE)
 
 # Installs the Debian packages the build needs (as root), or names them and stops.
@@ -61,23 +85,48 @@ $(DK)/.patched: $(PATCHES) tools/apply_patches.sh $(if $(DARKNET_SRC),,$(BUILD)/
 	tools/apply_patches.sh $(PRISTINE) $(DK) patches
 
 darknet: $(DK)/.patched | setup
-	$(MAKE) -C $(DK) -j2 GPU=$(GPU) CUDNN=$(CUDNN) OPENCV=$(OPENCV) \
+	$(MAKE) -C $(DK) -j2 GPU=$(GPU) CUDNN=$(CUDNN) OPENCV=$(OPENCV) $(DK_OPTS) \
 	    CUDA_ARCH="$(CUDA_ARCH)" NVCC="$(NVCC)" KFAC_DIR=$(TOP)/darknet-kfac
 	@echo "built $(DK)/darknet and libdarknet.a with darknet-kfac ($(VARIANT))"
 
 
 $(COMPARE): tools/kfac_compare.c darknet
-	$(CC) -O2 -Wall -I$(DK)/include -I$(DK)/src -I$(TOP)/darknet-kfac \
+	$(CC) -O2 -Wall $(if $(filter 1,$(SANITIZE)),$(SANITIZE_FLAGS)) -I$(DK)/include -I$(DK)/src -I$(TOP)/darknet-kfac \
 	    $(if $(filter 1,$(GPU)),-DGPU -I$(dir $(NVCC))../include) $(if $(filter 1,$(CUDNN)),-DCUDNN) \
 	    $< $(DK)/libdarknet.a \
 	    $(shell $(MAKE) -s -C $(DK) KFAC_DIR=$(TOP)/darknet-kfac GPU=$(GPU) CUDNN=$(CUDNN) OPENCV=$(OPENCV) \
 	        OPENBLAS_LIB=$(OPENBLAS_LIB) NVCC="$(NVCC)" print-ldflags) -o $@
 
+# OpenBLAS thread counts against factor sizes (BENCHMARKS.md, "OpenBLAS threads")
+$(BUILD)/bench_threads: tools/bench_threads.c darknet
+	$(CC) -O2 -Wall -I$(DK)/include -I$(DK)/src -I$(TOP)/darknet-kfac $< $(DK)/libdarknet.a -lopenblas -lm -pthread -o $@
+
+bench-threads: $(BUILD)/bench_threads
+	tools/bench_threads.sh $(BUILD)/bench_threads
+
 demo: all
 	tools/demo.sh
 
 test: all
-	tests/run.sh $(DK)
+	KFAC_TEST_CFLAGS="$(if $(filter 1,$(SANITIZE)),$(SANITIZE_FLAGS))" tests/run.sh $(DK)
+
+# The whole CPU suite under the sanitizers.  LeakSanitizer's reports of Darknet's own
+# leaks (never of darknet-kfac's) are suppressed by tests/sanitize/lsan.supp, which
+# names each one.
+test-sanitize:
+	$(MAKE) SANITIZE=1 all
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:strict_string_checks=1 \
+	UBSAN_OPTIONS=print_stacktrace=1 \
+	LSAN_OPTIONS=suppressions=$(TOP)/tests/sanitize/lsan.supp:print_suppressions=0 \
+	KFAC_TEST_CFLAGS="$(SANITIZE_FLAGS)" tests/run.sh $(BUILD)/darknet-cpu-sanitize
+
+# libFuzzer on the [kfac] parser and the state-file reader (tests/fuzz), each for
+# FUZZ_SECONDS; fails on any crash, leak or sanitizer report (the input is kept in
+# build/fuzz/artifacts, to become a case of tests/fuzz/regress)
+fuzz:
+	@tools/setup.sh fuzz
+	$(MAKE) FUZZ=1 darknet
+	tests/fuzz/run.sh $(BUILD)/darknet-cpu-fuzz $(FUZZ_SECONDS)
 
 bench: all
 	tools/bench.sh $(DK)

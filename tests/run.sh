@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # darknet-kfac's CPU test suite.  `make test` runs it as:
 #
-#   tests/run.sh build/darknet-cpu [NAME...]
+#   tests/run.sh build/darknet-cpu [NAME...]      (make test)
+#   tests/run.sh build/darknet-cpu-sanitize       (make test-sanitize)
 #
 # Compiles every tests/test_*.c against <darknet build>/libdarknet.a into build/tests/,
 # runs them and the tests/test_*.sh drivers (from the repository root, each given the
@@ -26,9 +27,15 @@ OUT=build/tests
 mkdir -p "$OUT"
 
 CC=${CC:-cc}
-CFLAGS="-O2 -g -Wall -std=gnu99 -I$DK/include -I$DK/src -Idarknet-kfac -Itests"
+# KFAC_TEST_CFLAGS: what the build was compiled with beyond the defaults (the
+# sanitizers of `make test-sanitize`)
+CFLAGS="-O2 -g -Wall -std=gnu99 -I$DK/include -I$DK/src -Idarknet-kfac -Itests ${KFAC_TEST_CFLAGS:-}"
 LIBS="$DK/libdarknet.a -lopenblas -lm -pthread"
 
+# the variant's deterministic driver (the top Makefile's name for it), for the drivers
+variant=${DK##*/darknet-}
+export KFAC_COMPARE=build/kfac_compare
+[ "$variant" = cpu ] || KFAC_COMPARE=build/kfac_compare-$variant
 t_suite=$(date +%s)
 . tests/count.sh
 

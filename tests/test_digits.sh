@@ -22,7 +22,7 @@ WARM=20
 EVAL=10
 W=build/tests/digits
 DATA=build/data/digits/digits.data
-COMPARE=build/kfac_compare
+COMPARE=${KFAC_COMPARE:-build/kfac_compare}
 mkdir -p "$W"
 nfail=0
 ok() { echo "ok $1"; }

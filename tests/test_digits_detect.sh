@@ -63,7 +63,7 @@ else
 fi
 
 DUMP=()
-if cc -O1 -I"$DK/include" -I"$DK/src" tests/dk_load_detection.c "$DK/libdarknet.a" \
+if ${CC:-cc} -O1 ${KFAC_TEST_CFLAGS:-} -I"$DK/include" -I"$DK/src" tests/dk_load_detection.c "$DK/libdarknet.a" \
     -lopenblas -lm -pthread -o "$W/dk_load_detection" >"$W/helper.build.log" 2>&1; then
     if "$W/dk_load_detection" 10 $(head -3 "$W/a/train.txt") $(head -2 "$W/a/test.txt") \
         >"$W/darknet.dump" 2>"$W/darknet.err"; then

@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Install the Debian packages darknet-kfac needs.  As root it installs them; otherwise
-# it prints the exact command.  Usage: tools/setup.sh [opencv] [gnuplot]
+# it prints the exact command.  Usage: tools/setup.sh [opencv] [gnuplot] [fuzz] [valgrind]
+#   fuzz      clang and its runtime libraries (libFuzzer, sanitizers): make fuzz
+#   valgrind  memcheck for the end-to-end test: tests/test_valgrind.sh
 set -euo pipefail
 pkgs="build-essential patch xz-utils ca-certificates libopenblas-dev python3 dpkg"
 for extra in "$@"; do
     case "$extra" in
         opencv) pkgs="$pkgs libopencv-dev pkg-config" ;;
         gnuplot) pkgs="$pkgs gnuplot-nox" ;;
-        *) echo "setup.sh: unknown extra '$extra' (known: opencv gnuplot)" >&2; exit 2 ;;
+        fuzz) pkgs="$pkgs clang libclang-rt-dev" ;;
+        valgrind) pkgs="$pkgs valgrind" ;;
+        *) echo "setup.sh: unknown extra '$extra' (known: opencv gnuplot fuzz valgrind)" >&2; exit 2 ;;
     esac
 done
 missing=""
