@@ -4,23 +4,36 @@
  * resumed run would restart its factors from nothing and lose the momentum that
  * K-FAC's update relies on.  Layout (little-endian, as Darknet's own files):
  *
- *   u32 magic "KFAC", u32 version, u32 net->n, u32 covered layers, i32 step, u64 rng
+ *   u32 magic "KFAC", u32 version, u32 net->n, u32 covered layers, i32 step, u64 rng,
+ *   u64 seen and u64 FNV-1a hash of the weights file this state was saved with
  *   per covered layer: i32 index, type, groups, K, M, has_bias, have_factors (batches),
  *                      have_inverse; f32 A, G, EA, dA, EG, dG, w_snap, b_snap
  *   per conv/connected layer: i32 index, u32 counts; f32 weight, bias, scale updates
  *   u64 FNV-1a hash of everything before it
  *
- * Written to <file>.tmp and renamed, so a crash mid-write never leaves a torn file.
- * A file is read whole and checked before anything of the net changes; every length
- * in it must equal what this net gives, so no size read from the file is trusted. */
+ * Written to <file>.tmp, flushed to disk and renamed, so a crash mid-write never
+ * leaves a torn file.  A file is read whole and checked before anything of the net
+ * changes; every length in it must equal what this net gives, so no size read from the
+ * file is trusted.
+ *
+ * The pair: Darknet writes the weights first (patches/0014: also to a temporary file,
+ * renamed), then this file, so a crash between the two, or a file saved over in place
+ * (<cfg>.backup, _final) by another run, can leave a state next to weights it was not
+ * saved with.  Loading it would resume momentum and factors of another point of
+ * training.  So the state records the weights it belongs to (Darknet's `seen` and a
+ * hash of the weights file's bytes), and a state that does not match the weights
+ * beside it is not loaded: K-FAC starts fresh from those weights, with a notice (the
+ * weights are good; only K-FAC's statistics and Darknet's momentum, which Darknet never
+ * saves at all, are lost). */
 #include <errno.h>
 #include <stdarg.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 #include "kfac_internal.h"
 
 #define KFAC_STATE_MAGIC 0x4341464bu /* "KFAC" */
-#define KFAC_STATE_VERSION 1u
+#define KFAC_STATE_VERSION 2u
 
 typedef struct {
     FILE *fp;
@@ -28,11 +41,32 @@ typedef struct {
     int failed;             /* errno of the first failed write */
 } kfac_stream;
 
+#define KFAC_FNV_OFFSET 0xcbf29ce484222325ULL
+
 static void hash_bytes(uint64_t *h, const void *p, size_t n)
 {
     const unsigned char *c = (const unsigned char *)p;
     size_t i;
     for (i = 0; i < n; ++i) { *h ^= c[i]; *h *= 0x100000001b3ULL; }
+}
+
+/* FNV-1a of a whole file: what identifies the weights a state belongs to.  0 on
+ * success, -1 with errno set. */
+static int hash_file(const char *path, uint64_t *h)
+{
+    unsigned char buf[1 << 16];
+    size_t n;
+    FILE *f = fopen(path, "rb");
+    if (!f) return -1;
+    *h = KFAC_FNV_OFFSET;
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0) hash_bytes(h, buf, n);
+    int bad = ferror(f);
+    fclose(f);
+    if (bad) {
+        errno = EIO;
+        return -1;
+    }
+    return 0;
 }
 
 static void put(kfac_stream *s, const void *p, size_t size, size_t n)
@@ -86,9 +120,14 @@ void kfac_state_save(network *net, const char *weightfile)
     kfac_backend *be = k->be;
     char path[4096], tmp[4200];
     int i, j;
+    uint64_t identity[2] = {(uint64_t)*net->seen, 0}; /* seen, hash of the weights file */
     snprintf(path, sizeof path, "%s.kfac", weightfile);
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    kfac_stream s = {fopen(tmp, "wb"), 0xcbf29ce484222325ULL, 0};
+    if (hash_file(weightfile, &identity[1]) != 0) {
+        kfac_log("cannot read back %s (%s): K-FAC state not saved", weightfile, strerror(errno));
+        return;
+    }
+    kfac_stream s = {fopen(tmp, "wb"), KFAC_FNV_OFFSET, 0};
     if (!s.fp) {
         kfac_log("cannot write %s (%s): K-FAC state not saved; the weights are saved", tmp, strerror(errno));
         return;
@@ -113,6 +152,7 @@ void kfac_state_save(network *net, const char *weightfile)
     put(&s, head, sizeof(uint32_t), 4);
     put(&s, &k->step, sizeof(int32_t), 1);
     put(&s, &k->rng, sizeof(uint64_t), 1);
+    put(&s, identity, sizeof(uint64_t), 2);
     for (i = 0; i < k->nlayers; ++i) {
         kfac_layer *kl = &k->layers[i];
         float **p[KFAC_LAYER_ARRAYS];
@@ -149,6 +189,7 @@ void kfac_state_save(network *net, const char *weightfile)
     free(host);
     uint64_t h = s.hash;
     put(&s, &h, sizeof h, 1);
+    if (!s.failed && (fflush(s.fp) != 0 || fsync(fileno(s.fp)) != 0)) s.failed = errno ? errno : EIO;
     if (fclose(s.fp) != 0 && !s.failed) s.failed = errno ? errno : EIO;
     if (s.failed || rename(tmp, path) != 0) {
         kfac_log("writing %s failed (%s): K-FAC state not saved; the weights are saved", path,
@@ -163,6 +204,7 @@ void kfac_state_save(network *net, const char *weightfile)
 typedef struct {
     int32_t step;
     uint64_t rng;
+    uint64_t identity[2];   /* seen and weights-file hash it was saved with */
     int nlayers;
     int32_t (*flags)[2];    /* per covered layer: have_factors, have_inverse */
     float **arrays;         /* per covered layer KFAC_LAYER_ARRAYS host arrays */
@@ -200,7 +242,7 @@ static int state_read(network *net, const char *path, kfac_staged *st, char *err
     kfac_net *k = kfac_of(net);
     int i, j, rc = -1;
     memset(st, 0, sizeof *st);
-    kfac_stream s = {fopen(path, "rb"), 0xcbf29ce484222325ULL, 0};
+    kfac_stream s = {fopen(path, "rb"), KFAC_FNV_OFFSET, 0};
     if (!s.fp) {
         if (errno == ENOENT) return 1;
         return fail(err, errlen, "%s: cannot open K-FAC state file (%s)", path, strerror(errno));
@@ -209,7 +251,8 @@ static int state_read(network *net, const char *path, kfac_staged *st, char *err
     if (get(&s, head, sizeof(uint32_t), 4)) { fail(err, errlen, "%s: not a K-FAC state file (too short)", path); goto done; }
     if (head[0] != KFAC_STATE_MAGIC) { fail(err, errlen, "%s: not a K-FAC state file (bad magic number)", path); goto done; }
     if (head[1] != KFAC_STATE_VERSION) {
-        fail(err, errlen, "%s: K-FAC state file version %u, this build reads version %u", path, head[1], KFAC_STATE_VERSION);
+        fail(err, errlen, "%s: K-FAC state file version %u, this build reads version %u (delete it to start K-FAC fresh from these weights)",
+             path, head[1], KFAC_STATE_VERSION);
         goto done;
     }
     if (head[2] != (uint32_t)net->n || head[3] != (uint32_t)k->nlayers) {
@@ -217,7 +260,8 @@ static int state_read(network *net, const char *path, kfac_staged *st, char *err
              path, head[2], head[3], net->n, k->nlayers);
         goto done;
     }
-    if (get(&s, &st->step, sizeof st->step, 1) || get(&s, &st->rng, sizeof st->rng, 1)) {
+    if (get(&s, &st->step, sizeof st->step, 1) || get(&s, &st->rng, sizeof st->rng, 1) ||
+        get(&s, st->identity, sizeof(uint64_t), 2)) {
         fail(err, errlen, "%s: truncated K-FAC state file", path);
         goto done;
     }
@@ -336,6 +380,17 @@ void kfac_state_load(network *net, const char *weightfile)
         return;
     }
     if (rc != 0) kfac_user_error("%s", err);
+    uint64_t hash = 0;
+    if (hash_file(weightfile, &hash) != 0) kfac_user_error("%s: cannot read (%s)", weightfile, strerror(errno));
+    if (st.identity[0] != (uint64_t)*net->seen || st.identity[1] != hash) {
+        kfac_log("%s was saved with other weights (seen %llu, weights hash %016llx) than %s (seen %llu, hash %016llx), "
+                 "as after a crash between the two saves: K-FAC starts fresh from these weights (its factors and the "
+                 "momentum are not resumed)",
+                 path, (unsigned long long)st.identity[0], (unsigned long long)st.identity[1], weightfile,
+                 (unsigned long long)*net->seen, (unsigned long long)hash);
+        staged_free(&st);
+        return;
+    }
     state_commit(net, &st);
     kfac_log("resumed from %s at K-FAC step %d", path, st.step);
     staged_free(&st);

@@ -42,30 +42,8 @@ if [ ! -x "$BIN" ]; then
     exit 1
 fi
 
-# ---- a tiny data set: 4 images per class, labels lbzero/lbone (Darknet finds a
-# label by substring search over the path, so neither may occur in the other or in
-# the folders) ---------------------------------------------------------------------
-python3 - "$W" <<'EOF'
-import random, sys
-w = sys.argv[1]
-rnd = random.Random(1)
-paths = []
-for i in range(8):
-    label = ("lbzero", "lbone")[i % 2]
-    px = bytearray()
-    for y in range(8):
-        for x in range(8):
-            bright = (x < 4) if label == "lbzero" else (x >= 4)
-            px.append(min(255, (200 if bright else 40) + rnd.randrange(40)))
-    p = "%s/img/%02d_%s.pgm" % (w, i, label)
-    with open(p, "wb") as f:
-        f.write(b"P5\n8 8\n255\n" + bytes(px))
-    paths.append(p)
-open(w + "/train.list", "w").write("\n".join(paths) + "\n")
-open(w + "/labels.txt", "w").write("lbzero\nlbone\n")
-open(w + "/cli.data", "w").write(
-    "classes=2\ntrain=%s/train.list\nvalid=%s/train.list\nlabels=%s/labels.txt\nbackup=%s/backup\ntop=1\n" % (w, w, w, w))
-EOF
+# ---- the tiny data set (tests/cli_data.py) --------------------------------------
+python3 tests/cli_data.py "$W"
 DATA=$W/cli.data
 
 # ---- train, resume --------------------------------------------------------------
@@ -125,12 +103,13 @@ exec(sys.argv[3])
 open(sys.argv[2], "wb").write(bytes(b))
 EOF
 }
-# header: u32 magic, u32 version, u32 layers, u32 covered, i32 step, u64 rng (28
-# bytes), then layer 0's 8 ints (32 bytes) and its A: byte 64 is inside A[1]
+# header: u32 magic, u32 version, u32 layers, u32 covered, i32 step, u64 rng, u64
+# seen, u64 weights hash (44 bytes), then layer 0's 8 ints (32 bytes) and its A: byte
+# 80 is inside A[1]
 corrupt truncated 'del b[len(b)//2:]'
 corrupt magic 'b[0:4] = b"XXXX"'
 corrupt version 'b[4] ^= 0x7f'
-corrupt flipped 'b[64] ^= 0x10'
+corrupt flipped 'b[80] ^= 0x10'
 corrupt trailing 'b += b"\0"'
 cp "$W/backup/cli.weights" "$W/bad/foreign.weights"
 cp "$W/backup/other.weights.kfac" "$W/bad/foreign.weights.kfac"
