@@ -133,7 +133,7 @@ typedef struct {
     /* Optional (NULL when the backend has none): in the true-Fisher pass, layer
      * `index`'s backward computing only the deltas, no weight gradients.  Returns 1
      * when it did the layer's part, 0 for a layer it does not handle. */
-    int (*fisher_layer_backward)(network *net, int index, float *input, float *delta);
+    int (*fisher_layer_backward)(kfac_backend *b, network *net, int index, float *input, float *delta);
 
     /* ---- timing, replicas, teardown ------------------------------------------------- */
     void (*phase)(kfac_backend *b, int phase, int begin);    /* a timed stretch begins/ends */

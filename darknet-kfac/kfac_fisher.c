@@ -93,5 +93,5 @@ int kfac_fisher_backward(network *net, int index, float *input, float *delta)
     /* the layers below the lowest covered one feed no statistics; their deltas are
      * cleared after the pass anyway */
     if (k->nlayers == 0 || index < k->layers[0].index) return 1;
-    return k->be->ops->fisher_layer_backward(net, index, input, delta);
+    return k->be->ops->fisher_layer_backward(k->be, net, index, input, delta);
 }

@@ -7,6 +7,7 @@
  * finiteness tests are not folded away and the write-back wu += scale*P - D is not
  * reassociated (with P == D it must add exact zeros: tests/test_identity.c). */
 #include <cblas.h>
+#include <dirent.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -21,7 +22,19 @@
 /* Largest patch buffer, in floats (128 MiB): big layers are done in chunks of images. */
 #define KFAC_PATCH_BUDGET ((size_t)32 << 20)
 
+/* OpenBLAS's threads.  Its default, every core for every call, gains nothing on
+ * K-FAC's many small factors, and on a busy CPU its threads, which wait for each
+ * other spinning, stall: measured on 2 cores with a busy loop on each, an 801 x 801
+ * eigendecomposition took 13.7 s on 2 threads and 0.09 s on one, a 76 x 76 one 0.49 s
+ * against 0.3 ms (BENCHMARKS.md, "OpenBLAS threads").  So a call below
+ * KFAC_BLAS_PARALLEL_FLOPS operations runs on one thread, and a larger one on the
+ * cores no other process is running on at that moment (at least one).  A user's own
+ * OPENBLAS_NUM_THREADS (or GOTO_NUM_THREADS, OMP_NUM_THREADS) wins: then the backend
+ * never touches the thread count. */
+#define KFAC_BLAS_PARALLEL_FLOPS 2e8
+
 typedef struct {
+    int blas_threads;       /* threads for large calls; 0: the user chose (environment) */
     double *slots;          /* nslots result slots (results()) */
     int nslots;
     float *patches;         /* K x (images*T) im2col buffer for A */
@@ -31,6 +44,60 @@ typedef struct {
 } cpu_impl;
 
 static cpu_impl *impl_of(kfac_backend *b) { return (cpu_impl *)b->impl; }
+
+/* Threads of other processes that are runnable now: /proc/loadavg's count of
+ * runnable threads less this process's own (OpenBLAS's spinning workers among them).
+ * -1 when it cannot be read. */
+static int others_running(void)
+{
+    int running = 0, total = 0, ours = 0;
+    FILE *f = fopen("/proc/loadavg", "r");
+    if (!f) return -1;
+    int got = fscanf(f, "%*f %*f %*f %d/%d", &running, &total);
+    fclose(f);
+    if (got != 2) return -1;
+    DIR *d = opendir("/proc/self/task");
+    if (!d) return -1;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        char path[300], buf[512];
+        if (e->d_name[0] == '.') continue;
+        snprintf(path, sizeof path, "/proc/self/task/%s/stat", e->d_name);
+        FILE *t = fopen(path, "r");
+        if (!t) continue;
+        size_t n = fread(buf, 1, sizeof buf - 1, t);
+        fclose(t);
+        buf[n] = '\0';
+        const char *state = strrchr(buf, ')'); /* the state follows the command name */
+        if (state && state[1] == ' ' && state[2] == 'R') ++ours;
+    }
+    closedir(d);
+    return running > ours ? running - ours : 0;
+}
+
+/* Sets OpenBLAS's thread count for a call of about `flops` operations. */
+static void blas_threads_for(const cpu_impl *c, double flops)
+{
+    if (!c->blas_threads) return;
+    int want = 1;
+    if (flops >= KFAC_BLAS_PARALLEL_FLOPS && c->blas_threads > 1) {
+        int others = others_running();
+        want = others < 0 ? 1 : c->blas_threads - others;
+        if (want < 1) want = 1;
+    }
+    if (openblas_get_num_threads() != want) openblas_set_num_threads(want);
+}
+
+static int user_chose_threads(void)
+{
+    static const char *vars[] = {"OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS"};
+    size_t i;
+    for (i = 0; i < sizeof vars / sizeof vars[0]; ++i) {
+        const char *v = getenv(vars[i]);
+        if (v && *v) return 1;
+    }
+    return 0;
+}
 
 static void cpu_darknet_buffers(const layer *l, kfac_darknet_buffers *out)
 {
@@ -121,6 +188,7 @@ static void cpu_capture_A(kfac_backend *b, const kfac_shape *s, const layer *l, 
             memcpy(X + (size_t)i * K, input + (size_t)i * l->inputs, (size_t)l->inputs * sizeof(float));
             if (s->has_bias) X[(size_t)i * K + l->inputs] = 1.0f;
         }
+        blas_threads_for(c, (double)K * K * B);
         cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, K, B, 1.0f, X, K, 1.0f, acc, K);
         return;
     }
@@ -140,6 +208,7 @@ static void cpu_capture_A(kfac_backend *b, const kfac_shape *s, const layer *l, 
                 const float *im = input + ((size_t)(b0 + i) * s->groups + g) * group_in;
                 patches_one_image(l, im, s->has_bias, P, ld, (size_t)i * T);
             }
+            blas_threads_for(c, (double)K * K * ld);
             cblas_ssyrk(CblasRowMajor, CblasUpper, CblasNoTrans, K, (int)ld, 1.0f, P, (int)ld, 1.0f, Ag, K);
         }
     }
@@ -148,13 +217,14 @@ static void cpu_capture_A(kfac_backend *b, const kfac_shape *s, const layer *l, 
 static void cpu_capture_G(kfac_backend *b, const kfac_shape *s, const layer *l, const float *delta, float *acc)
 {
     const int M = s->M, T = s->T, B = l->batch;
-    (void)b;
     if (s->type == CONNECTED) {
         /* delta is B x M: acc += delta^T delta */
+        blas_threads_for(impl_of(b), (double)M * M * B);
         cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, M, B, 1.0f, delta, M, 1.0f, acc, M);
         return;
     }
     int g, i;
+    blas_threads_for(impl_of(b), (double)M * M * T);
     for (g = 0; g < s->groups; ++g) {
         float *Gg = acc + (size_t)g * M * M;
         for (i = 0; i < B; ++i) {
@@ -242,7 +312,9 @@ static int cpu_eigh(kfac_backend *b, const float *X, int dim, int groups, float 
 {
     const size_t dd = (size_t)dim * dim;
     int g, i;
-    (void)b;
+    /* ssyevd with vectors: about 9 n^3 operations (tridiagonal reduction, divide and
+     * conquer, back-transformation) */
+    blas_threads_for(impl_of(b), 9.0 * dim * dim * dim);
     for (g = 0; g < groups; ++g) {
         float *e = E + g * dd, *w = d + (size_t)g * dim;
         memcpy(e, X + g * dd, dd * sizeof(float));
@@ -263,7 +335,7 @@ static void cpu_damped_inverse(kfac_backend *b, const float *E, const float *d, 
     const size_t nn = (size_t)n * n;
     float *S = (float *)kfac_calloc(nn, sizeof(float));
     int g, i, j;
-    (void)b;
+    blas_threads_for(impl_of(b), (double)n * n * n);
     for (g = 0; g < groups; ++g) {
         const float *e = E + g * nn, *dg = d + (size_t)g * n;
         float *out = inv + g * nn;
@@ -301,7 +373,7 @@ static void cpu_precondition(kfac_backend *b, const kfac_shape *s, const float *
 {
     const int M = s->M, K = s->K;
     int g;
-    (void)b;
+    blas_threads_for(impl_of(b), 2.0 * M * K * ((double)M + K));
     for (g = 0; g < s->groups; ++g) {
         const float *Ai = Ainv + (size_t)g * K * K, *Gi = Ginv + (size_t)g * M * M;
         float *t = tmp + (size_t)g * M * K;
@@ -355,7 +427,7 @@ static void cpu_sample(kfac_backend *b, const float *p, const float *u, int batc
  * the delta for the layer below with OpenBLAS, added to what the layer's other
  * consumers (a [route], a [shortcut]) left there: a 1x1 convolution adds through the
  * gemm's beta, a larger one through col2im (patches/0006 makes Darknet's do the same). */
-static void lean_conv(const layer *l, network *lnet)
+static void lean_conv(const layer *l, network *lnet, const cpu_impl *c)
 {
     const int m = l->n / l->groups, n = l->size * l->size * l->c / l->groups, t = l->out_w * l->out_h;
     const size_t in_len = (size_t)l->c / l->groups * l->h * l->w;
@@ -363,6 +435,7 @@ static void lean_conv(const layer *l, network *lnet)
     gradient_array(l->output, l->outputs * l->batch, l->activation, l->delta);
     if (l->batch_normalize) backward_batchnorm_layer(*l, *lnet);
     if (!lnet->delta) return;
+    blas_threads_for(c, 2.0 * n * t * m);
     for (i = 0; i < l->batch; ++i)
         for (j = 0; j < l->groups; ++j) {
             const float *w = l->weights + (size_t)j * l->nweights / l->groups;
@@ -375,16 +448,17 @@ static void lean_conv(const layer *l, network *lnet)
         }
 }
 
-static void lean_connected(const layer *l, network *lnet)
+static void lean_connected(const layer *l, network *lnet, const cpu_impl *c)
 {
     gradient_array(l->output, l->outputs * l->batch, l->activation, l->delta);
     if (l->batch_normalize) backward_batchnorm_layer(*l, *lnet);
+    blas_threads_for(c, 2.0 * l->batch * l->inputs * l->outputs);
     if (lnet->delta)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, l->batch, l->inputs, l->outputs, 1.0f, l->delta,
                     l->outputs, l->weights, l->inputs, 1.0f, lnet->delta, l->inputs);
 }
 
-static int cpu_fisher_layer_backward(network *net, int index, float *input, float *delta)
+static int cpu_fisher_layer_backward(kfac_backend *b, network *net, int index, float *input, float *delta)
 {
     const layer *l = &net->layers[index];
     const int conv = l->type == CONVOLUTIONAL && !l->binary && !l->xnor;
@@ -392,8 +466,8 @@ static int cpu_fisher_layer_backward(network *net, int index, float *input, floa
     network lnet = *net; /* the view backward_network gives the layer */
     lnet.input = input;
     lnet.delta = delta;
-    if (conv) lean_conv(l, &lnet);
-    else lean_connected(l, &lnet);
+    if (conv) lean_conv(l, &lnet, impl_of(b));
+    else lean_connected(l, &lnet, impl_of(b));
     return 1;
 }
 
@@ -498,8 +572,17 @@ kfac_backend *kfac_backend_cpu_create(int nslots)
     cpu_impl *c = (cpu_impl *)kfac_calloc(1, sizeof *c);
     c->nslots = nslots > 0 ? nslots : 1;
     c->slots = (double *)kfac_calloc((size_t)c->nslots, sizeof(double));
+    c->blas_threads = user_chose_threads() ? 0 : openblas_get_num_procs();
+    if (c->blas_threads < 1 && !user_chose_threads()) c->blas_threads = 1;
     b->ops = &cpu_ops;
     b->impl = c;
-    snprintf(b->description, sizeof b->description, "CPU: OpenBLAS factors and preconditioning, LAPACK ssyevd");
+    if (c->blas_threads)
+        snprintf(b->description, sizeof b->description,
+                 "CPU: OpenBLAS factors and preconditioning, LAPACK ssyevd; 1 thread per call below %.0e operations, up to %d above (the cores not busy)",
+                 KFAC_BLAS_PARALLEL_FLOPS, c->blas_threads);
+    else
+        snprintf(b->description, sizeof b->description,
+                 "CPU: OpenBLAS factors and preconditioning, LAPACK ssyevd; %d threads (set in the environment)",
+                 openblas_get_num_threads());
     return b;
 }
