@@ -19,16 +19,7 @@ BIN=$DK/darknet
 W=build/tests/cli
 rm -rf "$W"
 mkdir -p "$W/img" "$W/backup" "$W/bad"
-nfail=0
-
-ok() { echo "ok $1"; }
-fail() { echo "FAIL $1: $2"; nfail=$((nfail + 1)); }
-check() { # check NAME REASON-IF-FALSE COMMAND...
-    local name=$1 why=$2
-    shift 2
-    if "$@"; then ok "$name"; else fail "$name" "$why"; fi
-}
-has() { grep -qF -- "$2" "$1"; } # has LOG TEXT
+. tests/shlib.sh
 
 # dk LOG ARGS...: runs darknet, all its output in LOG; returns its exit status
 dk() {

@@ -26,15 +26,7 @@ BIN=$DK/darknet
 W=build/tests/crash
 rm -rf "$W"
 mkdir -p "$W"
-nfail=0
-ok() { echo "ok $1"; }
-fail() { echo "FAIL $1: $2"; nfail=$((nfail + 1)); }
-check() { # check NAME REASON-IF-FALSE COMMAND...
-    local name=$1 why=$2
-    shift 2
-    if "$@"; then ok "$name"; else fail "$name" "$why"; fi
-}
-has() { grep -qF -- "$2" "$1"; }
+. tests/shlib.sh
 
 if [ ! -x "$BIN" ]; then
     fail crash_binary "no executable $BIN: build it with make"

@@ -24,9 +24,7 @@ W=build/tests/digits
 DATA=build/data/digits/digits.data
 COMPARE=${KFAC_COMPARE:-build/kfac_compare}
 mkdir -p "$W"
-nfail=0
-ok() { echo "ok $1"; }
-fail() { echo "FAIL $1: $2"; nfail=$((nfail + 1)); }
+. tests/shlib.sh
 
 if [ ! -f "$DATA" ]; then
     echo "# $DATA missing: running python3 tools/digits_prepare.py"

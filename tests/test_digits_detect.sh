@@ -21,9 +21,7 @@ TRAIN=40
 TEST=12
 MAXD=4
 mkdir -p "$W"
-nfail=0
-ok() { echo "ok $1"; }
-fail() { echo "FAIL $1: $2"; nfail=$((nfail + 1)); }
+. tests/shlib.sh
 
 if [ ! -f "$DIGITS/train.list" ]; then
     echo "# $DIGITS missing: running python3 tools/digits_prepare.py"

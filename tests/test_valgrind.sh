@@ -14,9 +14,7 @@ BIN=$DK/darknet
 W=build/tests/valgrind
 rm -rf "$W"
 mkdir -p "$W"
-nfail=0
-ok() { echo "ok $1"; }
-fail() { echo "FAIL $1: $2"; nfail=$((nfail + 1)); }
+. tests/shlib.sh
 
 if ! command -v valgrind >/dev/null 2>&1; then
     echo "SKIP valgrind: not installed (tools/setup.sh valgrind)"

@@ -9,9 +9,9 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <unistd.h>
 #include "darknet.h"
 #include "kfac_internal.h"
+#include "fuzz_input.h"
 
 /* parser.c's private section type and its two functions (non-static there) */
 typedef struct {
@@ -23,17 +23,8 @@ void free_section(fuzz_section *s);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    static char path[512];
-    if (!path[0]) {
-        const char *tmp = getenv("TMPDIR");
-        snprintf(path, sizeof path, "%s/kfac-fuzz-cfg-%d.cfg", tmp && *tmp ? tmp : "/tmp", (int)getpid());
-    }
-    FILE *f = fopen(path, "wb");
-    if (!f || fwrite(data, 1, size, f) != size || fclose(f) != 0) {
-        perror(path);
-        abort();
-    }
-    list *sections = read_cfg(path);
+    const char *path = fuzz_write_input(".cfg", data, size);
+    list *sections = read_cfg((char *)path);
     kfac_config *c = NULL;
     char err[1024];
     if (kfac_config_parse(path, sections, &c, err, sizeof err) == 0 && c) {

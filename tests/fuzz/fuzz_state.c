@@ -16,6 +16,7 @@
 #include <unistd.h>
 #include "darknet.h"
 #include "kfac_internal.h"
+#include "fuzz_input.h"
 
 static network *net;
 
@@ -43,17 +44,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    static char path[512];
     char err[1024];
-    if (!path[0]) {
-        const char *tmp = getenv("TMPDIR");
-        snprintf(path, sizeof path, "%s/kfac-fuzz-state-%d.kfac", tmp && *tmp ? tmp : "/tmp", (int)getpid());
-    }
-    FILE *f = fopen(path, "wb");
-    if (!f || fwrite(data, 1, size, f) != size || fclose(f) != 0) {
-        perror(path);
-        abort();
-    }
+    const char *path = fuzz_write_input(".kfac", data, size);
     const int step = kfac_network_step(net);
     kfac_state_check(net, path, err, sizeof err);
     if (kfac_network_step(net) != step) abort(); /* a check must never apply the file */
