@@ -83,6 +83,22 @@ typedef struct {
 
 typedef enum { KFAC_CAPTURE_NONE = 0, KFAC_CAPTURE_A = 1, KFAC_CAPTURE_G = 2 } kfac_capture;
 
+/* How the true-Fisher pass samples a loss layer's targets (kfac_fisher.c). */
+typedef enum {
+    KFAC_LOSS_NONE = 0,     /* not a loss layer */
+    KFAC_LOSS_SOFTMAX,
+    KFAC_LOSS_LOGISTIC,
+    KFAC_LOSS_GAUSSIAN,     /* [cost] sse, masked */
+    KFAC_LOSS_YOLO,
+    KFAC_LOSS_EMPIRICAL     /* a loss layer whose data-label delta is kept */
+} kfac_loss_kind;
+
+typedef struct {
+    int index;              /* position in net->layers */
+    kfac_loss_kind kind;
+    float *delta_save;      /* backend: batch x outputs, the real delta during the pass */
+} kfac_loss;
+
 typedef struct {
     kfac_config cfg;
     kfac_backend *be;       /* where the buffers live and the numbers are computed */
@@ -91,18 +107,20 @@ typedef struct {
     int step;               /* completed updates since K-FAC was attached (saved) */
     uint64_t rng;           /* true-Fisher sampler state (saved) */
     int identity;           /* tests: preconditioner replaced by the identity */
-    int true_fisher;        /* 1 when the loss allows sampling labels (softmax) */
-    int loss_index;         /* the softmax layer used for sampling */
+    int true_fisher;        /* 1 when a loss layer's targets are sampled */
+    kfac_loss *losses;      /* the loss layers, in net order (true Fisher only) */
+    int nlosses;
     int capture;            /* KFAC_CAPTURE_* bits for the backward now running */
     int in_fisher_pass;     /* the true-Fisher pass's backward is running */
     int lean_fisher;        /* the backend's deltas-only backward on (1, default) or not */
     /* backend buffers */
-    float *loss_delta_save; /* batch x outputs of the loss layer */
     float *sink;            /* sink_len: where *_updates point in the true-Fisher pass */
     size_t sink_len;
     float *eig_E, *eig_d;   /* decompositions land here first: max groups x dim x dim, groups x dim */
     /* host scratch */
-    float *uniforms;        /* batch: the sampler's draws */
+    float *uniforms;        /* batch: the softmax sampler's draws */
+    float *host_p, *host_delta; /* the largest loss layer's outputs: host-side samplers */
+    float *yolo_weight;     /* batch x anchors x locations of the largest yolo layer */
     double *results;        /* 3 per layer: backend result slots read back */
     int *mode;              /* per layer: what this update writes back (kfac_driver.c) */
     float *host_d;          /* max groups x dim: eigenvalues, for the damping */
@@ -143,6 +161,12 @@ void kfac_precondition_layer(kfac_net *k, kfac_layer *kl);
 /* Timed stretches: nested ones count once, in the outermost's phase. */
 void kfac_phase_begin(kfac_net *k, int phase);
 void kfac_phase_end(kfac_net *k);
+
+/* ---- kfac_fisher.c ---------------------------------------------------------------- */
+
+/* Finds the loss layers and how each is sampled (k->losses, k->true_fisher); writes
+ * the start line's description of the Fisher into note. */
+void kfac_fisher_setup(kfac_net *k, const network *net, char *note, size_t note_len);
 
 /* ---- kfac_state.c ---------------------------------------------------------------- */
 

@@ -12,21 +12,6 @@ static const char *layer_kind(const layer *l)
     return l->type == CONVOLUTIONAL ? "conv" : "conn";
 }
 
-/* The true-Fisher pass redirects these layers' *_updates to a scratch buffer; layers
- * with inner layers (rnn, lstm, ...) keep buffers we cannot reach, so a net with them
- * uses the empirical Fisher. */
-static int layer_ok_for_sampling(const layer *l)
-{
-    switch (l->type) {
-    case CONVOLUTIONAL: case CONNECTED: case BATCHNORM: case MAXPOOL: case AVGPOOL:
-    case DROPOUT: case SOFTMAX: case ROUTE: case SHORTCUT: case UPSAMPLE: case REORG:
-    case ACTIVE: case CROP: case NORMALIZATION: case L2NORM:
-        return 1;
-    default:
-        return 0;
-    }
-}
-
 /* the longest *_updates buffer of a layer, in floats: the sink's length */
 static size_t layer_update_len(const layer *l)
 {
@@ -118,26 +103,6 @@ static void choose_layers(kfac_net *k, network *net, char *skipped, size_t skipp
     }
 }
 
-/* true Fisher: labels sampled from a plain softmax output, through layers whose
- * update buffers the pass can redirect */
-static const char *choose_fisher(kfac_net *k, const network *net)
-{
-    const layer *last = &net->layers[net->n - 1];
-    int i;
-    if (k->cfg.fisher != KFAC_FISHER_TRUE) return "empirical (fisher=empirical)";
-    int ok = last->type == SOFTMAX && !last->softmax_tree && last->groups <= 1 && !last->spatial;
-    for (i = 0; ok && i < net->n; ++i) ok = layer_ok_for_sampling(&net->layers[i]);
-    if (!ok) return "empirical (the loss is not a plain softmax, or a layer type cannot be sampled through)";
-    k->true_fisher = 1;
-    k->loss_index = net->n - 1;
-    for (i = 0; i < net->n; ++i) {
-        size_t n = layer_update_len(&net->layers[i]);
-        if (n > k->sink_len) k->sink_len = n;
-    }
-    if (!k->sink_len) k->sink_len = 1;
-    return "true (labels sampled from the softmax)";
-}
-
 void kfac_network_attach(network *net, void *cfgp)
 {
     kfac_config *cfg = (kfac_config *)cfgp;
@@ -153,12 +118,18 @@ void kfac_network_attach(network *net, void *cfgp)
     k->rng = 0x9E3779B97F4A7C15ULL ^ (uint64_t)(uint32_t)k->cfg.seed;
     if (!k->rng) k->rng = 1;
     k->lean_fisher = 1;
-    k->loss_index = -1;
     k->layers = (kfac_layer *)kfac_calloc((size_t)net->n, sizeof(kfac_layer));
 
-    char skipped[1024] = "";
+    char skipped[1024] = "", fisher_note[1024];
     choose_layers(k, net, skipped, sizeof skipped);
-    const char *fisher_note = choose_fisher(k, net);
+    kfac_fisher_setup(k, net, fisher_note, sizeof fisher_note);
+    if (k->true_fisher) {
+        for (i = 0; i < net->n; ++i) {
+            size_t n = layer_update_len(&net->layers[i]);
+            if (n > k->sink_len) k->sink_len = n;
+        }
+        if (!k->sink_len) k->sink_len = 1;
+    }
 
     const int nslots = KFAC_SLOTS_PER_LAYER * (k->nlayers > 0 ? k->nlayers : 1);
 #ifdef GPU
@@ -183,10 +154,19 @@ void kfac_network_attach(network *net, void *cfgp)
     k->results = (double *)kfac_calloc((size_t)nslots, sizeof(double));
     k->mode = (int *)kfac_calloc((size_t)(k->nlayers > 0 ? k->nlayers : 1), sizeof(int));
     if (k->true_fisher) {
-        const layer *soft = &net->layers[k->loss_index];
+        size_t most = 1, yolo = 1;
         k->sink = be->ops->alloc(be, k->sink_len);
-        k->loss_delta_save = be->ops->alloc(be, (size_t)soft->outputs * soft->batch);
-        k->uniforms = (float *)kfac_calloc((size_t)soft->batch, sizeof(float));
+        for (i = 0; i < k->nlosses; ++i) {
+            const layer *l = &net->layers[k->losses[i].index];
+            const size_t n = (size_t)l->outputs * l->batch;
+            k->losses[i].delta_save = be->ops->alloc(be, n);
+            if (n > most) most = n;
+            if (l->type == YOLO && (size_t)l->batch * l->n * l->w * l->h > yolo) yolo = (size_t)l->batch * l->n * l->w * l->h;
+        }
+        k->uniforms = (float *)kfac_calloc((size_t)net->batch, sizeof(float));
+        k->host_p = (float *)kfac_calloc(most, sizeof(float));
+        k->host_delta = (float *)kfac_calloc(most, sizeof(float));
+        k->yolo_weight = (float *)kfac_calloc(yolo, sizeof(float));
     }
     /* layer->kfac points into k->layers, filled now that the array no longer moves */
     for (i = 0; i < k->nlayers; ++i) net->layers[k->layers[i].index].kfac = &k->layers[i];
@@ -220,7 +200,7 @@ void kfac_network_free(network *net)
     be->ops->release(be, k->eig_E);
     be->ops->release(be, k->eig_d);
     be->ops->release(be, k->sink);
-    be->ops->release(be, k->loss_delta_save);
+    for (i = 0; i < k->nlosses; ++i) be->ops->release(be, k->losses[i].delta_save);
     be->ops->destroy(be);
     free(k->layers);
     free(k->host_d);
@@ -228,6 +208,10 @@ void kfac_network_free(network *net)
     free(k->results);
     free(k->mode);
     free(k->uniforms);
+    free(k->losses);
+    free(k->host_p);
+    free(k->host_delta);
+    free(k->yolo_weight);
     kfac_config_free(&k->cfg);
     free(k);
     net->kfac = NULL;

@@ -38,8 +38,10 @@ int main(void)
              covered(net, 0) && covered(net, 1) && !covered(net, 2) && covered(net, 3) && covered(net, 4) && !covered(net, 5),
              "coverage of layers 0-5: %d %d %d %d %d %d", covered(net, 0), covered(net, 1), covered(net, 2),
              covered(net, 3), covered(net, 4), covered(net, 5));
-    kt_check("softmax_net_uses_true_fisher", kfac_of(net)->true_fisher == 1 && kfac_of(net)->loss_index == 5,
-             "true_fisher %d loss_index %d", kfac_of(net)->true_fisher, kfac_of(net)->loss_index);
+    kt_check("softmax_net_uses_true_fisher",
+             kfac_of(net)->true_fisher == 1 && kfac_of(net)->nlosses == 1 && kfac_of(net)->losses[0].index == 5 &&
+                 kfac_of(net)->losses[0].kind == KFAC_LOSS_SOFTMAX,
+             "true_fisher %d, %d loss layers", kfac_of(net)->true_fisher, kfac_of(net)->nlosses);
     free_network(net);
 
     net = kt_net(kt_cfg_with("build/tests/config-all.cfg", base,
@@ -85,12 +87,27 @@ int main(void)
         free_network(net);
     }
 
-    /* no softmax at the end: a [cost] layer (sse) cannot be sampled through -> empirical */
+    /* a [cost] sse layer is a Gaussian likelihood: sampled */
+    {
+        const char *path = "build/tests/config-sse.cfg";
+        FILE *in = fopen(base, "r"), *out = fopen(path, "w");
+        char line[512];
+        while (fgets(line, sizeof line, in)) fputs(!strcmp(line, "[softmax]\n") ? "[cost]\ntype=sse\n" : line, out);
+        fprintf(out, "\n[kfac]\n");
+        fclose(in);
+        fclose(out);
+        net = kt_net(path, 1);
+        kt_check("sse_cost_uses_true_fisher",
+                 kfac_of(net)->true_fisher == 1 && kfac_of(net)->nlosses == 1 && kfac_of(net)->losses[0].kind == KFAC_LOSS_GAUSSIAN,
+                 "true_fisher %d", kfac_of(net)->true_fisher);
+        free_network(net);
+    }
+    /* a [cost] smooth (smooth L1) is no likelihood K-FAC samples: empirical */
     {
         const char *path = "build/tests/config-cost.cfg";
         FILE *in = fopen(base, "r"), *out = fopen(path, "w");
         char line[512];
-        while (fgets(line, sizeof line, in)) fputs(!strcmp(line, "[softmax]\n") ? "[cost]\ntype=sse\n" : line, out);
+        while (fgets(line, sizeof line, in)) fputs(!strcmp(line, "[softmax]\n") ? "[cost]\ntype=smooth\n" : line, out);
         fprintf(out, "\n[kfac]\n");
         fclose(in);
         fclose(out);

@@ -3,7 +3,8 @@
  * A yolov3-tiny layout (tests/cfg/yolo-tiny.cfg: 1x1 and 3x3 convolutions with batch
  * norm, maxpool with stride 1, route, upsample, two [yolo] heads) with random images
  * and one box per image:
- *  - [yolo] losses cannot be sampled from: K-FAC says so and uses the empirical Fisher;
+ *  - both [yolo] losses are sampled for the true Fisher (kfac_fisher.c; their
+ *    sampled G against its expectation is tests/test_fisher_losses.c's);
  *  - every convolution is covered, and after statistics steps its factors are
  *    non-zero and finite;
  *  - with the identity preconditioner, training is Darknet's SGD bit for bit (the
@@ -78,7 +79,9 @@ int main(void)
     int i, convs = 0;
 
     for (i = 0; i < kf->n; ++i) convs += kf->layers[i].type == CONVOLUTIONAL;
-    kt_check("yolo_uses_empirical_fisher", !k->true_fisher, "true_fisher set for a [yolo] loss");
+    kt_check("yolo_uses_true_fisher",
+             k->true_fisher && k->nlosses == 2 && k->losses[0].kind == KFAC_LOSS_YOLO && k->losses[1].kind == KFAC_LOSS_YOLO,
+             "true_fisher %d, %d loss layers", k->true_fisher, k->nlosses);
     kt_check("yolo_every_conv_covered", k->nlayers == convs, "%d of %d convolutions covered", k->nlayers, convs);
 
     kfac_network_set_identity(idn, 1);
