@@ -54,6 +54,11 @@ typedef struct {
     float *weight_updates, *bias_updates, *scale_updates;
     float *delta;           /* batch x outputs */
     float *output;          /* batch x outputs */
+    float *weights, *biases;
+    /* what a forward pass writes besides output and delta: batch norm's batch x
+     * outputs inputs and normalized inputs, its per-channel statistics, a loss
+     * layer's per-output loss (batch x outputs) */
+    float *x, *x_norm, *mean, *variance, *rolling_mean, *rolling_variance, *loss;
 } kfac_darknet_buffers;
 
 /* Offsets in struct layer of the three *_updates pointers this backend's Darknet path
@@ -113,6 +118,10 @@ typedef struct {
      * array of groups values, each > 0 */
     void (*damped_inverse)(kfac_backend *b, const float *E, const float *d, int dim, int groups,
                            const float *lambda, float *inv);
+
+    /* ---- vector arithmetic ---------------------------------------------------------- */
+    void (*axpy)(kfac_backend *b, float alpha, const float *x, float *y, size_t n); /* y += alpha x */
+    void (*scale)(kfac_backend *b, float alpha, float *x, size_t n);                /* x *= alpha */
 
     /* ---- the update: Darknet's new gradient in, the preconditioned one out ---------- */
     /* D (groups x M x K) = [wu - ws | bu - bs]: the weight and (has_bias) bias

@@ -31,10 +31,12 @@ static const kfac_config kfac_defaults = {
     .warmup = 0,
     .max_dim = 4096,
     .seed = 1,
+    .step = KFAC_STEP_KL_CLIP,
+    .lambda = 1.0f,
 };
 
 static const char *kfac_known_keys =
-    "damping, decay, stats_interval, inverse_interval, kl_clip, fisher, warmup, max_dim, seed";
+    "damping, decay, stats_interval, inverse_interval, kl_clip, fisher, warmup, max_dim, seed, step, lambda";
 
 /* A parse error: the message goes to err, the return value is -1. */
 typedef struct {
@@ -103,6 +105,7 @@ static const kfac_numeric kfac_numerics[] = {
     {"warmup", 1, 0, 1e9, 0, 0, offsetof(kfac_config, warmup)},
     {"max_dim", 1, 1, 65536, 0, 0, offsetof(kfac_config, max_dim)},
     {"seed", 1, -2147483647.0, 2147483647.0, 0, 0, offsetof(kfac_config, seed)},
+    {"lambda", 0, 0, 1e8, 1, 0, offsetof(kfac_config, lambda)},
 };
 
 static int parse_kfac_section(kfac_err *e, kfac_config *c, const char *file, list *options)
@@ -117,6 +120,12 @@ static int parse_kfac_section(kfac_err *e, kfac_config *c, const char *file, lis
             if (!strcmp(v, "true")) c->fisher = KFAC_FISHER_TRUE;
             else if (!strcmp(v, "empirical")) c->fisher = KFAC_FISHER_EMPIRICAL;
             else return fail(e, "%s [kfac] fisher=%s: must be true or empirical", file, v);
+            continue;
+        }
+        if (!strcmp(k, "step")) {
+            if (!strcmp(v, "kl_clip")) c->step = KFAC_STEP_KL_CLIP;
+            else if (!strcmp(v, "adaptive")) c->step = KFAC_STEP_ADAPTIVE;
+            else return fail(e, "%s [kfac] step=%s: must be kl_clip or adaptive", file, v);
             continue;
         }
         for (i = 0; i < sizeof kfac_numerics / sizeof kfac_numerics[0]; ++i)
@@ -271,7 +280,10 @@ void kfac_config_free(kfac_config *c)
 
 void kfac_config_print(const kfac_config *c, FILE *out)
 {
-    fprintf(out, "damping=%g decay=%g stats_interval=%d inverse_interval=%d kl_clip=%g fisher=%s warmup=%d max_dim=%d seed=%d",
-            c->damping, c->decay, c->stats_interval, c->inverse_interval, c->kl_clip,
-            c->fisher == KFAC_FISHER_TRUE ? "true" : "empirical", c->warmup, c->max_dim, c->seed);
+    fprintf(out, "step=%s ", c->step == KFAC_STEP_ADAPTIVE ? "adaptive" : "kl_clip");
+    if (c->step == KFAC_STEP_ADAPTIVE) fprintf(out, "lambda=%g ", c->lambda);
+    else fprintf(out, "damping=%g kl_clip=%g ", c->damping, c->kl_clip);
+    fprintf(out, "decay=%g stats_interval=%d inverse_interval=%d fisher=%s warmup=%d max_dim=%d seed=%d", c->decay,
+            c->stats_interval, c->inverse_interval, c->fisher == KFAC_FISHER_TRUE ? "true" : "empirical", c->warmup,
+            c->max_dim, c->seed);
 }

@@ -213,19 +213,66 @@ static int damping_of(kfac_net *k, const float *d, int dim, int groups, float sd
     return ok;
 }
 
+/* step=adaptive: M&G's factored Tikhonov damping (section 6.3) tied to lambda,
+ * lA = pi gamma and lG = gamma / pi with gamma = sqrt(lambda + eta) and
+ * pi = sqrt((tr A / dim A) / (tr G / dim G)) per group.  Returns 0 when a group's
+ * factor is all zeros. */
+static int tikhonov_of(kfac_net *k, const kfac_layer *kl, float gamma)
+{
+    const kfac_shape *s = &kl->s;
+    int g, i, ok = 1;
+    k->be->ops->to_host(k->be, k->host_d, kl->dA, (size_t)s->groups * s->K);
+    for (g = 0; g < s->groups; ++g) {
+        double t = 0;
+        for (i = 0; i < s->K; ++i) t += k->host_d[(size_t)g * s->K + i];
+        k->lambda[g] = (float)(t / s->K);
+    }
+    k->be->ops->to_host(k->be, k->host_d, kl->dG, (size_t)s->groups * s->M);
+    for (g = 0; g < s->groups; ++g) {
+        double t = 0;
+        for (i = 0; i < s->M; ++i) t += k->host_d[(size_t)g * s->M + i];
+        const double mean_a = k->lambda[g], mean_g = t / s->M;
+        if (!(mean_a > 0) || !(mean_g > 0)) {
+            ok = 0;
+            continue;
+        }
+        const double pi = sqrt(mean_a / mean_g);
+        k->lambda[g] = (float)(pi * gamma);
+        k->lambda_g[g] = (float)(gamma / pi);
+    }
+    return ok;
+}
+
+/* The damping key the inverses are built for: the relative damping (step=kl_clip) or
+ * gamma (step=adaptive). */
+static float damping_key(const kfac_net *k)
+{
+    return k->adapt ? sqrtf(k->adapt->lambda + k->eta) : k->cfg.damping;
+}
+
 /* Ainv = (A + lA I)^-1 and Ginv = (G + lG I)^-1 from the decompositions.  Because this
- * damping is separable, the two damped inverses are formed once per decomposition and
- * each update costs two products instead of four. */
-static void damped_inverses(kfac_net *k, kfac_layer *kl, float damping)
+ * damping is separable, the two damped inverses are formed once per decomposition (and
+ * damping) and each update costs two products instead of four. */
+static void damped_inverses(kfac_net *k, kfac_layer *kl)
 {
     kfac_backend *be = k->be;
     const kfac_shape *s = &kl->s;
-    const float sd = sqrtf(damping);
-    int ok = damping_of(k, kl->dA, s->K, s->groups, sd);
-    if (ok) be->ops->damped_inverse(be, kl->EA, kl->dA, s->K, s->groups, k->lambda, kl->Ainv);
-    ok = ok && damping_of(k, kl->dG, s->M, s->groups, sd);
-    if (ok) be->ops->damped_inverse(be, kl->EG, kl->dG, s->M, s->groups, k->lambda, kl->Ginv);
-    kl->inv_damping = damping;
+    const float key = damping_key(k);
+    int ok;
+    if (k->adapt) {
+        ok = tikhonov_of(k, kl, key);
+        if (ok) {
+            be->ops->damped_inverse(be, kl->EA, kl->dA, s->K, s->groups, k->lambda, kl->Ainv);
+            be->ops->damped_inverse(be, kl->EG, kl->dG, s->M, s->groups, k->lambda_g, kl->Ginv);
+        }
+    } else {
+        const float sd = sqrtf(key);
+        ok = damping_of(k, kl->dA, s->K, s->groups, sd);
+        if (ok) be->ops->damped_inverse(be, kl->EA, kl->dA, s->K, s->groups, k->lambda, kl->Ainv);
+        ok = ok && damping_of(k, kl->dG, s->M, s->groups, sd);
+        if (ok) be->ops->damped_inverse(be, kl->EG, kl->dG, s->M, s->groups, k->lambda, kl->Ginv);
+    }
+    kl->inv_damping = key;
     kl->inv_ok = ok;
 }
 
@@ -234,7 +281,7 @@ static void damped_inverses(kfac_net *k, kfac_layer *kl, float damping)
 void kfac_precondition_layer(kfac_net *k, kfac_layer *kl)
 {
     kfac_backend *be = k->be;
-    if (kl->inv_damping != k->cfg.damping) damped_inverses(k, kl, k->cfg.damping);
+    if (kl->inv_damping != damping_key(k)) damped_inverses(k, kl);
     if (!kl->inv_ok) {
         be->ops->copy(be, kl->P, kl->D, (size_t)kl->s.groups * kl->s.M * kl->s.K);
         return;
@@ -270,12 +317,51 @@ static float kl_scale(kfac_net *k, const network *net, const update_args *a, dou
     return nu;
 }
 
-/* What the write-back does with a layer this update. */
-enum {
-    MODE_SCALED = 1,        /* wu += nu*P - D: preconditioned, KL-clipped */
-    MODE_PLAIN = 2,         /* wu += P - D with P = D: Darknet's own gradient */
-    MODE_SNAPSHOT = 3       /* wu = snapshot: the momentum step without a bad gradient */
-};
+/* The KL-clipped step (DESIGN.md 4): every layer with an inverse preconditioned, the
+ * whole step scaled by one nu.  Sets k->mode for each layer and returns nu. */
+static float kl_clip_step(kfac_net *k, network *net, const update_args *a)
+{
+    kfac_backend *be = k->be;
+    const int on = k->step >= k->cfg.warmup;
+    int i;
+    for (i = 0; i < k->nlayers; ++i) {
+        kfac_layer *kl = &k->layers[i];
+        const layer *l = &net->layers[kl->index];
+        const size_t len = (size_t)kl->s.groups * kl->s.M * kl->s.K;
+        const int plain = !k->identity && (!on || !kl->have_inverse);
+        kfac_darknet_buffers bufs;
+        be->ops->darknet_buffers(l, &bufs);
+        be->ops->gather(be, &kl->s, bufs.weight_updates, kl->w_snap, bufs.bias_updates, kl->b_snap, kl->D);
+        if (k->identity || plain) be->ops->copy(be, kl->P, kl->D, len);
+        else kfac_precondition_layer(k, kl);
+        be->ops->dot(be, kl->P, kl->D, len, KFAC_SLOTS_PER_LAYER * i);
+        be->ops->flag_nonfinite(be, kl->D, len, KFAC_SLOTS_PER_LAYER * i + 1);
+        be->ops->flag_nonfinite(be, kl->P, len, KFAC_SLOTS_PER_LAYER * i + 2);
+        k->mode[i] = plain ? KFAC_MODE_PLAIN : KFAC_MODE_SCALED;
+    }
+    /* the one read-back of the update: <P, D> and finiteness of every layer */
+    if (k->nlayers) be->ops->results(be, k->results, KFAC_SLOTS_PER_LAYER * k->nlayers);
+    double quad = 0; /* sum over layers of kfac_kl_term */
+    for (i = 0; i < k->nlayers; ++i) {
+        kfac_layer *kl = &k->layers[i];
+        const double *r = k->results + KFAC_SLOTS_PER_LAYER * i;
+        if (r[1] != 0) {
+            if (!kl->bad_grad_logged++)
+                kfac_log("layer %d: non-finite gradient, this update's gradient dropped for the layer (logged once)", kl->index);
+            k->mode[i] = KFAC_MODE_SNAPSHOT;
+        } else if (k->mode[i] == KFAC_MODE_SCALED && !k->identity) {
+            if (r[2] != 0) {
+                if (!kl->bad_grad_logged++)
+                    kfac_log("layer %d: non-finite preconditioned gradient, plain SGD for this update (logged once)", kl->index);
+                be->ops->copy(be, kl->P, kl->D, (size_t)kl->s.groups * kl->s.M * kl->s.K);
+                k->mode[i] = KFAC_MODE_PLAIN;
+            } else {
+                quad += kfac_kl_term(a, &net->layers[kl->index], r[0]);
+            }
+        }
+    }
+    return kl_scale(k, net, a, quad);
+}
 
 void kfac_network_precondition(network *net, update_args *a)
 {
@@ -301,56 +387,21 @@ void kfac_network_precondition(network *net, update_args *a)
     }
     kfac_phase_end(k);
 
-    /* precondition every layer that has an inverse; KL-clip them together */
     kfac_phase_begin(k, KFAC_PHASE_PRECOND);
-    for (i = 0; i < k->nlayers; ++i) {
-        kfac_layer *kl = &k->layers[i];
-        const layer *l = &net->layers[kl->index];
-        const size_t len = (size_t)kl->s.groups * kl->s.M * kl->s.K;
-        const int plain = !k->identity && (!on || !kl->have_inverse);
-        kfac_darknet_buffers bufs;
-        be->ops->darknet_buffers(l, &bufs);
-        be->ops->gather(be, &kl->s, bufs.weight_updates, kl->w_snap, bufs.bias_updates, kl->b_snap, kl->D);
-        if (k->identity || plain) be->ops->copy(be, kl->P, kl->D, len);
-        else kfac_precondition_layer(k, kl);
-        be->ops->dot(be, kl->P, kl->D, len, KFAC_SLOTS_PER_LAYER * i);
-        be->ops->flag_nonfinite(be, kl->D, len, KFAC_SLOTS_PER_LAYER * i + 1);
-        be->ops->flag_nonfinite(be, kl->P, len, KFAC_SLOTS_PER_LAYER * i + 2);
-        k->mode[i] = plain ? MODE_PLAIN : MODE_SCALED;
-    }
-    /* the one read-back of the update: <P, D> and finiteness of every layer */
-    if (k->nlayers) be->ops->results(be, k->results, KFAC_SLOTS_PER_LAYER * k->nlayers);
-    double quad = 0; /* sum over layers of kfac_kl_term */
-    for (i = 0; i < k->nlayers; ++i) {
-        kfac_layer *kl = &k->layers[i];
-        const double *r = k->results + KFAC_SLOTS_PER_LAYER * i;
-        if (r[1] != 0) {
-            if (!kl->bad_grad_logged++)
-                kfac_log("layer %d: non-finite gradient, this update's gradient dropped for the layer (logged once)", kl->index);
-            k->mode[i] = MODE_SNAPSHOT;
-        } else if (k->mode[i] == MODE_SCALED && !k->identity) {
-            if (r[2] != 0) {
-                if (!kl->bad_grad_logged++)
-                    kfac_log("layer %d: non-finite preconditioned gradient, plain SGD for this update (logged once)", kl->index);
-                be->ops->copy(be, kl->P, kl->D, (size_t)kl->s.groups * kl->s.M * kl->s.K);
-                k->mode[i] = MODE_PLAIN;
-            } else {
-                quad += kfac_kl_term(a, &net->layers[kl->index], r[0]);
-            }
-        }
-    }
-    float nu = kl_scale(k, net, a, quad);
+    float nu = 1.0f;
+    if (k->adapt) kfac_adaptive_step(k, net, a);
+    else nu = kl_clip_step(k, net, a);
     for (i = 0; i < k->nlayers; ++i) {
         kfac_layer *kl = &k->layers[i];
         kfac_darknet_buffers bufs;
         be->ops->darknet_buffers(&net->layers[kl->index], &bufs);
-        if (k->mode[i] == MODE_SNAPSHOT) {
+        if (k->mode[i] == KFAC_MODE_SNAPSHOT) {
             /* copied: adding 0 - D would leave NaN + (0 - NaN) = NaN */
             be->ops->copy(be, bufs.weight_updates, kl->w_snap, (size_t)kl->s.groups * kl->s.M * kl->s.k_in);
             if (kl->s.has_bias) be->ops->copy(be, bufs.bias_updates, kl->b_snap, (size_t)kl->s.groups * kl->s.M);
-        } else {
+        } else if (k->mode[i] != KFAC_MODE_ADAPTIVE) {
             be->ops->scatter(be, &kl->s, bufs.weight_updates, bufs.bias_updates, kl->P, kl->D,
-                             k->mode[i] == MODE_SCALED ? nu : 1.0f);
+                             k->mode[i] == KFAC_MODE_SCALED ? nu : 1.0f);
         }
     }
     kfac_phase_end(k);
@@ -365,8 +416,10 @@ static void report(network *net)
     if (++k->report_updates < k->cfg.inverse_interval) return;
     kfac_network_timing(net, &t[0], &t[1], &t[2]);
     const int n = k->report_updates;
-    char clip[128] = "no step preconditioned";
-    if (k->nu_count)
+    char clip[160] = "no step preconditioned";
+    if (k->adapt)
+        kfac_adaptive_report(k, clip, sizeof clip);
+    else if (k->nu_count)
         snprintf(clip, sizeof clip, "KL clip scaled %d of %d steps (mean factor %.3g)", k->nu_clipped, k->nu_count,
                  k->nu_sum / k->nu_count);
     kfac_log("update %d: seconds per update over the last %d: statistics %.4f, decompositions %.4f, "
@@ -383,6 +436,7 @@ void kfac_network_updated(network *net)
     kfac_net *k = kfac_of(net);
     kfac_backend *be = k->be;
     int i;
+    if (k->adapt) kfac_adaptive_updated(k, net);
     for (i = 0; i < k->nlayers; ++i) {
         kfac_layer *kl = &k->layers[i];
         kfac_darknet_buffers bufs;

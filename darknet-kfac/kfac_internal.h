@@ -24,6 +24,9 @@
 /* ---- configuration ([kfac] section, kfac_config.c) -------------------------------- */
 
 typedef enum { KFAC_FISHER_TRUE = 0, KFAC_FISHER_EMPIRICAL = 1 } kfac_fisher_kind;
+/* the step rule: the KL-clipped step inside Darknet's SGD update, or Martens &
+ * Grosse's adaptive step (kfac_adaptive.c) */
+typedef enum { KFAC_STEP_KL_CLIP = 0, KFAC_STEP_ADAPTIVE = 1 } kfac_step_kind;
 
 typedef struct {
     char *cfgfile;          /* for messages */
@@ -36,6 +39,8 @@ typedef struct {
     int warmup;             /* plain SGD updates before preconditioning starts */
     int max_dim;            /* layers with a factor larger than this stay on SGD */
     int seed;               /* true-Fisher sampler seed */
+    kfac_step_kind step;    /* step= */
+    float lambda;           /* step=adaptive: the initial Levenberg-Marquardt damping */
     int *layer_on;          /* per layer (index in net->layers): 0 after kfac=0 */
     int nlayers;            /* entries in layer_on */
 } kfac_config;
@@ -77,6 +82,11 @@ typedef struct {
     /* host copies of A and G for kfac_layer_factors, when the backend's memory is not
      * the host's (allocated on first use) */
     float *host_A, *host_G;
+    /* step=adaptive (kfac_adaptive.c) */
+    float *theta;           /* groups x M x K: the weights (bias column 0), for the decay */
+    float *prev;            /* groups x M x K: the last update of this layer (delta_0) */
+    float *w_save, *b_save; /* Darknet's weights and biases before the update */
+    int adaptive;           /* in this update's quadratic model */
 } kfac_layer;
 
 /* ---- network state ---------------------------------------------------------------- */
@@ -125,6 +135,7 @@ typedef struct {
     int *mode;              /* per layer: what this update writes back (kfac_driver.c) */
     float *host_d;          /* max groups x dim: eigenvalues, for the damping */
     float *lambda;          /* max groups: damping values of one factor */
+    float *lambda_g;        /* max groups: step=adaptive, those of G */
     /* timing and the progress line every inverse_interval updates */
     int phase_depth;        /* nested timed stretches count once */
     int phase_now;
@@ -132,16 +143,27 @@ typedef struct {
     int report_updates;     /* updates since the last line */
     int nu_count, nu_clipped; /* KL-clip decisions since the last line, and clipped ones */
     double nu_sum;          /* sum of their factors nu */
+    /* step=adaptive (kfac_adaptive.c); lambda, have_prev and adapt_updates are saved */
+    struct kfac_adaptive *adapt;
     /* replicas (kfac_sync.c) */
     int replicas;           /* replicas in this net's sync group (0 before the first sync) */
     int inverse_due;        /* a refresh fell due since the last sync (replicas > 1) */
     double sync_seconds[KFAC_NPHASES]; /* time in kfac_networks_sync, by phase */
+    float eta;              /* Darknet's weight decay (net->decay) */
 } kfac_net;
 
 static inline kfac_net *kfac_of(const network *net) { return (kfac_net *)net->kfac; }
 
+/* What the write-back does with a layer this update (kfac_net.mode). */
+enum {
+    KFAC_MODE_SCALED = 1,   /* wu += nu*P - D: preconditioned, KL-clipped */
+    KFAC_MODE_PLAIN = 2,    /* wu += P - D with P = D: Darknet's own gradient */
+    KFAC_MODE_SNAPSHOT = 3, /* wu = snapshot: the momentum step without a bad gradient */
+    KFAC_MODE_ADAPTIVE = 4  /* step=adaptive: the weights are set after Darknet's update */
+};
+
 /* slots of kfac_net.results per layer */
-#define KFAC_SLOTS_PER_LAYER 3
+#define KFAC_SLOTS_PER_LAYER 8
 
 /* ---- kfac_driver.c ---------------------------------------------------------------- */
 
@@ -167,6 +189,57 @@ void kfac_phase_end(kfac_net *k);
 /* Finds the loss layers and how each is sampled (k->losses, k->true_fisher); writes
  * the start line's description of the Fisher into note. */
 void kfac_fisher_setup(kfac_net *k, const network *net, char *note, size_t note_len);
+
+/* ---- kfac_adaptive.c --------------------------------------------------------------- */
+
+/* The adaptive step's state, NULL unless step=adaptive. */
+typedef struct kfac_adaptive {
+    float lambda;           /* Levenberg-Marquardt damping (saved) */
+    int have_prev;          /* a previous update exists for the momentum term (saved) */
+    int updates;            /* adaptive updates so far, for the every-T1 rule (saved) */
+    int loss_index;         /* the loss layer whose output Fisher the model uses */
+    kfac_loss_kind loss_kind;
+    float *zeros;           /* backend: the largest groups x M x K, all zero */
+    /* what a probe's forward pass overwrites, saved before and put back after */
+    float **saved;          /* per net layer KFAC_PROBE_FIELDS backend copies */
+    int nsaved;
+    float *costs;           /* host: every layer's cost[0], then *net->cost */
+    /* host: the loss layer's input at theta and at a probe, its output at theta */
+    float *z0, *zp, *zm, *p;
+    float *jv[2];           /* host: J Delta, J delta_0 on the probe batch */
+    /* the progress line */
+    double alpha_sum, mu_sum;
+    int steps;              /* adaptive steps taken since the last line */
+    double rho_last;        /* the last reduction ratio (NAN before the first) */
+} kfac_adaptive;
+
+/* Checks the net and allocates the state (at attach; stops with a message naming the
+ * cfg when step=adaptive cannot run on this net). */
+void kfac_adaptive_attach(kfac_net *k, network *net);
+void kfac_adaptive_free(kfac_net *k);
+/* The step for every layer with an inverse, in place of the KL-clipped write-back:
+ * returns after setting k->mode for each layer. */
+void kfac_adaptive_step(kfac_net *k, network *net, const update_args *a);
+/* After Darknet's update: the covered layers' weights become theta + delta. */
+void kfac_adaptive_updated(kfac_net *k, network *net);
+/* The progress line's part: alpha, mu, lambda, rho (into buf). */
+void kfac_adaptive_report(kfac_net *k, char *buf, size_t len);
+/* The network's output change along v (groups x M x K per covered layer, in the
+ * layers' order; NULL for a layer left out) on the probe batch, by central finite
+ * differences of Darknet's forward pass with a step of relative size rel (0: the
+ * step's own); out (host, batch x inputs of the loss layer).  Every buffer of the net
+ * is as it was afterwards.  For tests. */
+void kfac_adaptive_jv(kfac_net *k, network *net, float *const *v, double rel, float *out);
+/* (1/b) sum_i u_i^T F_R,i w_i over the probe batch, u and w host arrays in the loss
+ * layer's input space (batch x inputs), F_R its output Fisher at the current outputs.
+ * For tests. */
+double kfac_adaptive_fisher_dot(kfac_net *k, const network *net, const float *u, const float *w);
+/* alpha, mu minimizing the model with curvatures cdd = Delta^T C Delta, cdp, cpp and
+ * gradients gd = grad^T Delta, gp; 0 when the model cannot be used. */
+int kfac_adaptive_solve(double cdd, double cdp, double cpp, double gd, double gp, int have_prev, double *alpha,
+                        double *mu);
+/* lambda after a reduction ratio rho (the Levenberg-Marquardt rule, M&G 6.5). */
+float kfac_adaptive_lambda_rule(float lambda, double rho);
 
 /* ---- kfac_state.c ---------------------------------------------------------------- */
 

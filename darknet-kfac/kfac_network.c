@@ -151,6 +151,8 @@ void kfac_network_attach(network *net, void *cfgp)
     k->eig_d = be->ops->alloc(be, eig_d);
     k->host_d = (float *)kfac_calloc(eig_d, sizeof(float));
     k->lambda = (float *)kfac_calloc(max_groups, sizeof(float));
+    k->lambda_g = (float *)kfac_calloc(max_groups, sizeof(float));
+    k->eta = net->decay;
     k->results = (double *)kfac_calloc((size_t)nslots, sizeof(double));
     k->mode = (int *)kfac_calloc((size_t)(k->nlayers > 0 ? k->nlayers : 1), sizeof(int));
     if (k->true_fisher) {
@@ -168,6 +170,7 @@ void kfac_network_attach(network *net, void *cfgp)
         k->host_delta = (float *)kfac_calloc(most, sizeof(float));
         k->yolo_weight = (float *)kfac_calloc(yolo, sizeof(float));
     }
+    if (k->cfg.step == KFAC_STEP_ADAPTIVE) kfac_adaptive_attach(k, net);
     /* layer->kfac points into k->layers, filled now that the array no longer moves */
     for (i = 0; i < k->nlayers; ++i) net->layers[k->layers[i].index].kfac = &k->layers[i];
     net->kfac = k;
@@ -193,6 +196,7 @@ void kfac_network_free(network *net)
     if (!k) return;
     kfac_backend *be = k->be;
     be->ops->synchronize(be);
+    kfac_adaptive_free(k);
     for (i = 0; i < k->nlayers; ++i) {
         net->layers[k->layers[i].index].kfac = NULL;
         free_layer_state(be, &k->layers[i]);
@@ -205,6 +209,7 @@ void kfac_network_free(network *net)
     free(k->layers);
     free(k->host_d);
     free(k->lambda);
+    free(k->lambda_g);
     free(k->results);
     free(k->mode);
     free(k->uniforms);

@@ -9,6 +9,8 @@
  *   per covered layer: i32 index, type, groups, K, M, has_bias, have_factors (batches),
  *                      have_inverse; f32 A, G, EA, dA, EG, dG, w_snap, b_snap
  *   per conv/connected layer: i32 index, u32 counts; f32 weight, bias, scale updates
+ *   u32 step rule (0 kl_clip, 1 adaptive); adaptive: f32 lambda, i32 have_prev,
+ *   i32 updates, per covered layer f32 delta_0 (groups x M x K)
  *   u64 FNV-1a hash of everything before it
  *
  * Written to <file>.tmp, flushed to disk and renamed, so a crash mid-write never
@@ -33,7 +35,7 @@
 #include "kfac_internal.h"
 
 #define KFAC_STATE_MAGIC 0x4341464bu /* "KFAC" */
-#define KFAC_STATE_VERSION 2u
+#define KFAC_STATE_VERSION 3u
 
 typedef struct {
     FILE *fp;
@@ -186,6 +188,24 @@ void kfac_state_save(network *net, const char *weightfile)
             put(&s, host, sizeof(float), c[j]);
         }
     }
+    uint32_t rule = k->adapt ? 1u : 0u;
+    put(&s, &rule, sizeof rule, 1);
+    if (k->adapt) {
+        int32_t ints[2] = {k->adapt->have_prev, k->adapt->updates};
+        put(&s, &k->adapt->lambda, sizeof(float), 1);
+        put(&s, ints, sizeof(int32_t), 2);
+        for (i = 0; i < k->nlayers; ++i) {
+            kfac_layer *kl = &k->layers[i];
+            const size_t n = (size_t)kl->s.groups * kl->s.M * kl->s.K;
+            if (n > longest) {
+                free(host);
+                host = (float *)kfac_calloc(n, sizeof(float));
+                longest = n;
+            }
+            be->ops->to_host(be, host, kl->prev, n);
+            put(&s, host, sizeof(float), n);
+        }
+    }
     free(host);
     uint64_t h = s.hash;
     put(&s, &h, sizeof h, 1);
@@ -209,6 +229,10 @@ typedef struct {
     int32_t (*flags)[2];    /* per covered layer: have_factors, have_inverse */
     float **arrays;         /* per covered layer KFAC_LAYER_ARRAYS host arrays */
     float **updates;        /* per net layer 3 host arrays (NULL for other layer types) */
+    uint32_t rule;          /* the step rule it was saved with */
+    float lambda;           /* step=adaptive's state, when saved with it */
+    int32_t adapt_ints[2];  /* have_prev, updates */
+    float **prev;           /* per covered layer delta_0, when saved with step=adaptive */
     int n;                  /* net->n */
 } kfac_staged;
 
@@ -219,6 +243,9 @@ static void staged_free(kfac_staged *st)
         for (i = 0; i < st->nlayers * KFAC_LAYER_ARRAYS; ++i) free(st->arrays[i]);
     if (st->updates)
         for (i = 0; i < st->n * 3; ++i) free(st->updates[i]);
+    if (st->prev)
+        for (i = 0; i < st->nlayers; ++i) free(st->prev[i]);
+    free(st->prev);
     free(st->arrays);
     free(st->updates);
     free(st->flags);
@@ -319,6 +346,26 @@ static int state_read(network *net, const char *path, kfac_staged *st, char *err
             }
         }
     }
+    if (get(&s, &st->rule, sizeof st->rule, 1) || st->rule > 1) {
+        fail(err, errlen, "%s: truncated or corrupt K-FAC state file (step rule)", path);
+        goto done;
+    }
+    if (st->rule == 1) {
+        if (get(&s, &st->lambda, sizeof(float), 1) || get(&s, st->adapt_ints, sizeof(int32_t), 2)) {
+            fail(err, errlen, "%s: truncated K-FAC state file (adaptive step)", path);
+            goto done;
+        }
+        st->prev = (float **)kfac_calloc((size_t)(k->nlayers ? k->nlayers : 1), sizeof(float *));
+        for (i = 0; i < k->nlayers; ++i) {
+            const kfac_shape *sh = &k->layers[i].s;
+            const size_t n = (size_t)sh->groups * sh->M * sh->K;
+            st->prev[i] = (float *)kfac_calloc(n, sizeof(float));
+            if (get(&s, st->prev[i], sizeof(float), n)) {
+                fail(err, errlen, "%s: truncated K-FAC state file (adaptive step of layer %d)", path, k->layers[i].index);
+                goto done;
+            }
+        }
+    }
     uint64_t want = s.hash, h;
     if (fread(&h, sizeof h, 1, s.fp) != 1) { fail(err, errlen, "%s: truncated K-FAC state file (no checksum)", path); goto done; }
     if (h != want) { fail(err, errlen, "%s: K-FAC state file is corrupt (checksum mismatch)", path); goto done; }
@@ -356,6 +403,18 @@ static void state_commit(network *net, const kfac_staged *st)
         float *dst[3] = {b.weight_updates, b.bias_updates, b.scale_updates};
         for (j = 0; j < 3; ++j)
             if (c[j]) be->ops->from_host(be, dst[j], st->updates[3 * i + j], c[j]);
+    }
+    if (k->adapt && st->rule == 1) {
+        k->adapt->lambda = st->lambda;
+        k->adapt->have_prev = st->adapt_ints[0];
+        k->adapt->updates = st->adapt_ints[1];
+        for (i = 0; i < k->nlayers; ++i) {
+            const kfac_shape *sh = &k->layers[i].s;
+            be->ops->from_host(be, k->layers[i].prev, st->prev[i], (size_t)sh->groups * sh->M * sh->K);
+        }
+    } else if (k->adapt || st->rule == 1) {
+        kfac_log("the state was saved with step=%s and this cfg has step=%s: factors and momentum resumed, the step "
+                 "rule's own state starts fresh", st->rule ? "adaptive" : "kl_clip", k->adapt ? "adaptive" : "kl_clip");
     }
     k->step = st->step;
     k->rng = st->rng;

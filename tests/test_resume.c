@@ -11,7 +11,10 @@
  * refresh at step 3) and the continuation crosses statistics steps, a refresh and a
  * learning-rate step; the true-Fisher sampler runs throughout.  Control: a run
  * resumed from the weights alone (no .kfac: K-FAC starts fresh, momentum lost) must
- * end elsewhere, or the comparison above would not show that the state file matters. */
+ * end elsewhere, or the comparison above would not show that the state file matters.
+ * All of it twice: with step=kl_clip and with step=adaptive (whose lambda, update
+ * count and previous update delta_0 are in the state too; its reduction ratio is
+ * measured once before the save and once after). */
 #include <sys/wait.h>
 #include <unistd.h>
 #include "kt.h"
@@ -20,8 +23,11 @@
 #define N_FIRST 3 /* steps 0-2; warmup 1, inverse_interval 3: refreshes at 1, 4, 7 */
 #define M_MORE 5
 
-static const char *kfac_section =
-    "[kfac]\nstats_interval=2\ninverse_interval=3\nwarmup=1\nfisher=true\nseed=7\n";
+static const char *kfac_sections[2] = {
+    "[kfac]\nstats_interval=2\ninverse_interval=3\nwarmup=1\nfisher=true\nseed=7\n",
+    "[kfac]\nstep=adaptive\nstats_interval=2\ninverse_interval=3\nwarmup=1\nfisher=true\nseed=7\n",
+};
+static const char *tag = "";
 
 /* whole file into memory; NULL when it cannot be read */
 static unsigned char *slurp(const char *path, size_t *len)
@@ -69,7 +75,7 @@ static int resumed_run(const char *cfg, const char *from, const char *to, int ex
     if (pid == 0) {
         network *net = load_network((char *)cfg, (char *)from, 0);
         char nm[128];
-        snprintf(nm, sizeof nm, "resumed_at_kfac_step_%d", expect_step);
+        snprintf(nm, sizeof nm, "%sresumed_at_kfac_step_%d", tag, expect_step);
         kt_check(nm, kfac_network_step(net) == expect_step, "K-FAC step after load_network: %d", kfac_network_step(net));
         kt_train_updates(net, 51, N_FIRST, M_MORE);
         save_weights(net, (char *)to);
@@ -82,14 +88,25 @@ static int resumed_run(const char *cfg, const char *from, const char *to, int ex
     return WIFEXITED(status) && WEXITSTATUS(status) == 0;
 }
 
-int main(void)
+/* kt_check with the variant's tag before the name */
+static int tagged(const char *name, int cond, const char *why)
 {
-    const char *cfg = kt_cfg_with("build/tests/resume.cfg", "tests/cfg/small.cfg", kfac_section);
-    const char *mid = "build/tests/resume-mid.weights";
-    const char *straight = "build/tests/resume-straight.weights";
-    const char *resumed = "build/tests/resume-resumed.weights";
-    const char *nostate = "build/tests/resume-nostate.weights";
-    const char *nostate_from = "build/tests/resume-mid-nostate.weights";
+    char nm[160];
+    snprintf(nm, sizeof nm, "%s%s", tag, name);
+    return kt_check(nm, cond, "%s", why);
+}
+
+static void variant(const char *name_tag, const char *section)
+{
+    char cfgp[128], mid[128], straight[128], resumed[128], nostate[128], nostate_from[128], nm[160];
+    tag = name_tag;
+    snprintf(cfgp, sizeof cfgp, "build/tests/resume%s.cfg", tag);
+    const char *cfg = kt_cfg_with(cfgp, "tests/cfg/small.cfg", section);
+    snprintf(mid, sizeof mid, "build/tests/resume%s-mid.weights", tag);
+    snprintf(straight, sizeof straight, "build/tests/resume%s-straight.weights", tag);
+    snprintf(resumed, sizeof resumed, "build/tests/resume%s-resumed.weights", tag);
+    snprintf(nostate, sizeof nostate, "build/tests/resume%s-nostate.weights", tag);
+    snprintf(nostate_from, sizeof nostate_from, "build/tests/resume%s-mid-nostate.weights", tag);
     const char *files[] = {mid, straight, resumed, nostate, nostate_from};
     char path[256];
     size_t i;
@@ -109,15 +126,17 @@ int main(void)
     snprintf(path, sizeof path, "%s.kfac", mid);
     size_t len = 0;
     unsigned char *st = slurp(path, &len);
-    kt_check("save_weights_writes_kfac_state", st && len > 0, "no %s after save_weights", path);
+    tagged("save_weights_writes_kfac_state", st && len > 0, "no state file after save_weights");
     free(st);
 
-    kt_check("resumed_process_ran", resumed_run(cfg, mid, resumed, N_FIRST), "the resumed run's process failed");
-    files_same("resumed_weights_bit_identical", straight, resumed, 1);
+    tagged("resumed_process_ran", resumed_run(cfg, mid, resumed, N_FIRST), "the resumed run's process failed");
+    snprintf(nm, sizeof nm, "%sresumed_weights_bit_identical", tag);
+    files_same(nm, straight, resumed, 1);
     char a[256], b[256];
     snprintf(a, sizeof a, "%s.kfac", straight);
     snprintf(b, sizeof b, "%s.kfac", resumed);
-    files_same("resumed_kfac_state_bit_identical", a, b, 1);
+    snprintf(nm, sizeof nm, "%sresumed_kfac_state_bit_identical", tag);
+    files_same(nm, a, b, 1);
 
     /* control: the weights alone (a copy without .kfac) */
     size_t wl = 0;
@@ -126,8 +145,15 @@ int main(void)
     if (w && f) fwrite(w, 1, wl, f);
     if (f) fclose(f);
     free(w);
-    kt_check("control_resumed_without_state_ran", resumed_run(cfg, nostate_from, nostate, 0),
-             "the control run's process failed");
-    files_same("control_without_state_file_differs", straight, nostate, 0);
+    tagged("control_resumed_without_state_ran", resumed_run(cfg, nostate_from, nostate, 0),
+           "the control run's process failed");
+    snprintf(nm, sizeof nm, "%scontrol_without_state_file_differs", tag);
+    files_same(nm, straight, nostate, 0);
+}
+
+int main(void)
+{
+    variant("", kfac_sections[0]);
+    variant("adaptive_", kfac_sections[1]);
     return kt_exit();
 }

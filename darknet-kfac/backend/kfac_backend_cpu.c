@@ -106,6 +106,15 @@ static void cpu_darknet_buffers(const layer *l, kfac_darknet_buffers *out)
     out->scale_updates = l->scale_updates;
     out->delta = l->delta;
     out->output = l->output;
+    out->weights = l->weights;
+    out->biases = l->biases;
+    out->x = l->x;
+    out->x_norm = l->x_norm;
+    out->mean = l->mean;
+    out->variance = l->variance;
+    out->rolling_mean = l->rolling_mean;
+    out->rolling_variance = l->rolling_variance;
+    out->loss = l->loss;
 }
 
 /* ---- memory ------------------------------------------------------------------------- */
@@ -350,6 +359,22 @@ static void cpu_damped_inverse(kfac_backend *b, const float *E, const float *d, 
     free(S);
 }
 
+/* ---- vector arithmetic ------------------------------------------------------------------- */
+
+static void cpu_axpy(kfac_backend *b, float alpha, const float *x, float *y, size_t n)
+{
+    size_t i;
+    (void)b;
+    for (i = 0; i < n; ++i) y[i] += alpha * x[i];
+}
+
+static void cpu_scale(kfac_backend *b, float alpha, float *x, size_t n)
+{
+    size_t i;
+    (void)b;
+    for (i = 0; i < n; ++i) x[i] *= alpha;
+}
+
 /* ---- the update ------------------------------------------------------------------------ */
 
 static void cpu_gather(kfac_backend *b, const kfac_shape *s, const float *wu, const float *ws, const float *bu,
@@ -551,6 +576,8 @@ static const kfac_backend_ops cpu_ops = {
     .results = cpu_results,
     .eigh = cpu_eigh,
     .damped_inverse = cpu_damped_inverse,
+    .axpy = cpu_axpy,
+    .scale = cpu_scale,
     .gather = cpu_gather,
     .precondition = cpu_precondition,
     .scatter = cpu_scatter,

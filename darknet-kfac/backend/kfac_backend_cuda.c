@@ -115,6 +115,15 @@ static void cuda_darknet_buffers(const layer *l, kfac_darknet_buffers *out)
     out->scale_updates = l->scale_updates_gpu;
     out->delta = l->delta_gpu;
     out->output = l->output_gpu;
+    out->weights = l->weights_gpu;
+    out->biases = l->biases_gpu;
+    out->x = l->x_gpu;
+    out->x_norm = l->x_norm_gpu;
+    out->mean = l->mean_gpu;
+    out->variance = l->variance_gpu;
+    out->rolling_mean = l->rolling_mean_gpu;
+    out->rolling_variance = l->rolling_variance_gpu;
+    out->loss = l->loss_gpu;
 }
 
 static int as_int(size_t n)
@@ -415,6 +424,32 @@ static void cuda_damped_inverse(kfac_backend *b, const float *E, const float *d,
     KFAC_CUDA_CHECK(cudaStreamSynchronize(KFAC_STREAM));
 }
 
+/* ---- vector arithmetic --------------------------------------------------------------------------- */
+
+/* in slices of at most INT_MAX elements: cuBLAS's counts are ints */
+static void cuda_axpy(kfac_backend *b, float alpha, const float *x, float *y, size_t n)
+{
+    cuda_impl *c = impl_of(b);
+    while (n) {
+        size_t m = n < (size_t)INT_MAX ? n : (size_t)INT_MAX;
+        KFAC_CUBLAS_CHECK(cublasSaxpy(c->blas, (int)m, &alpha, x, 1, y, 1));
+        x += m;
+        y += m;
+        n -= m;
+    }
+}
+
+static void cuda_scale(kfac_backend *b, float alpha, float *x, size_t n)
+{
+    cuda_impl *c = impl_of(b);
+    while (n) {
+        size_t m = n < (size_t)INT_MAX ? n : (size_t)INT_MAX;
+        KFAC_CUBLAS_CHECK(cublasSscal(c->blas, (int)m, &alpha, x, 1));
+        x += m;
+        n -= m;
+    }
+}
+
 /* ---- the update ------------------------------------------------------------------------------- */
 
 static void cuda_gather(kfac_backend *b, const kfac_shape *s, const float *wu, const float *ws, const float *bu,
@@ -604,6 +639,8 @@ static const kfac_backend_ops cuda_ops = {
     .results = cuda_results,
     .eigh = cuda_eigh,
     .damped_inverse = cuda_damped_inverse,
+    .axpy = cuda_axpy,
+    .scale = cuda_scale,
     .gather = cuda_gather,
     .precondition = cuda_precondition,
     .scatter = cuda_scatter,

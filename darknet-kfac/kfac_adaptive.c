@@ -1,0 +1,566 @@
+/* darknet-kfac: Martens & Grosse's adaptive step (K-FAC paper, 2015, sections 6 and
+ * 7; shared/DESIGN.md 4b), [kfac] step=adaptive.
+ *
+ * With h the mini-batch loss (mean over images) plus the weight decay (eta/2)|theta|^2
+ * (Darknet's `decay`), Delta the K-FAC direction (minus the preconditioned gradient,
+ * factors damped by gamma = sqrt(lambda + eta) with the pi correction of section 6.3)
+ * and delta_0 the previous update, the update is
+ *
+ *     delta = alpha Delta + mu delta_0
+ *
+ * with alpha and mu minimizing the quadratic model
+ *
+ *     M(delta) = 1/2 delta^T C delta + grad^T delta,    C = F + (lambda + eta) I
+ *
+ * where F is the exact Fisher (generalized Gauss-Newton) of the probe batch (the last
+ * subdivision's images): v^T F w = (1/b) sum_i (J_i v)^T F_R,i (J_i w), J_i v the
+ * change of image i's output (the loss layer's input) along v and F_R its output
+ * Fisher.  J v comes from finite differences of Darknet's own forward pass at
+ * theta + eps v, so no layer needs new code; every buffer the probe's forward writes
+ * is saved before and put back after, so the probes leave no trace.  Every
+ * KFAC_ADAPT_T1 updates lambda follows the Levenberg-Marquardt rule on the reduction
+ * ratio rho = (h(theta + delta) - h(theta)) / M(delta), measured on the same images.
+ *
+ * alpha and mu replace Darknet's learning rate and momentum for the layers K-FAC
+ * covers (the others keep Darknet's SGD); the policy still scales the step by its
+ * rate relative to the cfg's learning_rate, so burn_in ramps it in and steps lower it.
+ * Darknet's own update runs as usual and the covered weights are then set to
+ * theta + delta (kfac_adaptive_updated). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "kfac_internal.h"
+
+/* lambda is adapted every T1 updates, by the factor omega1 = (19/20)^T1 (M&G 6.5) */
+#define KFAC_ADAPT_T1 5
+/* lambda stays within these bounds, so that a long run of bad or good ratios cannot
+ * take it to 0 or to infinity */
+#define KFAC_LAMBDA_MIN 1e-8f
+#define KFAC_LAMBDA_MAX 1e8f
+/* Finite differences for J v: central, (f(theta + eps v) - f(theta - eps v)) / 2 eps,
+ * with eps v of relative size KFAC_PROBE_REL against the weights: the truncation error
+ * is O(eps^2) and float32's rounding in the forward pass, about 1e-7 |f|, becomes
+ * 1e-7 |f| / eps in J v, so eps at the cube root of float32's precision (5e-3)
+ * balances the two (tests/test_adaptive.c measures the error against exact J v). */
+#define KFAC_PROBE_REL 5e-3
+
+/* what a forward pass writes in a layer: output, delta, batch norm's x, x_norm, mean,
+ * variance, rolling_mean, rolling_variance, a loss layer's loss */
+#define KFAC_PROBE_FIELDS 9
+
+/* ---- the probes -------------------------------------------------------------------- */
+
+static void probe_fields(const kfac_backend *be, const layer *l, float *ptr[KFAC_PROBE_FIELDS],
+                         size_t len[KFAC_PROBE_FIELDS])
+{
+    kfac_darknet_buffers b;
+    const size_t n = (size_t)l->outputs * l->batch;
+    const int bn = l->type == BATCHNORM || (l->batch_normalize && (l->type == CONVOLUTIONAL || l->type == CONNECTED));
+    const size_t ch = l->type == CONVOLUTIONAL ? (size_t)l->n : l->type == CONNECTED ? (size_t)l->outputs : (size_t)l->c;
+    int f;
+    be->ops->darknet_buffers(l, &b);
+    float *p[KFAC_PROBE_FIELDS] = {b.output, b.delta, b.x, b.x_norm, b.mean, b.variance, b.rolling_mean,
+                                   b.rolling_variance, b.loss};
+    size_t m[KFAC_PROBE_FIELDS] = {n, n, bn ? n : 0, bn ? n : 0, bn ? ch : 0, bn ? ch : 0, bn ? ch : 0, bn ? ch : 0,
+                                   (l->type == SOFTMAX || l->type == LOGXENT) ? n : 0};
+    for (f = 0; f < KFAC_PROBE_FIELDS; ++f) {
+        ptr[f] = p[f];
+        len[f] = p[f] ? m[f] : 0;
+    }
+}
+
+/* save (to_saved 1) or put back (0) everything a forward pass writes */
+static void probe_state(kfac_net *k, network *net, int to_saved)
+{
+    kfac_adaptive *ad = k->adapt;
+    kfac_backend *be = k->be;
+    int i, f;
+    for (i = 0; i < net->n; ++i) {
+        layer *l = &net->layers[i];
+        float *ptr[KFAC_PROBE_FIELDS];
+        size_t len[KFAC_PROBE_FIELDS];
+        probe_fields(be, l, ptr, len);
+        for (f = 0; f < KFAC_PROBE_FIELDS; ++f) {
+            float *s = ad->saved[i * KFAC_PROBE_FIELDS + f];
+            if (!len[f]) continue;
+            if (to_saved) be->ops->copy(be, s, ptr[f], len[f]);
+            else be->ops->copy(be, ptr[f], s, len[f]);
+        }
+        if (l->cost) {
+            if (to_saved) ad->costs[i] = l->cost[0];
+            else l->cost[0] = ad->costs[i];
+        }
+    }
+    if (to_saved) ad->costs[net->n] = *net->cost;
+    else *net->cost = ad->costs[net->n];
+}
+
+/* the covered weights back to the saved theta, exactly */
+static void restore_weights(kfac_net *k, network *net)
+{
+    kfac_backend *be = k->be;
+    int i;
+    for (i = 0; i < k->nlayers; ++i) {
+        kfac_layer *kl = &k->layers[i];
+        kfac_darknet_buffers b;
+        if (!kl->adaptive) continue;
+        be->ops->darknet_buffers(&net->layers[kl->index], &b);
+        be->ops->copy(be, b.weights, kl->w_save, (size_t)kl->s.groups * kl->s.M * kl->s.k_in);
+        if (kl->s.has_bias) be->ops->copy(be, b.biases, kl->b_save, (size_t)kl->s.groups * kl->s.M);
+    }
+}
+
+/* covered weights += scale * v[i] (v[i] groups x M x K, bias in the last column) */
+static void move_weights(kfac_net *k, network *net, float *const *v, float scale)
+{
+    kfac_backend *be = k->be;
+    int i;
+    for (i = 0; i < k->nlayers; ++i) {
+        kfac_layer *kl = &k->layers[i];
+        kfac_darknet_buffers b;
+        if (!kl->adaptive || !v[i]) continue;
+        be->ops->darknet_buffers(&net->layers[kl->index], &b);
+        be->ops->scatter(be, &kl->s, b.weights, b.biases, v[i], k->adapt->zeros, scale);
+    }
+}
+
+/* the loss layer's input after a forward pass at the current weights, to the host */
+static void forward_output(kfac_net *k, network *net, float *out)
+{
+    const layer *loss = &net->layers[k->adapt->loss_index];
+    kfac_darknet_buffers b;
+    forward_network(net);
+    k->be->ops->darknet_buffers(&net->layers[k->adapt->loss_index - 1], &b);
+    k->be->ops->to_host(k->be, out, b.output, (size_t)loss->inputs * loss->batch);
+}
+
+/* J v on the probe batch into out, by central differences with eps; the weights and
+ * every buffer are put back afterwards by the caller's probe_state and here. */
+static void jv_central(kfac_net *k, network *net, float *const *v, float eps, float *out)
+{
+    kfac_adaptive *ad = k->adapt;
+    const layer *loss = &net->layers[ad->loss_index];
+    const size_t n = (size_t)loss->inputs * loss->batch;
+    size_t j;
+    move_weights(k, net, v, eps);
+    forward_output(k, net, ad->zp);
+    restore_weights(k, net);
+    move_weights(k, net, v, -eps);
+    forward_output(k, net, ad->zm);
+    restore_weights(k, net);
+    for (j = 0; j < n; ++j) out[j] = (float)(((double)ad->zp[j] - ad->zm[j]) / (2.0 * eps));
+}
+
+/* the step size of a probe along v: eps v of relative size KFAC_PROBE_REL against the
+ * covered weights, both measured as root mean squares */
+static float probe_eps(double theta_sq, double v_sq)
+{
+    double t = sqrt(theta_sq), r = sqrt(v_sq);
+    if (!(r > 0)) return 0;
+    if (!(t > 0)) t = r; /* all-zero weights: relative to v itself */
+    return (float)(KFAC_PROBE_REL * t / r);
+}
+
+/* ---- the output Fisher and the loss -------------------------------------------------- */
+
+/* (1/b) sum_i u_i^T F_R,i w_i over the probe batch (u, w: batch x outputs, the loss
+ * layer's input space) */
+static double fisher_dot(const kfac_adaptive *ad, const network *net, const float *u, const float *w)
+{
+    const layer *l = &net->layers[ad->loss_index];
+    const int n = l->inputs, B = l->batch;
+    double total = 0;
+    int i, j;
+    for (i = 0; i < B; ++i) {
+        const float *pi = ad->p + (size_t)i * n, *ui = u + (size_t)i * n, *wi = w + (size_t)i * n;
+        if (ad->loss_kind == KFAC_LOSS_SOFTMAX) {
+            /* diag(p) - p p^T */
+            double pu = 0, pw = 0, puw = 0;
+            for (j = 0; j < n; ++j) {
+                pu += (double)pi[j] * ui[j];
+                pw += (double)pi[j] * wi[j];
+                puw += (double)pi[j] * ui[j] * wi[j];
+            }
+            total += puw - pu * pw;
+        } else if (ad->loss_kind == KFAC_LOSS_LOGISTIC) {
+            for (j = 0; j < n; ++j) total += (double)pi[j] * (1.0 - pi[j]) * ui[j] * wi[j];
+        } else { /* Gaussian of variance 1/scale; masked outputs carry no term */
+            for (j = 0; j < n; ++j)
+                if (!(l->cost_type == MASKED && net->truth[(size_t)i * n + j] == SECRET_NUM))
+                    total += (double)l->scale * ui[j] * wi[j];
+        }
+    }
+    return total / B;
+}
+
+/* h on the probe batch after a forward pass: the loss its delta differentiates, mean
+ * over images (Darknet's cost for softmax and logistic; for [cost] the (s/2)|t - x|^2
+ * its delta belongs to, not the sum of squares it reports) */
+static double loss_value(kfac_net *k, const network *net)
+{
+    const layer *l = &net->layers[k->adapt->loss_index];
+    if (k->adapt->loss_kind != KFAC_LOSS_GAUSSIAN) return (double)l->cost[0] / l->batch;
+    kfac_darknet_buffers b;
+    const size_t n = (size_t)l->outputs * l->batch;
+    double s = 0;
+    size_t j;
+    k->be->ops->darknet_buffers(l, &b);
+    k->be->ops->to_host(k->be, k->adapt->zp, b.delta, n);
+    for (j = 0; j < n; ++j) s += (double)k->adapt->zp[j] * k->adapt->zp[j];
+    return 0.5 * l->scale * s / l->batch;
+}
+
+/* ---- the step ---------------------------------------------------------------------------- */
+
+/* slots of the per-layer results */
+enum { S_GD, S_GP, S_DD, S_DP, S_PP, S_TT, S_BAD_D, S_BAD_P };
+enum { S_TDELTA, S_DELTA2 };
+
+void kfac_adaptive_jv(kfac_net *k, network *net, float *const *v, double rel, float *out)
+{
+    kfac_adaptive *ad = k->adapt;
+    kfac_backend *be = k->be;
+    double theta_sq = 0, v_sq = 0;
+    int i;
+    for (i = 0; i < k->nlayers; ++i) {
+        kfac_layer *kl = &k->layers[i];
+        kfac_darknet_buffers b;
+        const size_t len = (size_t)kl->s.groups * kl->s.M * kl->s.K;
+        kl->adaptive = v[i] != NULL;
+        if (!kl->adaptive) continue;
+        be->ops->darknet_buffers(&net->layers[kl->index], &b);
+        be->ops->copy(be, kl->w_save, b.weights, (size_t)kl->s.groups * kl->s.M * kl->s.k_in);
+        if (kl->s.has_bias) be->ops->copy(be, kl->b_save, b.biases, (size_t)kl->s.groups * kl->s.M);
+        be->ops->gather(be, &kl->s, b.weights, ad->zeros, kl->s.has_bias ? b.biases : NULL, ad->zeros, kl->theta);
+        be->ops->dot(be, kl->theta, kl->theta, len, KFAC_SLOTS_PER_LAYER * i + S_TT);
+        be->ops->dot(be, v[i], v[i], len, KFAC_SLOTS_PER_LAYER * i + S_DD);
+    }
+    be->ops->results(be, k->results, KFAC_SLOTS_PER_LAYER * k->nlayers);
+    for (i = 0; i < k->nlayers; ++i) {
+        theta_sq += k->results[KFAC_SLOTS_PER_LAYER * i + S_TT];
+        v_sq += k->results[KFAC_SLOTS_PER_LAYER * i + S_DD];
+    }
+    float eps = probe_eps(theta_sq, v_sq);
+    if (rel > 0) eps = (float)(eps * rel / KFAC_PROBE_REL);
+    probe_state(k, net, 1);
+    jv_central(k, net, v, eps, out);
+    probe_state(k, net, 0);
+}
+
+double kfac_adaptive_fisher_dot(kfac_net *k, const network *net, const float *u, const float *w)
+{
+    const layer *loss = &net->layers[k->adapt->loss_index];
+    kfac_darknet_buffers lb;
+    k->be->ops->darknet_buffers(loss, &lb);
+    k->be->ops->to_host(k->be, k->adapt->p, lb.output, (size_t)loss->outputs * loss->batch);
+    return fisher_dot(k->adapt, net, u, w);
+}
+
+float kfac_adaptive_lambda_rule(float lambda, double rho)
+{
+    const float omega1 = powf(19.0f / 20.0f, (float)KFAC_ADAPT_T1);
+    if (!isfinite(rho) || rho < 0.25) lambda /= omega1;
+    else if (rho > 0.75) lambda *= omega1;
+    if (lambda < KFAC_LAMBDA_MIN) lambda = KFAC_LAMBDA_MIN;
+    if (lambda > KFAC_LAMBDA_MAX) lambda = KFAC_LAMBDA_MAX;
+    return lambda;
+}
+
+/* Solves the 2 x 2 (or, without delta_0, 1 x 1) system of M&G section 7 for alpha and
+ * mu; returns 0 when the model is unusable (not positive along Delta, non-finite). */
+int kfac_adaptive_solve(double cdd, double cdp, double cpp, double gd, double gp, int have_prev, double *alpha,
+                      double *mu)
+{
+    *alpha = 0;
+    *mu = 0;
+    if (!(cdd > 0) || !isfinite(gd)) return 0;
+    if (have_prev && cpp > 0 && isfinite(cdp) && isfinite(gp)) {
+        double det = cdd * cpp - cdp * cdp;
+        /* Delta nearly parallel to delta_0: the 2 x 2 system is singular to rounding,
+         * the momentum term adds nothing the 1 x 1 one does not have */
+        if (det > 1e-10 * cdd * cpp) {
+            *alpha = (-gd * cpp + gp * cdp) / det;
+            *mu = (-gp * cdd + gd * cdp) / det;
+            return isfinite(*alpha) && isfinite(*mu);
+        }
+    }
+    *alpha = -gd / cdd;
+    return isfinite(*alpha);
+}
+
+void kfac_adaptive_step(kfac_net *k, network *net, const update_args *a)
+{
+    kfac_adaptive *ad = k->adapt;
+    kfac_backend *be = k->be;
+    const double B = (double)a->batch, eta = a->decay;
+    const int on = k->step >= k->cfg.warmup;
+    int i, any = 0;
+
+    /* the direction: Delta = (F^ + damping)^-1 (-grad h), grad h with the decay */
+    for (i = 0; i < k->nlayers; ++i) {
+        kfac_layer *kl = &k->layers[i];
+        const layer *l = &net->layers[kl->index];
+        const size_t len = (size_t)kl->s.groups * kl->s.M * kl->s.K;
+        const int slot = KFAC_SLOTS_PER_LAYER * i;
+        kfac_darknet_buffers b;
+        be->ops->darknet_buffers(l, &b);
+        be->ops->gather(be, &kl->s, b.weight_updates, kl->w_snap, b.bias_updates, kl->b_snap, kl->D);
+        kl->adaptive = on && kl->have_inverse;
+        be->ops->flag_nonfinite(be, kl->D, len, slot + S_BAD_D);
+        if (!kl->adaptive) {
+            be->ops->copy(be, kl->P, kl->D, len);
+            continue;
+        }
+        be->ops->copy(be, kl->w_save, b.weights, (size_t)kl->s.groups * kl->s.M * kl->s.k_in);
+        if (kl->s.has_bias) be->ops->copy(be, kl->b_save, b.biases, (size_t)kl->s.groups * kl->s.M);
+        /* theta with a zero bias column: Darknet decays weights only */
+        be->ops->gather(be, &kl->s, b.weights, ad->zeros, kl->s.has_bias ? ad->zeros : NULL, ad->zeros, kl->theta);
+        /* D holds -B grad of the data loss: with the decay, D - B eta theta */
+        be->ops->axpy(be, (float)(-B * eta), kl->theta, kl->D, len);
+        kfac_precondition_layer(k, kl);
+        be->ops->scale(be, (float)(1.0 / B), kl->P, len); /* P is now Delta */
+        be->ops->flag_nonfinite(be, kl->P, len, slot + S_BAD_P);
+        be->ops->dot(be, kl->D, kl->P, len, slot + S_GD);
+        be->ops->dot(be, kl->D, kl->prev, len, slot + S_GP);
+        be->ops->dot(be, kl->P, kl->P, len, slot + S_DD);
+        be->ops->dot(be, kl->P, kl->prev, len, slot + S_DP);
+        be->ops->dot(be, kl->prev, kl->prev, len, slot + S_PP);
+        be->ops->dot(be, kl->theta, kl->theta, len, slot + S_TT);
+    }
+    be->ops->results(be, k->results, KFAC_SLOTS_PER_LAYER * k->nlayers);
+
+    double gd = 0, gp = 0, dd = 0, dp = 0, pp = 0, tt = 0;
+    for (i = 0; i < k->nlayers; ++i) {
+        kfac_layer *kl = &k->layers[i];
+        const double *r = k->results + KFAC_SLOTS_PER_LAYER * i;
+        if (r[S_BAD_D] != 0) {
+            if (!kl->bad_grad_logged++)
+                kfac_log("layer %d: non-finite gradient, this update's gradient dropped for the layer (logged once)", kl->index);
+            k->mode[i] = KFAC_MODE_SNAPSHOT;
+            kl->adaptive = 0;
+            continue;
+        }
+        if (!kl->adaptive) {
+            k->mode[i] = KFAC_MODE_PLAIN;
+            continue;
+        }
+        if (r[S_BAD_P] != 0) {
+            if (!kl->bad_grad_logged++)
+                kfac_log("layer %d: non-finite preconditioned gradient, plain SGD for this update (logged once)", kl->index);
+            be->ops->copy(be, kl->P, kl->D, (size_t)kl->s.groups * kl->s.M * kl->s.K);
+            k->mode[i] = KFAC_MODE_PLAIN;
+            kl->adaptive = 0;
+            continue;
+        }
+        k->mode[i] = KFAC_MODE_ADAPTIVE;
+        any = 1;
+        /* grad = -D/B */
+        gd -= r[S_GD] / B;
+        gp -= r[S_GP] / B;
+        dd += r[S_DD];
+        dp += r[S_DP];
+        pp += r[S_PP];
+        tt += r[S_TT];
+    }
+    if (!any) return;
+
+    /* the curvature along Delta and delta_0, on the probe batch */
+    const layer *loss = &net->layers[ad->loss_index];
+    kfac_darknet_buffers lb;
+    be->ops->darknet_buffers(loss, &lb);
+    be->ops->to_host(be, ad->p, lb.output, (size_t)loss->outputs * loss->batch);
+    const double h0 = loss_value(k, net);
+    const int have_prev = ad->have_prev && pp > 0;
+    float **dir = (float **)kfac_calloc((size_t)k->nlayers, sizeof(float *));
+    probe_state(k, net, 1);
+    for (i = 0; i < k->nlayers; ++i) dir[i] = k->layers[i].adaptive ? k->layers[i].P : NULL;
+    jv_central(k, net, dir, probe_eps(tt, dd), ad->jv[0]);
+    if (have_prev) {
+        for (i = 0; i < k->nlayers; ++i) dir[i] = k->layers[i].adaptive ? k->layers[i].prev : NULL;
+        jv_central(k, net, dir, probe_eps(tt, pp), ad->jv[1]);
+    }
+    probe_state(k, net, 0);
+    const double ld = (double)ad->lambda + eta;
+    const double cdd = fisher_dot(ad, net, ad->jv[0], ad->jv[0]) + ld * dd;
+    const double cdp = have_prev ? fisher_dot(ad, net, ad->jv[0], ad->jv[1]) + ld * dp : 0;
+    const double cpp = have_prev ? fisher_dot(ad, net, ad->jv[1], ad->jv[1]) + ld * pp : 0;
+    double alpha, mu;
+    if (!kfac_adaptive_solve(cdd, cdp, cpp, gd, gp, have_prev, &alpha, &mu)) {
+        kfac_log("update %d: the quadratic model is not usable (curvature %g along Delta), no K-FAC step", k->step, cdd);
+        for (i = 0; i < k->nlayers; ++i)
+            if (k->layers[i].adaptive) be->ops->zero(be, k->layers[i].prev, (size_t)k->layers[i].s.groups * k->layers[i].s.M * k->layers[i].s.K);
+        ad->have_prev = 0;
+        free(dir);
+        return;
+    }
+    /* the policy's rate relative to the cfg's scales the step: r delta* has the model
+     * value M(delta*) (2r - r^2), since delta*^T C delta* = -grad^T delta* */
+    double r = net->learning_rate > 0 ? a->learning_rate / net->learning_rate : 1.0;
+    if (!(r >= 0)) r = 0;
+    const double m_opt = 0.5 * (alpha * gd + mu * gp);
+    const double m_step = m_opt * (2 * r - r * r);
+
+    /* delta = r (alpha Delta + mu delta_0), formed in prev */
+    for (i = 0; i < k->nlayers; ++i) {
+        kfac_layer *kl = &k->layers[i];
+        const size_t len = (size_t)kl->s.groups * kl->s.M * kl->s.K;
+        if (!kl->adaptive) continue;
+        be->ops->scale(be, (float)(r * mu), kl->prev, len);
+        be->ops->axpy(be, (float)(r * alpha), kl->P, kl->prev, len);
+    }
+    ad->have_prev = r > 0;
+    ad->alpha_sum += alpha;
+    ad->mu_sum += mu;
+    ++ad->steps;
+
+    /* every T1 updates: the reduction ratio on the same images, and lambda */
+    if (ad->updates++ % KFAC_ADAPT_T1 == 0 && m_step < 0) {
+        double td = 0, d2 = 0;
+        for (i = 0; i < k->nlayers; ++i) {
+            kfac_layer *kl = &k->layers[i];
+            const size_t len = (size_t)kl->s.groups * kl->s.M * kl->s.K;
+            if (!kl->adaptive) continue;
+            be->ops->dot(be, kl->theta, kl->prev, len, KFAC_SLOTS_PER_LAYER * i + S_TDELTA);
+            be->ops->dot(be, kl->prev, kl->prev, len, KFAC_SLOTS_PER_LAYER * i + S_DELTA2);
+        }
+        be->ops->results(be, k->results, KFAC_SLOTS_PER_LAYER * k->nlayers);
+        for (i = 0; i < k->nlayers; ++i) {
+            td += k->results[KFAC_SLOTS_PER_LAYER * i + S_TDELTA];
+            d2 += k->results[KFAC_SLOTS_PER_LAYER * i + S_DELTA2];
+        }
+        probe_state(k, net, 1);
+        for (i = 0; i < k->nlayers; ++i) dir[i] = k->layers[i].adaptive ? k->layers[i].prev : NULL;
+        move_weights(k, net, dir, 1.0f);
+        forward_network(net);
+        const double h1 = loss_value(k, net);
+        restore_weights(k, net);
+        probe_state(k, net, 0);
+        const double rho = (h1 - h0 + eta * (td + 0.5 * d2)) / m_step;
+        ad->rho_last = rho;
+        ad->lambda = kfac_adaptive_lambda_rule(ad->lambda, rho);
+    }
+    free(dir);
+}
+
+void kfac_adaptive_updated(kfac_net *k, network *net)
+{
+    kfac_backend *be = k->be;
+    int i;
+    for (i = 0; i < k->nlayers; ++i) {
+        kfac_layer *kl = &k->layers[i];
+        kfac_darknet_buffers b;
+        if (k->mode[i] != KFAC_MODE_ADAPTIVE) continue;
+        be->ops->darknet_buffers(&net->layers[kl->index], &b);
+        /* Darknet's update of these weights (decay, its rate, its momentum) is replaced
+         * by theta + delta, and its accumulator starts the next update from 0 */
+        be->ops->zero(be, b.weights, (size_t)kl->s.groups * kl->s.M * kl->s.k_in);
+        if (kl->s.has_bias) be->ops->zero(be, b.biases, (size_t)kl->s.groups * kl->s.M);
+        be->ops->scatter(be, &kl->s, b.weights, kl->s.has_bias ? b.biases : NULL, kl->prev, k->adapt->zeros, 1.0f);
+        be->ops->axpy(be, 1.0f, kl->w_save, b.weights, (size_t)kl->s.groups * kl->s.M * kl->s.k_in);
+        if (kl->s.has_bias) be->ops->axpy(be, 1.0f, kl->b_save, b.biases, (size_t)kl->s.groups * kl->s.M);
+        be->ops->zero(be, b.weight_updates, (size_t)kl->s.groups * kl->s.M * kl->s.k_in);
+        if (kl->s.has_bias) be->ops->zero(be, b.bias_updates, (size_t)kl->s.groups * kl->s.M);
+    }
+}
+
+void kfac_adaptive_report(kfac_net *k, char *buf, size_t len)
+{
+    kfac_adaptive *ad = k->adapt;
+    if (!ad->steps) {
+        snprintf(buf, len, "no adaptive step yet; lambda %.3g", ad->lambda);
+        return;
+    }
+    snprintf(buf, len, "adaptive steps: mean alpha %.3g, mean mu %.3g; lambda %.3g, last rho %.3g", ad->alpha_sum / ad->steps,
+             ad->mu_sum / ad->steps, ad->lambda, ad->rho_last);
+    ad->alpha_sum = ad->mu_sum = 0;
+    ad->steps = 0;
+}
+
+/* ---- attach ------------------------------------------------------------------------------ */
+
+void kfac_adaptive_attach(kfac_net *k, network *net)
+{
+    const char *file = k->cfg.cfgfile;
+    kfac_backend *be = k->be;
+    int i, f;
+    const layer *last = &net->layers[net->n - 1];
+    kfac_loss_kind kind = KFAC_LOSS_NONE;
+    if (last->type == SOFTMAX && !last->softmax_tree && last->groups <= 1 && !last->spatial && last->temperature == 1)
+        kind = KFAC_LOSS_SOFTMAX;
+    else if (last->type == LOGXENT)
+        kind = KFAC_LOSS_LOGISTIC;
+    else if (last->type == COST && (last->cost_type == SSE || last->cost_type == MASKED) && last->ratio == 0 && last->scale > 0)
+        kind = KFAC_LOSS_GAUSSIAN;
+    if (kind == KFAC_LOSS_NONE || net->n < 2)
+        kfac_user_error("%s [kfac] step=adaptive: the net must end in a loss whose output Fisher is known ([softmax] "
+                        "without groups or temperature, [logistic], [cost] sse or masked); use step=kl_clip", file);
+    for (i = 0; i < net->n; ++i) {
+        if (net->layers[i].type == DROPOUT)
+            kfac_user_error("%s layer %d [dropout] with [kfac] step=adaptive: the probes' forward passes would draw "
+                            "new dropout masks; use step=kl_clip", file, i);
+        if (net->layers[i].type != CONVOLUTIONAL && net->layers[i].type != CONNECTED && net->layers[i].type != COST &&
+            net->layers[i].type != SOFTMAX && net->layers[i].type != LOGXENT && net->layers[i].cost)
+            kfac_user_error("%s layer %d: step=adaptive needs the net's only loss at its end", file, i);
+    }
+    kfac_adaptive *ad = (kfac_adaptive *)kfac_calloc(1, sizeof *ad);
+    ad->lambda = k->cfg.lambda;
+    ad->loss_index = net->n - 1;
+    ad->loss_kind = kind;
+    ad->rho_last = NAN;
+    size_t most = 1;
+    for (i = 0; i < k->nlayers; ++i) {
+        kfac_layer *kl = &k->layers[i];
+        const size_t g = (size_t)kl->s.groups, M = (size_t)kl->s.M, K = (size_t)kl->s.K;
+        kl->theta = be->ops->alloc(be, g * M * K);
+        kl->prev = be->ops->alloc(be, g * M * K);
+        kl->w_save = be->ops->alloc(be, g * M * (size_t)kl->s.k_in);
+        if (kl->s.has_bias) kl->b_save = be->ops->alloc(be, g * M);
+        if (g * M * K > most) most = g * M * K;
+    }
+    ad->zeros = be->ops->alloc(be, most);
+    ad->nsaved = net->n * KFAC_PROBE_FIELDS;
+    ad->saved = (float **)kfac_calloc((size_t)ad->nsaved, sizeof(float *));
+    for (i = 0; i < net->n; ++i) {
+        float *ptr[KFAC_PROBE_FIELDS];
+        size_t len[KFAC_PROBE_FIELDS];
+        probe_fields(be, &net->layers[i], ptr, len);
+        for (f = 0; f < KFAC_PROBE_FIELDS; ++f) ad->saved[i * KFAC_PROBE_FIELDS + f] = be->ops->alloc(be, len[f]);
+    }
+    ad->costs = (float *)kfac_calloc((size_t)net->n + 1, sizeof(float));
+    const size_t nout = (size_t)last->inputs * last->batch;
+    ad->z0 = (float *)kfac_calloc(nout, sizeof(float));
+    ad->zp = (float *)kfac_calloc(nout, sizeof(float));
+    ad->zm = (float *)kfac_calloc(nout, sizeof(float));
+    ad->p = (float *)kfac_calloc(nout, sizeof(float));
+    ad->jv[0] = (float *)kfac_calloc(nout, sizeof(float));
+    ad->jv[1] = (float *)kfac_calloc(nout, sizeof(float));
+    k->adapt = ad;
+}
+
+void kfac_adaptive_free(kfac_net *k)
+{
+    kfac_adaptive *ad = k->adapt;
+    kfac_backend *be = k->be;
+    int i;
+    if (!ad) return;
+    for (i = 0; i < k->nlayers; ++i) {
+        kfac_layer *kl = &k->layers[i];
+        be->ops->release(be, kl->theta);
+        be->ops->release(be, kl->prev);
+        be->ops->release(be, kl->w_save);
+        be->ops->release(be, kl->b_save);
+        kl->theta = kl->prev = kl->w_save = kl->b_save = NULL;
+    }
+    be->ops->release(be, ad->zeros);
+    for (i = 0; i < ad->nsaved; ++i) be->ops->release(be, ad->saved[i]);
+    free(ad->saved);
+    free(ad->costs);
+    free(ad->z0);
+    free(ad->zp);
+    free(ad->zm);
+    free(ad->p);
+    free(ad->jv[0]);
+    free(ad->jv[1]);
+    free(ad);
+    k->adapt = NULL;
+}
