@@ -31,6 +31,9 @@
 #include <string.h>
 #include "kfac_internal.h"
 
+/* step=auto: the adaptive step gives way to the KL-clipped one after this many
+ * generalization ratios below 1/4 in a row */
+#define KFAC_AUTO_SWITCH 2
 /* lambda is adapted every T1 updates, by the factor omega1 = (19/20)^T1 (M&G 6.5) */
 #define KFAC_ADAPT_T1 5
 /* lambda stays within these bounds, so that a long run of bad or good ratios cannot
@@ -288,6 +291,8 @@ int kfac_adaptive_solve(double cdd, double cdp, double cpp, double gd, double gp
     return isfinite(*alpha);
 }
 
+static void rho_next_batch(kfac_net *k, network *net);
+
 void kfac_adaptive_step(kfac_net *k, network *net, const update_args *a)
 {
     kfac_adaptive *ad = k->adapt;
@@ -295,6 +300,12 @@ void kfac_adaptive_step(kfac_net *k, network *net, const update_args *a)
     const double B = (double)a->batch, eta = a->decay;
     const int on = k->step >= k->cfg.warmup;
     int i, any = 0;
+
+    if (ad->pending) rho_next_batch(k, net);
+    if (!ad->active) { /* the KL-clipped step takes this update */
+        for (i = 0; i < k->nlayers; ++i) k->layers[i].pend = 0;
+        return;
+    }
 
     /* the direction: Delta = (F^ + damping)^-1 (-grad h), grad h with the decay */
     for (i = 0; i < k->nlayers; ++i) {
@@ -428,6 +439,12 @@ void kfac_adaptive_step(kfac_net *k, network *net, const update_args *a)
             td += k->results[KFAC_SLOTS_PER_LAYER * i + S_TDELTA];
             d2 += k->results[KFAC_SLOTS_PER_LAYER * i + S_DELTA2];
         }
+        if (k->cfg.step == KFAC_STEP_AUTO) {
+            ad->pending = 1;
+            ad->pend_m = m_step;
+            ad->pend_decay = eta * (td + 0.5 * d2);
+            for (i = 0; i < k->nlayers; ++i) k->layers[i].pend = k->layers[i].adaptive;
+        }
         probe_state(k, net, 1);
         for (i = 0; i < k->nlayers; ++i) dir[i] = k->layers[i].adaptive ? k->layers[i].prev : NULL;
         move_weights(k, net, dir, 1.0f);
@@ -442,6 +459,50 @@ void kfac_adaptive_step(kfac_net *k, network *net, const update_args *a)
     free(dir);
 }
 
+/* the reduction ratio of the last T1 update's step, measured on this update's batch */
+static void rho_next_batch(kfac_net *k, network *net)
+{
+    kfac_adaptive *ad = k->adapt;
+    kfac_backend *be = k->be;
+    int i;
+    const double h1 = loss_value(k, net);
+    probe_state(k, net, 1);
+    for (i = 0; i < k->nlayers; ++i) {
+        kfac_layer *kl = &k->layers[i];
+        kfac_darknet_buffers b;
+        if (!kl->pend) continue;
+        be->ops->darknet_buffers(&net->layers[kl->index], &b);
+        be->ops->copy(be, kl->w_save, b.weights, (size_t)kl->s.groups * kl->s.M * kl->s.k_in);
+        be->ops->copy(be, b.weights, kl->w_pre, (size_t)kl->s.groups * kl->s.M * kl->s.k_in);
+        if (kl->s.has_bias) {
+            be->ops->copy(be, kl->b_save, b.biases, (size_t)kl->s.groups * kl->s.M);
+            be->ops->copy(be, b.biases, kl->b_pre, (size_t)kl->s.groups * kl->s.M);
+        }
+    }
+    forward_network(net);
+    const double h0 = loss_value(k, net);
+    for (i = 0; i < k->nlayers; ++i) {
+        kfac_layer *kl = &k->layers[i];
+        kfac_darknet_buffers b;
+        if (!kl->pend) continue;
+        be->ops->darknet_buffers(&net->layers[kl->index], &b);
+        be->ops->copy(be, b.weights, kl->w_save, (size_t)kl->s.groups * kl->s.M * kl->s.k_in);
+        if (kl->s.has_bias) be->ops->copy(be, b.biases, kl->b_save, (size_t)kl->s.groups * kl->s.M);
+        kl->pend = 0;
+    }
+    probe_state(k, net, 0);
+    const double ratio = (h1 - h0 + ad->pend_decay) / ad->pend_m;
+    ad->gen_last = ratio;
+    ad->pending = 0;
+    ad->low_ratios = isfinite(ratio) && ratio >= 0.25 ? 0 : ad->low_ratios + 1;
+    if (ad->low_ratios >= KFAC_AUTO_SWITCH) {
+        ad->active = 0;
+        kfac_log("update %d: step=auto: the adaptive steps no longer carry over to new batches (the last %d "
+                 "ratios of the loss reduction on the next batch to the model's below 1/4, the last %.3g): "
+                 "KL-clipped steps from here on", k->step, KFAC_AUTO_SWITCH, ratio);
+    }
+}
+
 void kfac_adaptive_updated(kfac_net *k, network *net)
 {
     kfac_backend *be = k->be;
@@ -451,6 +512,10 @@ void kfac_adaptive_updated(kfac_net *k, network *net)
         kfac_darknet_buffers b;
         if (k->mode[i] != KFAC_MODE_ADAPTIVE) continue;
         be->ops->darknet_buffers(&net->layers[kl->index], &b);
+        if (kl->pend) {
+            be->ops->copy(be, kl->w_pre, kl->w_save, (size_t)kl->s.groups * kl->s.M * kl->s.k_in);
+            if (kl->s.has_bias) be->ops->copy(be, kl->b_pre, kl->b_save, (size_t)kl->s.groups * kl->s.M);
+        }
         /* Darknet's update of these weights (decay, its rate, its momentum) is replaced
          * by theta + delta, and its accumulator starts the next update from 0 */
         be->ops->zero(be, b.weights, (size_t)kl->s.groups * kl->s.M * kl->s.k_in);
@@ -478,9 +543,8 @@ void kfac_adaptive_report(kfac_net *k, char *buf, size_t len)
 
 /* ---- attach ------------------------------------------------------------------------------ */
 
-void kfac_adaptive_attach(kfac_net *k, network *net)
+int kfac_adaptive_attach(kfac_net *k, network *net, char *why, size_t why_len)
 {
-    const char *file = k->cfg.cfgfile;
     kfac_backend *be = k->be;
     int i, f;
     const layer *last = &net->layers[net->n - 1];
@@ -491,18 +555,24 @@ void kfac_adaptive_attach(kfac_net *k, network *net)
         kind = KFAC_LOSS_LOGISTIC;
     else if (last->type == COST && (last->cost_type == SSE || last->cost_type == MASKED) && last->ratio == 0 && last->scale > 0)
         kind = KFAC_LOSS_GAUSSIAN;
-    if (kind == KFAC_LOSS_NONE || net->n < 2)
-        kfac_user_error("%s [kfac] step=adaptive: the net must end in a loss whose output Fisher is known ([softmax] "
-                        "without groups or temperature, [logistic], [cost] sse or masked); use step=kl_clip", file);
+    if (kind == KFAC_LOSS_NONE || net->n < 2) {
+        snprintf(why, why_len, "the net must end in a loss whose output Fisher is known ([softmax] without groups or "
+                               "temperature, [logistic], [cost] sse or masked)");
+        return 0;
+    }
     for (i = 0; i < net->n; ++i) {
-        if (net->layers[i].type == DROPOUT)
-            kfac_user_error("%s layer %d [dropout] with [kfac] step=adaptive: the probes' forward passes would draw "
-                            "new dropout masks; use step=kl_clip", file, i);
-        if (net->layers[i].type != CONVOLUTIONAL && net->layers[i].type != CONNECTED && net->layers[i].type != COST &&
-            net->layers[i].type != SOFTMAX && net->layers[i].type != LOGXENT && net->layers[i].cost)
-            kfac_user_error("%s layer %d: step=adaptive needs the net's only loss at its end", file, i);
+        if (net->layers[i].type == DROPOUT) {
+            snprintf(why, why_len, "layer %d is a [dropout]: the probes' forward passes would draw new masks", i);
+            return 0;
+        }
+        if (i < net->n - 1 && net->layers[i].cost) {
+            snprintf(why, why_len, "layer %d is a loss before the last layer: the quadratic model takes one loss, at the end", i);
+            return 0;
+        }
     }
     kfac_adaptive *ad = (kfac_adaptive *)kfac_calloc(1, sizeof *ad);
+    ad->active = 1;
+    ad->gen_last = NAN;
     ad->lambda = k->cfg.lambda;
     ad->loss_index = net->n - 1;
     ad->loss_kind = kind;
@@ -514,7 +584,9 @@ void kfac_adaptive_attach(kfac_net *k, network *net)
         kl->theta = be->ops->alloc(be, g * M * K);
         kl->prev = be->ops->alloc(be, g * M * K);
         kl->w_save = be->ops->alloc(be, g * M * (size_t)kl->s.k_in);
+        kl->w_pre = be->ops->alloc(be, g * M * (size_t)kl->s.k_in);
         if (kl->s.has_bias) kl->b_save = be->ops->alloc(be, g * M);
+        if (kl->s.has_bias) kl->b_pre = be->ops->alloc(be, g * M);
         if (g * M * K > most) most = g * M * K;
     }
     ad->zeros = be->ops->alloc(be, most);
@@ -535,6 +607,7 @@ void kfac_adaptive_attach(kfac_net *k, network *net)
     ad->jv[0] = (float *)kfac_calloc(nout, sizeof(float));
     ad->jv[1] = (float *)kfac_calloc(nout, sizeof(float));
     k->adapt = ad;
+    return 1;
 }
 
 void kfac_adaptive_free(kfac_net *k)
@@ -549,7 +622,9 @@ void kfac_adaptive_free(kfac_net *k)
         be->ops->release(be, kl->prev);
         be->ops->release(be, kl->w_save);
         be->ops->release(be, kl->b_save);
-        kl->theta = kl->prev = kl->w_save = kl->b_save = NULL;
+        be->ops->release(be, kl->w_pre);
+        be->ops->release(be, kl->b_pre);
+        kl->theta = kl->prev = kl->w_save = kl->b_save = kl->w_pre = kl->b_pre = NULL;
     }
     be->ops->release(be, ad->zeros);
     for (i = 0; i < ad->nsaved; ++i) be->ops->release(be, ad->saved[i]);

@@ -125,7 +125,8 @@ static int parse_kfac_section(kfac_err *e, kfac_config *c, const char *file, lis
         if (!strcmp(k, "step")) {
             if (!strcmp(v, "kl_clip")) c->step = KFAC_STEP_KL_CLIP;
             else if (!strcmp(v, "adaptive")) c->step = KFAC_STEP_ADAPTIVE;
-            else return fail(e, "%s [kfac] step=%s: must be kl_clip or adaptive", file, v);
+            else if (!strcmp(v, "auto")) c->step = KFAC_STEP_AUTO;
+            else return fail(e, "%s [kfac] step=%s: must be auto, adaptive or kl_clip", file, v);
             continue;
         }
         for (i = 0; i < sizeof kfac_numerics / sizeof kfac_numerics[0]; ++i)
@@ -280,9 +281,10 @@ void kfac_config_free(kfac_config *c)
 
 void kfac_config_print(const kfac_config *c, FILE *out)
 {
-    fprintf(out, "step=%s ", c->step == KFAC_STEP_ADAPTIVE ? "adaptive" : "kl_clip");
-    if (c->step == KFAC_STEP_ADAPTIVE) fprintf(out, "lambda=%g ", c->lambda);
-    else fprintf(out, "damping=%g kl_clip=%g ", c->damping, c->kl_clip);
+    static const char *names[] = {"kl_clip", "adaptive", "auto"};
+    fprintf(out, "step=%s ", names[c->step]);
+    if (c->step != KFAC_STEP_KL_CLIP) fprintf(out, "lambda=%g ", c->lambda);
+    if (c->step != KFAC_STEP_ADAPTIVE) fprintf(out, "damping=%g kl_clip=%g ", c->damping, c->kl_clip);
     fprintf(out, "decay=%g stats_interval=%d inverse_interval=%d fisher=%s warmup=%d max_dim=%d seed=%d", c->decay,
             c->stats_interval, c->inverse_interval, c->fisher == KFAC_FISHER_TRUE ? "true" : "empirical", c->warmup,
             c->max_dim, c->seed);

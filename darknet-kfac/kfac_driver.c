@@ -247,7 +247,7 @@ static int tikhonov_of(kfac_net *k, const kfac_layer *kl, float gamma)
  * gamma (step=adaptive). */
 static float damping_key(const kfac_net *k)
 {
-    return k->adapt ? sqrtf(k->adapt->lambda + k->eta) : k->cfg.damping;
+    return kfac_adaptive_on(k) ? sqrtf(k->adapt->lambda + k->eta) : k->cfg.damping;
 }
 
 /* Ainv = (A + lA I)^-1 and Ginv = (G + lG I)^-1 from the decompositions.  Because this
@@ -259,7 +259,7 @@ static void damped_inverses(kfac_net *k, kfac_layer *kl)
     const kfac_shape *s = &kl->s;
     const float key = damping_key(k);
     int ok;
-    if (k->adapt) {
+    if (kfac_adaptive_on(k)) {
         ok = tikhonov_of(k, kl, key);
         if (ok) {
             be->ops->damped_inverse(be, kl->EA, kl->dA, s->K, s->groups, k->lambda, kl->Ainv);
@@ -389,8 +389,9 @@ void kfac_network_precondition(network *net, update_args *a)
 
     kfac_phase_begin(k, KFAC_PHASE_PRECOND);
     float nu = 1.0f;
-    if (k->adapt) kfac_adaptive_step(k, net, a);
-    else nu = kl_clip_step(k, net, a);
+    if (kfac_adaptive_on(k)) kfac_adaptive_step(k, net, a);
+    /* step=kl_clip, or step=auto once (or as soon as) it has given the adaptive step up */
+    if (!kfac_adaptive_on(k)) nu = kl_clip_step(k, net, a);
     for (i = 0; i < k->nlayers; ++i) {
         kfac_layer *kl = &k->layers[i];
         kfac_darknet_buffers bufs;
@@ -417,7 +418,7 @@ static void report(network *net)
     kfac_network_timing(net, &t[0], &t[1], &t[2]);
     const int n = k->report_updates;
     char clip[160] = "no step preconditioned";
-    if (k->adapt)
+    if (kfac_adaptive_on(k))
         kfac_adaptive_report(k, clip, sizeof clip);
     else if (k->nu_count)
         snprintf(clip, sizeof clip, "KL clip scaled %d of %d steps (mean factor %.3g)", k->nu_clipped, k->nu_count,

@@ -26,7 +26,7 @@
 typedef enum { KFAC_FISHER_TRUE = 0, KFAC_FISHER_EMPIRICAL = 1 } kfac_fisher_kind;
 /* the step rule: the KL-clipped step inside Darknet's SGD update, or Martens &
  * Grosse's adaptive step (kfac_adaptive.c) */
-typedef enum { KFAC_STEP_KL_CLIP = 0, KFAC_STEP_ADAPTIVE = 1 } kfac_step_kind;
+typedef enum { KFAC_STEP_KL_CLIP = 0, KFAC_STEP_ADAPTIVE = 1, KFAC_STEP_AUTO = 2 } kfac_step_kind;
 
 typedef struct {
     char *cfgfile;          /* for messages */
@@ -86,7 +86,9 @@ typedef struct {
     float *theta;           /* groups x M x K: the weights (bias column 0), for the decay */
     float *prev;            /* groups x M x K: the last update of this layer (delta_0) */
     float *w_save, *b_save; /* Darknet's weights and biases before the update */
+    float *w_pre, *b_pre;   /* those of the last update whose ratio is pending */
     int adaptive;           /* in this update's quadratic model */
+    int pend;               /* moved by the step whose ratio is pending */
 } kfac_layer;
 
 /* ---- network state ---------------------------------------------------------------- */
@@ -194,6 +196,9 @@ void kfac_fisher_setup(kfac_net *k, const network *net, char *note, size_t note_
 
 /* The adaptive step's state, NULL unless step=adaptive. */
 typedef struct kfac_adaptive {
+    int active;             /* adaptive steps are taken (saved; step=auto turns it off) */
+    int low_ratios;         /* step=auto: generalization ratios below 1/4 in a row (saved) */
+    double gen_last;        /* the last generalization ratio (NAN before the first) */
     float lambda;           /* Levenberg-Marquardt damping (saved) */
     int have_prev;          /* a previous update exists for the momentum term (saved) */
     int updates;            /* adaptive updates so far, for the every-T1 rule (saved) */
@@ -211,11 +216,15 @@ typedef struct kfac_adaptive {
     double alpha_sum, mu_sum;
     int steps;              /* adaptive steps taken since the last line */
     double rho_last;        /* the last reduction ratio (NAN before the first) */
+    int pending;            /* a ratio to measure on the next update's batch */
+    double pend_m, pend_decay; /* its model value and decay term */
 } kfac_adaptive;
 
-/* Checks the net and allocates the state (at attach; stops with a message naming the
- * cfg when step=adaptive cannot run on this net). */
-void kfac_adaptive_attach(kfac_net *k, network *net);
+/* Checks the net and allocates the state at attach.  Returns 1, or 0 with the reason
+ * in why when the adaptive step cannot run on this net (step=adaptive then stops the
+ * program with it, step=auto takes the KL-clipped step). */
+int kfac_adaptive_attach(kfac_net *k, network *net, char *why, size_t why_len);
+static inline int kfac_adaptive_on(const kfac_net *k) { return k->adapt && k->adapt->active; }
 void kfac_adaptive_free(kfac_net *k);
 /* The step for every layer with an inverse, in place of the KL-clipped write-back:
  * returns after setting k->mode for each layer. */

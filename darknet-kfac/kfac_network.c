@@ -170,7 +170,15 @@ void kfac_network_attach(network *net, void *cfgp)
         k->host_delta = (float *)kfac_calloc(most, sizeof(float));
         k->yolo_weight = (float *)kfac_calloc(yolo, sizeof(float));
     }
-    if (k->cfg.step == KFAC_STEP_ADAPTIVE) kfac_adaptive_attach(k, net);
+    char step_note[512] = "";
+    if (k->cfg.step != KFAC_STEP_KL_CLIP) {
+        char why[400];
+        if (!kfac_adaptive_attach(k, net, why, sizeof why)) {
+            if (k->cfg.step == KFAC_STEP_ADAPTIVE)
+                kfac_user_error("%s [kfac] step=adaptive: %s; use step=kl_clip", k->cfg.cfgfile, why);
+            snprintf(step_note, sizeof step_note, "K-FAC: step=auto takes the KL-clipped step: %s\n", why);
+        }
+    }
     /* layer->kfac points into k->layers, filled now that the array no longer moves */
     for (i = 0; i < k->nlayers; ++i) net->layers[k->layers[i].index].kfac = &k->layers[i];
     net->kfac = k;
@@ -186,6 +194,7 @@ void kfac_network_attach(network *net, void *cfgp)
         fputc(i + 1 < k->nlayers ? ',' : ';', stderr);
     }
     fprintf(stderr, " on SGD:%s; Fisher: %s\n", skipped[0] ? skipped : " none", fisher_note);
+    fputs(step_note, stderr);
     if (!be->ops->host_memory) fprintf(stderr, "K-FAC: on %s\n", be->description);
 }
 

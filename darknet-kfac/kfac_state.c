@@ -9,8 +9,9 @@
  *   per covered layer: i32 index, type, groups, K, M, has_bias, have_factors (batches),
  *                      have_inverse; f32 A, G, EA, dA, EG, dG, w_snap, b_snap
  *   per conv/connected layer: i32 index, u32 counts; f32 weight, bias, scale updates
- *   u32 step rule (0 kl_clip, 1 adaptive); adaptive: f32 lambda, i32 have_prev,
- *   i32 updates, per covered layer f32 delta_0 (groups x M x K)
+ *   u32 step rule (0 kl_clip, 1 adaptive, 2 auto); adaptive and auto: f32 lambda,
+ *   i32 have_prev, updates, active, low_ratios, per covered layer f32 delta_0
+ *   (groups x M x K)
  *   u64 FNV-1a hash of everything before it
  *
  * Written to <file>.tmp, flushed to disk and renamed, so a crash mid-write never
@@ -188,12 +189,12 @@ void kfac_state_save(network *net, const char *weightfile)
             put(&s, host, sizeof(float), c[j]);
         }
     }
-    uint32_t rule = k->adapt ? 1u : 0u;
+    uint32_t rule = k->adapt ? (uint32_t)k->cfg.step : 0u;
     put(&s, &rule, sizeof rule, 1);
     if (k->adapt) {
-        int32_t ints[2] = {k->adapt->have_prev, k->adapt->updates};
+        int32_t ints[4] = {k->adapt->have_prev, k->adapt->updates, k->adapt->active, k->adapt->low_ratios};
         put(&s, &k->adapt->lambda, sizeof(float), 1);
-        put(&s, ints, sizeof(int32_t), 2);
+        put(&s, ints, sizeof(int32_t), 4);
         for (i = 0; i < k->nlayers; ++i) {
             kfac_layer *kl = &k->layers[i];
             const size_t n = (size_t)kl->s.groups * kl->s.M * kl->s.K;
@@ -231,7 +232,7 @@ typedef struct {
     float **updates;        /* per net layer 3 host arrays (NULL for other layer types) */
     uint32_t rule;          /* the step rule it was saved with */
     float lambda;           /* step=adaptive's state, when saved with it */
-    int32_t adapt_ints[2];  /* have_prev, updates */
+    int32_t adapt_ints[4];  /* have_prev, updates, active, low_ratios */
     float **prev;           /* per covered layer delta_0, when saved with step=adaptive */
     int n;                  /* net->n */
 } kfac_staged;
@@ -346,12 +347,12 @@ static int state_read(network *net, const char *path, kfac_staged *st, char *err
             }
         }
     }
-    if (get(&s, &st->rule, sizeof st->rule, 1) || st->rule > 1) {
+    if (get(&s, &st->rule, sizeof st->rule, 1) || st->rule > 2) {
         fail(err, errlen, "%s: truncated or corrupt K-FAC state file (step rule)", path);
         goto done;
     }
-    if (st->rule == 1) {
-        if (get(&s, &st->lambda, sizeof(float), 1) || get(&s, st->adapt_ints, sizeof(int32_t), 2)) {
+    if (st->rule != 0) {
+        if (get(&s, &st->lambda, sizeof(float), 1) || get(&s, st->adapt_ints, sizeof(int32_t), 4)) {
             fail(err, errlen, "%s: truncated K-FAC state file (adaptive step)", path);
             goto done;
         }
@@ -404,17 +405,20 @@ static void state_commit(network *net, const kfac_staged *st)
         for (j = 0; j < 3; ++j)
             if (c[j]) be->ops->from_host(be, dst[j], st->updates[3 * i + j], c[j]);
     }
-    if (k->adapt && st->rule == 1) {
+    if (k->adapt && st->rule != 0) {
         k->adapt->lambda = st->lambda;
         k->adapt->have_prev = st->adapt_ints[0];
         k->adapt->updates = st->adapt_ints[1];
+        /* step=auto resumes where it was (adaptive or given up); step=adaptive always steps */
+        k->adapt->active = k->cfg.step == KFAC_STEP_AUTO ? st->adapt_ints[2] != 0 : 1;
+        k->adapt->low_ratios = st->adapt_ints[3];
         for (i = 0; i < k->nlayers; ++i) {
             const kfac_shape *sh = &k->layers[i].s;
             be->ops->from_host(be, k->layers[i].prev, st->prev[i], (size_t)sh->groups * sh->M * sh->K);
         }
-    } else if (k->adapt || st->rule == 1) {
-        kfac_log("the state was saved with step=%s and this cfg has step=%s: factors and momentum resumed, the step "
-                 "rule's own state starts fresh", st->rule ? "adaptive" : "kl_clip", k->adapt ? "adaptive" : "kl_clip");
+    } else if (k->adapt || st->rule != 0) {
+        kfac_log("the state was saved with another step rule than this cfg's: factors and momentum resumed, the "
+                 "adaptive step's own state starts fresh");
     }
     k->step = st->step;
     k->rng = st->rng;
