@@ -46,7 +46,19 @@ typedef struct {
     int M;                  /* G's dimension: outputs per group */
     int has_bias;           /* the layer's own bias folded into A: a row of ones in the patches */
     int T;                  /* output locations per image (1 for connected); resize may change it */
+    int a_blocks;           /* A kept as this many diagonal blocks per group, over input channels
+                               (a layer too large for a whole A); 0 or 1: A whole */
 } kfac_shape;
+
+/* A's square blocks: kfac_a_count of them, each kfac_a_dim x kfac_a_dim, stored one
+ * after another (group by group, block by block); one per group when A is whole. */
+static inline int kfac_a_blocks(const kfac_shape *s) { return s->a_blocks > 1 ? s->a_blocks : 1; }
+static inline int kfac_a_dim(const kfac_shape *s) { return s->K / kfac_a_blocks(s); }
+static inline int kfac_a_count(const kfac_shape *s) { return s->groups * kfac_a_blocks(s); }
+static inline size_t kfac_a_len(const kfac_shape *s)
+{
+    return (size_t)kfac_a_count(s) * kfac_a_dim(s) * kfac_a_dim(s);
+}
 
 /* Darknet's arrays of one layer in this backend's memory (l.x or l.x_gpu); NULL where
  * the layer has none. */
@@ -90,9 +102,10 @@ typedef struct {
     void (*from_host)(kfac_backend *b, float *p, const float *host, size_t n);
 
     /* ---- statistics (DESIGN.md 4; KFC, Grosse & Martens 2016) --------------------- */
-    /* acc (groups x K x K, upper triangle kept) += sum over the batch's images and
-     * output locations t of a_t a_t^T, a_t the layer's input patch (+1 with has_bias);
-     * input is the layer's input (batch x inputs) */
+    /* acc (A's blocks, upper triangles kept) += sum over the batch's images and output
+     * locations t of a_t a_t^T, a_t the layer's input patch (+1 with has_bias), each
+     * block the rows and columns of its input channels; input is the layer's input
+     * (batch x inputs) */
     void (*capture_A)(kfac_backend *b, const kfac_shape *s, const layer *l, const float *input, float *acc);
     /* acc (groups x M x M, upper triangle kept) += sum over images of
      * (1/T) sum_t g_t g_t^T, g_t the output derivative at t: delta (batch x outputs) */
@@ -128,7 +141,8 @@ typedef struct {
      * gradients summed since the snapshots ws, bs were taken */
     void (*gather)(kfac_backend *b, const kfac_shape *s, const float *wu, const float *ws, const float *bu,
                    const float *bs, float *D);
-    /* P_g = Ginv_g D_g Ainv_g; tmp is groups x M x K scratch */
+    /* P_g = Ginv_g D_g Ainv_g, Ainv_g block diagonal when A is kept in blocks; tmp is
+     * groups x M x K scratch */
     void (*precondition)(kfac_backend *b, const kfac_shape *s, const float *Ginv, const float *Ainv,
                          const float *D, float *tmp, float *P);
     /* [wu | bu] += scale*P - D (with P == D and scale 1: exact zeros are added) */

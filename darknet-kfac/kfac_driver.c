@@ -112,7 +112,7 @@ static void fold_statistics(kfac_net *k)
     for (i = 0; i < k->nlayers; ++i) {
         kfac_layer *kl = &k->layers[i];
         if (kl->n_acc_A == 0 || kl->n_acc_G == 0) continue;
-        be->ops->flag_nonfinite(be, kl->A_acc, (size_t)kl->s.groups * kl->s.K * kl->s.K, 2 * i);
+        be->ops->flag_nonfinite(be, kl->A_acc, kfac_a_len(&kl->s), 2 * i);
         be->ops->flag_nonfinite(be, kl->G_acc, (size_t)kl->s.groups * kl->s.M * kl->s.M, 2 * i + 1);
         any = 1;
     }
@@ -120,7 +120,7 @@ static void fold_statistics(kfac_net *k)
     be->ops->results(be, k->results, 2 * k->nlayers);
     for (i = 0; i < k->nlayers; ++i) {
         kfac_layer *kl = &k->layers[i];
-        const size_t nA = (size_t)kl->s.groups * kl->s.K * kl->s.K, nG = (size_t)kl->s.groups * kl->s.M * kl->s.M;
+        const size_t nA = kfac_a_len(&kl->s), nG = (size_t)kl->s.groups * kl->s.M * kl->s.M;
         if (kl->n_acc_A == 0 || kl->n_acc_G == 0) continue;
         if (k->results[2 * i] != 0 || k->results[2 * i + 1] != 0) {
             if (!kl->bad_factors_logged++)
@@ -129,7 +129,8 @@ static void fold_statistics(kfac_net *k)
             be->ops->zero(be, kl->G_acc, nG);
         } else {
             float w = kfac_fold_weight(kl, k->cfg.decay);
-            be->ops->fold(be, kl->A, kl->A_acc, kl->s.K, kl->s.groups, 1.0f - w, w, 1.0f / (float)kl->n_acc_A);
+            be->ops->fold(be, kl->A, kl->A_acc, kfac_a_dim(&kl->s), kfac_a_count(&kl->s), 1.0f - w, w,
+                          1.0f / (float)kl->n_acc_A);
             be->ops->fold(be, kl->G, kl->G_acc, kl->s.M, kl->s.groups, 1.0f - w, w, 1.0f / (float)kl->n_acc_G);
             ++kl->have_factors;
         }
@@ -143,7 +144,7 @@ int kfac_inverse_refresh(kfac_net *k, kfac_layer *kl)
 {
     kfac_backend *be = k->be;
     const kfac_shape *s = &kl->s;
-    const size_t nA = (size_t)s->groups * s->K * s->K, nG = (size_t)s->groups * s->M * s->M;
+    const size_t nA = kfac_a_len(s), nG = (size_t)s->groups * s->M * s->M;
     double bad[2];
     int info;
     if (!kl->have_factors) return 0;
@@ -156,10 +157,10 @@ int kfac_inverse_refresh(kfac_net *k, kfac_layer *kl)
         return -1;
     }
     /* into scratch first, so that a failure leaves the last good inverse intact */
-    info = be->ops->eigh(be, kl->A, s->K, s->groups, k->eig_E, k->eig_d);
+    info = be->ops->eigh(be, kl->A, kfac_a_dim(s), kfac_a_count(s), k->eig_E, k->eig_d);
     if (info == 0) {
         be->ops->copy(be, kl->EA, k->eig_E, nA);
-        be->ops->copy(be, kl->dA, k->eig_d, (size_t)s->groups * s->K);
+        be->ops->copy(be, kl->dA, k->eig_d, (size_t)kfac_a_count(s) * kfac_a_dim(s));
         info = be->ops->eigh(be, kl->G, s->M, s->groups, k->eig_E, k->eig_d);
         if (info == 0) {
             be->ops->copy(be, kl->EG, k->eig_E, nG);
@@ -220,24 +221,27 @@ static int damping_of(kfac_net *k, const float *d, int dim, int groups, float sd
 static int tikhonov_of(kfac_net *k, const kfac_layer *kl, float gamma)
 {
     const kfac_shape *s = &kl->s;
+    const int nb = kfac_a_blocks(s);
     int g, i, ok = 1;
+    /* tr A / dim A over all of a group's blocks: one pi per group, since its blocks
+     * share one G */
     k->be->ops->to_host(k->be, k->host_d, kl->dA, (size_t)s->groups * s->K);
     for (g = 0; g < s->groups; ++g) {
         double t = 0;
         for (i = 0; i < s->K; ++i) t += k->host_d[(size_t)g * s->K + i];
-        k->lambda[g] = (float)(t / s->K);
+        k->lambda_g[g] = (float)(t / s->K);
     }
     k->be->ops->to_host(k->be, k->host_d, kl->dG, (size_t)s->groups * s->M);
     for (g = 0; g < s->groups; ++g) {
         double t = 0;
         for (i = 0; i < s->M; ++i) t += k->host_d[(size_t)g * s->M + i];
-        const double mean_a = k->lambda[g], mean_g = t / s->M;
+        const double mean_a = k->lambda_g[g], mean_g = t / s->M;
         if (!(mean_a > 0) || !(mean_g > 0)) {
             ok = 0;
             continue;
         }
         const double pi = sqrt(mean_a / mean_g);
-        k->lambda[g] = (float)(pi * gamma);
+        for (i = 0; i < nb; ++i) k->lambda[g * nb + i] = (float)(pi * gamma);
         k->lambda_g[g] = (float)(gamma / pi);
     }
     return ok;
@@ -262,13 +266,13 @@ static void damped_inverses(kfac_net *k, kfac_layer *kl)
     if (kfac_adaptive_on(k)) {
         ok = tikhonov_of(k, kl, key);
         if (ok) {
-            be->ops->damped_inverse(be, kl->EA, kl->dA, s->K, s->groups, k->lambda, kl->Ainv);
+            be->ops->damped_inverse(be, kl->EA, kl->dA, kfac_a_dim(s), kfac_a_count(s), k->lambda, kl->Ainv);
             be->ops->damped_inverse(be, kl->EG, kl->dG, s->M, s->groups, k->lambda_g, kl->Ginv);
         }
     } else {
         const float sd = sqrtf(key);
-        ok = damping_of(k, kl->dA, s->K, s->groups, sd);
-        if (ok) be->ops->damped_inverse(be, kl->EA, kl->dA, s->K, s->groups, k->lambda, kl->Ainv);
+        ok = damping_of(k, kl->dA, kfac_a_dim(s), kfac_a_count(s), sd);
+        if (ok) be->ops->damped_inverse(be, kl->EA, kl->dA, kfac_a_dim(s), kfac_a_count(s), k->lambda, kl->Ainv);
         ok = ok && damping_of(k, kl->dG, s->M, s->groups, sd);
         if (ok) be->ops->damped_inverse(be, kl->EG, kl->dG, s->M, s->groups, k->lambda, kl->Ginv);
     }

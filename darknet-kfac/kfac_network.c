@@ -26,16 +26,16 @@ static size_t layer_update_len(const layer *l)
 
 static void alloc_layer(kfac_backend *be, kfac_layer *kl, const layer *l)
 {
-    const size_t g = (size_t)kl->s.groups, K = (size_t)kl->s.K, M = (size_t)kl->s.M;
-    kl->A = be->ops->alloc(be, g * K * K);
+    const size_t g = (size_t)kl->s.groups, K = (size_t)kl->s.K, M = (size_t)kl->s.M, nA = kfac_a_len(&kl->s);
+    kl->A = be->ops->alloc(be, nA);
     kl->G = be->ops->alloc(be, g * M * M);
-    kl->A_acc = be->ops->alloc(be, g * K * K);
+    kl->A_acc = be->ops->alloc(be, nA);
     kl->G_acc = be->ops->alloc(be, g * M * M);
-    kl->EA = be->ops->alloc(be, g * K * K);
+    kl->EA = be->ops->alloc(be, nA);
     kl->dA = be->ops->alloc(be, g * K);
     kl->EG = be->ops->alloc(be, g * M * M);
     kl->dG = be->ops->alloc(be, g * M);
-    kl->Ainv = be->ops->alloc(be, g * K * K);
+    kl->Ainv = be->ops->alloc(be, nA);
     kl->Ginv = be->ops->alloc(be, g * M * M);
     kl->w_snap = be->ops->alloc(be, g * M * (size_t)kl->s.k_in);
     if (kl->s.has_bias) kl->b_snap = be->ops->alloc(be, g * M);
@@ -95,7 +95,18 @@ static void choose_layers(kfac_net *k, network *net, char *skipped, size_t skipp
             kl.s.T = 1;
         }
         kl.s.K = kl.s.k_in + kl.s.has_bias;
-        if (kl.s.K > k->cfg.max_dim || kl.s.M > k->cfg.max_dim) {
+        kl.s.a_blocks = 1;
+        if (kl.s.K > k->cfg.max_dim && !kl.s.has_bias && kl.s.M <= k->cfg.max_dim) {
+            /* A too large to keep whole: diagonal blocks over its input channels, the
+             * fewest that fit max_dim (a layer with its own bias would need the bias
+             * row in every block, and stays on SGD) */
+            const int rows = l->type == CONVOLUTIONAL ? l->size * l->size : 1, ch = kl.s.k_in / rows;
+            int nb;
+            for (nb = 2; nb <= ch; ++nb)
+                if (ch % nb == 0 && ch / nb * rows <= k->cfg.max_dim) break;
+            if (nb <= ch) kl.s.a_blocks = nb;
+        }
+        if (kfac_a_dim(&kl.s) > k->cfg.max_dim || kl.s.M > k->cfg.max_dim) {
             snprintf(skipped + strlen(skipped), skipped_len - strlen(skipped), " %d(%dx%d>max_dim)", i, kl.s.K, kl.s.M);
             continue;
         }
@@ -141,11 +152,13 @@ void kfac_network_attach(network *net, void *cfgp)
     size_t eig = 1, eig_d = 1, max_groups = 1;
     for (i = 0; i < k->nlayers; ++i) {
         kfac_layer *kl = &k->layers[i];
-        size_t dim = (size_t)(kl->s.K > kl->s.M ? kl->s.K : kl->s.M);
+        const size_t nG = (size_t)kl->s.groups * kl->s.M * kl->s.M, na = (size_t)kfac_a_count(&kl->s);
         alloc_layer(be, kl, &net->layers[kl->index]);
-        if ((size_t)kl->s.groups * dim * dim > eig) eig = (size_t)kl->s.groups * dim * dim;
-        if ((size_t)kl->s.groups * dim > eig_d) eig_d = (size_t)kl->s.groups * dim;
-        if ((size_t)kl->s.groups > max_groups) max_groups = (size_t)kl->s.groups;
+        if (kfac_a_len(&kl->s) > eig) eig = kfac_a_len(&kl->s);
+        if (nG > eig) eig = nG;
+        if ((size_t)kl->s.groups * kl->s.K > eig_d) eig_d = (size_t)kl->s.groups * kl->s.K;
+        if ((size_t)kl->s.groups * kl->s.M > eig_d) eig_d = (size_t)kl->s.groups * kl->s.M;
+        if (na > max_groups) max_groups = na;
     }
     k->eig_E = be->ops->alloc(be, eig);
     k->eig_d = be->ops->alloc(be, eig_d);
@@ -188,9 +201,10 @@ void kfac_network_attach(network *net, void *cfgp)
     fprintf(stderr, "\nK-FAC: %d layers:", k->nlayers);
     for (i = 0; i < k->nlayers; ++i) {
         kfac_layer *kl = &k->layers[i];
-        fprintf(stderr, " %d %s A %d G %d%s%s", kl->index, layer_kind(&net->layers[kl->index]), kl->s.K, kl->s.M,
-                kl->s.groups > 1 ? " x" : "", kl->s.groups > 1 ? "groups" : "");
-        if (kl->s.groups > 1) fprintf(stderr, "%d", kl->s.groups);
+        fprintf(stderr, " %d %s A %d", kl->index, layer_kind(&net->layers[kl->index]), kl->s.K);
+        if (kfac_a_blocks(&kl->s) > 1) fprintf(stderr, " in %d blocks of %d", kfac_a_blocks(&kl->s), kfac_a_dim(&kl->s));
+        fprintf(stderr, " G %d", kl->s.M);
+        if (kl->s.groups > 1) fprintf(stderr, " xgroups%d", kl->s.groups);
         fputc(i + 1 < k->nlayers ? ',' : ';', stderr);
     }
     fprintf(stderr, " on SGD:%s; Fisher: %s\n", skipped[0] ? skipped : " none", fisher_note);
@@ -254,7 +268,7 @@ int kfac_layer_factors(const network *net, int index, const float **A, const flo
     kfac_layer *kl = (kfac_layer *)net->layers[index].kfac;
     if (!kl) return 0;
     kfac_backend *be = kfac_of(net)->be;
-    const size_t nA = (size_t)kl->s.groups * kl->s.K * kl->s.K, nG = (size_t)kl->s.groups * kl->s.M * kl->s.M;
+    const size_t nA = kfac_a_len(&kl->s), nG = (size_t)kl->s.groups * kl->s.M * kl->s.M;
     if (be->ops->host_memory) {
         *A = kl->A;
         *G = kl->G;
@@ -267,7 +281,7 @@ int kfac_layer_factors(const network *net, int index, const float **A, const flo
         *G = kl->host_G;
     }
     *groups = kl->s.groups;
-    *a_dim = kl->s.K;
+    *a_dim = kfac_a_dim(&kl->s);
     *g_dim = kl->s.M;
     return 1;
 }

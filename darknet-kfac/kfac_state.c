@@ -6,8 +6,9 @@
  *
  *   u32 magic "KFAC", u32 version, u32 net->n, u32 covered layers, i32 step, u64 rng,
  *   u64 seen and u64 FNV-1a hash of the weights file this state was saved with
- *   per covered layer: i32 index, type, groups, K, M, has_bias, have_factors (batches),
- *                      have_inverse; f32 A, G, EA, dA, EG, dG, w_snap, b_snap
+ *   per covered layer: i32 index, type, groups, K, M, has_bias, A's blocks per group,
+ *                      have_factors (batches), have_inverse; f32 A, G, EA, dA, EG, dG,
+ *                      w_snap, b_snap (A and EA: the blocks, one after another)
  *   per conv/connected layer: i32 index, u32 counts; f32 weight, bias, scale updates
  *   u32 step rule (0 kl_clip, 1 adaptive, 2 auto); adaptive and auto: f32 lambda,
  *   i32 have_prev, updates, active, low_ratios, per covered layer f32 delta_0
@@ -104,10 +105,10 @@ static int is_weighted(const layer *l)
 #define KFAC_LAYER_ARRAYS 8
 static void layer_arrays(kfac_layer *kl, float **p[KFAC_LAYER_ARRAYS], size_t n[KFAC_LAYER_ARRAYS])
 {
-    const size_t g = (size_t)kl->s.groups, K = (size_t)kl->s.K, M = (size_t)kl->s.M;
-    p[0] = &kl->A;      n[0] = g * K * K;
+    const size_t g = (size_t)kl->s.groups, K = (size_t)kl->s.K, M = (size_t)kl->s.M, nA = kfac_a_len(&kl->s);
+    p[0] = &kl->A;      n[0] = nA;
     p[1] = &kl->G;      n[1] = g * M * M;
-    p[2] = &kl->EA;     n[2] = g * K * K;
+    p[2] = &kl->EA;     n[2] = nA;
     p[3] = &kl->dA;     n[3] = g * K;
     p[4] = &kl->EG;     n[4] = g * M * M;
     p[5] = &kl->dG;     n[5] = g * M;
@@ -160,9 +161,9 @@ void kfac_state_save(network *net, const char *weightfile)
         kfac_layer *kl = &k->layers[i];
         float **p[KFAC_LAYER_ARRAYS];
         size_t n[KFAC_LAYER_ARRAYS];
-        int32_t d[8] = {kl->index, kl->s.type, kl->s.groups, kl->s.K, kl->s.M, kl->s.has_bias, kl->have_factors,
-                        kl->have_inverse};
-        put(&s, d, sizeof(int32_t), 8);
+        int32_t d[9] = {kl->index, kl->s.type, kl->s.groups, kl->s.K, kl->s.M, kl->s.has_bias, kfac_a_blocks(&kl->s),
+                        kl->have_factors, kl->have_inverse};
+        put(&s, d, sizeof(int32_t), 9);
         layer_arrays(kl, p, n);
         for (j = 0; j < KFAC_LAYER_ARRAYS; ++j) {
             if (!n[j]) continue;
@@ -302,16 +303,16 @@ static int state_read(network *net, const char *path, kfac_staged *st, char *err
         kfac_layer *kl = &k->layers[i];
         float **p[KFAC_LAYER_ARRAYS];
         size_t n[KFAC_LAYER_ARRAYS];
-        int32_t d[8];
-        if (get(&s, d, sizeof(int32_t), 8)) { fail(err, errlen, "%s: truncated K-FAC state file (layer %d)", path, kl->index); goto done; }
+        int32_t d[9];
+        if (get(&s, d, sizeof(int32_t), 9)) { fail(err, errlen, "%s: truncated K-FAC state file (layer %d)", path, kl->index); goto done; }
         if (d[0] != kl->index || d[1] != kl->s.type || d[2] != kl->s.groups || d[3] != kl->s.K || d[4] != kl->s.M ||
-            d[5] != kl->s.has_bias) {
-            fail(err, errlen, "%s: layer %d was saved with factors A %d G %d (groups %d), this cfg gives layer %d A %d G %d (groups %d): another net or another cfg",
-                 path, d[0], d[3], d[4], d[2], kl->index, kl->s.K, kl->s.M, kl->s.groups);
+            d[5] != kl->s.has_bias || d[6] != kfac_a_blocks(&kl->s)) {
+            fail(err, errlen, "%s: layer %d was saved with factors A %d in %d blocks, G %d (groups %d); this cfg gives layer %d A %d in %d blocks, G %d (groups %d): another net or another cfg",
+                 path, d[0], d[3], d[6], d[4], d[2], kl->index, kl->s.K, kfac_a_blocks(&kl->s), kl->s.M, kl->s.groups);
             goto done;
         }
-        st->flags[i][0] = d[6];
-        st->flags[i][1] = d[7];
+        st->flags[i][0] = d[7];
+        st->flags[i][1] = d[8];
         layer_arrays(kl, p, n);
         for (j = 0; j < KFAC_LAYER_ARRAYS; ++j) {
             float **a = &st->arrays[i * KFAC_LAYER_ARRAYS + j];

@@ -47,7 +47,8 @@ static void assign_owners(const kfac_net *k0, int n, int *owner)
     int i, j;
     for (j = 0; j < nl; ++j) {
         const kfac_shape *s = &k0->layers[j].s;
-        cost[j] = (double)s->groups * ((double)s->K * s->K * s->K + (double)s->M * s->M * s->M);
+        const double ka = kfac_a_dim(s);
+        cost[j] = (double)kfac_a_count(s) * ka * ka * ka + (double)s->groups * s->M * s->M * s->M;
         order[j] = j;
     }
     for (j = 1; j < nl; ++j) { /* insertion sort, descending cost, stable */
@@ -96,7 +97,7 @@ void kfac_networks_sync(network **nets, int n)
         for (i = 0; i < n; ++i) all &= ks[i]->layers[j].have_factors != 0;
         if (!all) continue;
         for (i = 0; i < n; ++i) bufs[i] = ks[i]->layers[j].A;
-        bs[0]->ops->average(bs, bufs, n, (size_t)s->groups * s->K * s->K);
+        bs[0]->ops->average(bs, bufs, n, kfac_a_len(s));
         for (i = 0; i < n; ++i) bufs[i] = ks[i]->layers[j].G;
         bs[0]->ops->average(bs, bufs, n, (size_t)s->groups * s->M * s->M);
     }
@@ -121,7 +122,7 @@ void kfac_networks_sync(network **nets, int n)
         for (j = 0; j < k0->nlayers; ++j) {
             kfac_layer *src = &ks[owner[j]]->layers[j];
             const kfac_shape *s = &src->s;
-            const size_t len[4] = {(size_t)s->groups * s->K * s->K, (size_t)s->groups * s->K,
+            const size_t len[4] = {kfac_a_len(s), (size_t)s->groups * s->K,
                                    (size_t)s->groups * s->M * s->M, (size_t)s->groups * s->M};
             int a;
             for (i = 0; i < n; ++i) {

@@ -187,6 +187,7 @@ static kfac_shape bc_shape_of(const layer *l)
         s.T = 1;
     }
     s.K = s.k_in + s.has_bias;
+    s.a_blocks = 1; /* backend.cfg's layers are far below max_dim: A whole */
     return s;
 }
 

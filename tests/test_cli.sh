@@ -95,8 +95,8 @@ open(sys.argv[2], "wb").write(bytes(b))
 EOF
 }
 # header: u32 magic, u32 version, u32 layers, u32 covered, i32 step, u64 rng, u64
-# seen, u64 weights hash (44 bytes), then layer 0's 8 ints (32 bytes) and its A: byte
-# 80 is inside A[1]
+# seen, u64 weights hash (44 bytes), then layer 0's 9 ints (36 bytes) and its A: byte
+# 80 is inside A[0]
 corrupt truncated 'del b[len(b)//2:]'
 corrupt magic 'b[0:4] = b"XXXX"'
 corrupt version 'b[4] ^= 0x7f'
@@ -126,7 +126,7 @@ bad_state version "K-FAC state file version"
 bad_state flipped "K-FAC state file is corrupt (checksum mismatch)"
 bad_state trailing "K-FAC state file has trailing bytes"
 bad_state longer "saved for a network of 5 layers with 2 under K-FAC; this cfg has 4 and 2"
-bad_state foreign "layer 0 was saved with factors A 28 G 6 (groups 1), this cfg gives layer 0 A 28 G 4 (groups 1): another net"
+bad_state foreign "layer 0 was saved with factors A 28 in 1 blocks, G 6 (groups 1); this cfg gives layer 0 A 28 in 1 blocks, G 4 (groups 1): another net"
 
 # ---- bad cfgs ----------------------------------------------------------------------
 # bad_cfg NAME EXPECTED-MESSAGE: the cfg is cli.cfg edited by the sed script on stdin;

@@ -188,37 +188,43 @@ static float *patch_buffer(cpu_impl *c, size_t len)
 static void cpu_capture_A(kfac_backend *b, const kfac_shape *s, const layer *l, const float *input, float *acc)
 {
     cpu_impl *c = impl_of(b);
-    const int K = s->K, T = s->T, B = l->batch;
+    const int K = s->K, T = s->T, B = l->batch, nb = kfac_a_blocks(s), Ka = kfac_a_dim(s);
+    int blk;
     if (s->type == CONNECTED) {
-        /* X is B x K: the inputs with a 1 appended; acc += X^T X */
+        /* X is B x K: the inputs with a 1 appended; block j of acc += X_j^T X_j, X_j
+         * its columns [j Ka, (j+1) Ka) */
         float *X = patch_buffer(c, (size_t)B * K);
         int i;
         for (i = 0; i < B; ++i) {
             memcpy(X + (size_t)i * K, input + (size_t)i * l->inputs, (size_t)l->inputs * sizeof(float));
             if (s->has_bias) X[(size_t)i * K + l->inputs] = 1.0f;
         }
-        blas_threads_for(c, (double)K * K * B);
-        cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, K, B, 1.0f, X, K, 1.0f, acc, K);
+        blas_threads_for(c, (double)Ka * Ka * B);
+        for (blk = 0; blk < nb; ++blk)
+            cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, Ka, B, 1.0f, X + (size_t)blk * Ka, K, 1.0f,
+                        acc + (size_t)blk * Ka * Ka, Ka);
         return;
     }
     size_t per_image = (size_t)K * T;
-    int nb = (int)(KFAC_PATCH_BUDGET / per_image);
-    if (nb < 1) nb = 1;
-    if (nb > B) nb = B;
-    float *P = patch_buffer(c, per_image * nb);
+    int ni = (int)(KFAC_PATCH_BUDGET / per_image); /* images per chunk */
+    if (ni < 1) ni = 1;
+    if (ni > B) ni = B;
+    float *P = patch_buffer(c, per_image * ni);
     const size_t group_in = (size_t)(l->c / l->groups) * l->h * l->w;
     int g, b0, i;
     for (g = 0; g < s->groups; ++g) {
-        float *Ag = acc + (size_t)g * K * K;
-        for (b0 = 0; b0 < B; b0 += nb) {
-            int n = B - b0 < nb ? B - b0 : nb;
-            size_t ld = (size_t)n * T; /* P is K x (n*T) */
+        float *Ag = acc + (size_t)g * nb * Ka * Ka;
+        for (b0 = 0; b0 < B; b0 += ni) {
+            int n = B - b0 < ni ? B - b0 : ni;
+            size_t ld = (size_t)n * T; /* P is K x (n*T); block j is its rows [j Ka, (j+1) Ka) */
             for (i = 0; i < n; ++i) {
                 const float *im = input + ((size_t)(b0 + i) * s->groups + g) * group_in;
                 patches_one_image(l, im, s->has_bias, P, ld, (size_t)i * T);
             }
-            blas_threads_for(c, (double)K * K * ld);
-            cblas_ssyrk(CblasRowMajor, CblasUpper, CblasNoTrans, K, (int)ld, 1.0f, P, (int)ld, 1.0f, Ag, K);
+            blas_threads_for(c, (double)Ka * Ka * ld);
+            for (blk = 0; blk < nb; ++blk)
+                cblas_ssyrk(CblasRowMajor, CblasUpper, CblasNoTrans, Ka, (int)ld, 1.0f, P + (size_t)blk * Ka * ld,
+                            (int)ld, 1.0f, Ag + (size_t)blk * Ka * Ka, Ka);
         }
     }
 }
@@ -396,17 +402,19 @@ static void cpu_gather(kfac_backend *b, const kfac_shape *s, const float *wu, co
 static void cpu_precondition(kfac_backend *b, const kfac_shape *s, const float *Ginv, const float *Ainv,
                              const float *D, float *tmp, float *P)
 {
-    const int M = s->M, K = s->K;
-    int g;
-    blas_threads_for(impl_of(b), 2.0 * M * K * ((double)M + K));
+    const int M = s->M, K = s->K, nb = kfac_a_blocks(s), Ka = kfac_a_dim(s);
+    int g, blk;
+    blas_threads_for(impl_of(b), 2.0 * M * K * ((double)M + Ka));
     for (g = 0; g < s->groups; ++g) {
-        const float *Ai = Ainv + (size_t)g * K * K, *Gi = Ginv + (size_t)g * M * M;
+        const float *Gi = Ginv + (size_t)g * M * M;
         float *t = tmp + (size_t)g * M * K;
-        /* t = Ginv D (M x K); P = t Ainv (M x K) */
+        /* t = Ginv D (M x K); P = t Ainv (M x K), block j of columns through block j of
+         * Ainv */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, K, M, 1.0f, Gi, M, D + (size_t)g * M * K, K, 0.0f,
                     t, K);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, K, K, 1.0f, t, K, Ai, K, 0.0f,
-                    P + (size_t)g * M * K, K);
+        for (blk = 0; blk < nb; ++blk)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, Ka, Ka, 1.0f, t + (size_t)blk * Ka, K,
+                        Ainv + ((size_t)g * nb + blk) * Ka * Ka, Ka, 0.0f, P + (size_t)g * M * K + (size_t)blk * Ka, K);
     }
 }
 

@@ -275,27 +275,32 @@ static int chunk_images(size_t rows, size_t T, int B)
 static void cuda_capture_A(kfac_backend *b, const kfac_shape *s, const layer *l, const float *input, float *acc)
 {
     cuda_impl *c = impl_of(b);
-    const int K = s->K, B = l->batch;
+    const int K = s->K, B = l->batch, nb = kfac_a_blocks(s), Ka = kfac_a_dim(s);
+    int blk;
     if (s->type == CONNECTED) {
-        /* P is K x B: the inputs, transposed, with a row of ones; acc += P P^T */
+        /* P is K x B: the inputs, transposed, with a row of ones; block j of acc +=
+         * P_j P_j^T, P_j its rows [j Ka, (j+1) Ka) */
         float *P = float_scratch(&c->patches, &c->patches_len, (size_t)K * B);
         kfac_cuda_rows(input, (size_t)l->inputs, B, l->inputs, 1, s->has_bias, P, KFAC_STREAM);
-        kfac_cuda_factor_product(b, K, (size_t)B, P, 1.0f, acc);
+        for (blk = 0; blk < nb; ++blk)
+            kfac_cuda_factor_product(b, Ka, (size_t)B, P + (size_t)blk * Ka * B, 1.0f, acc + (size_t)blk * Ka * Ka);
         return;
     }
     const size_t T = (size_t)s->T;
     const size_t group_in = (size_t)(l->c / l->groups) * l->h * l->w;
-    const int nb = chunk_images((size_t)K, T, B);
-    float *P = float_scratch(&c->patches, &c->patches_len, (size_t)K * T * nb);
+    const int ni = chunk_images((size_t)K, T, B); /* images per chunk */
+    float *P = float_scratch(&c->patches, &c->patches_len, (size_t)K * T * ni);
     int g, b0;
     for (g = 0; g < s->groups; ++g) {
-        for (b0 = 0; b0 < B; b0 += nb) {
-            int n = B - b0 < nb ? B - b0 : nb;
-            /* image b0+i, group g; P is K x (n*T) */
+        for (b0 = 0; b0 < B; b0 += ni) {
+            int n = B - b0 < ni ? B - b0 : ni;
+            /* image b0+i, group g; P is K x (n*T), block j its rows [j Ka, (j+1) Ka) */
             const float *im = input + ((size_t)b0 * s->groups + g) * group_in;
             kfac_cuda_patches(im, group_in * s->groups, n, l->c / l->groups, l->h, l->w, l->size, l->stride, l->pad,
                               l->out_h, l->out_w, s->has_bias, P, KFAC_STREAM);
-            kfac_cuda_factor_product(b, K, (size_t)n * T, P, 1.0f, acc + (size_t)g * K * K);
+            for (blk = 0; blk < nb; ++blk)
+                kfac_cuda_factor_product(b, Ka, (size_t)n * T, P + (size_t)blk * Ka * n * T, 1.0f,
+                                         acc + ((size_t)g * nb + blk) * Ka * Ka);
         }
     }
 }
@@ -464,10 +469,19 @@ static void cuda_precondition(kfac_backend *b, const kfac_shape *s, const float 
                               const float *D, float *tmp, float *P)
 {
     cuda_impl *c = impl_of(b);
-    const int M = s->M, K = s->K, G = s->groups;
+    const int M = s->M, K = s->K, G = s->groups, nb = kfac_a_blocks(s), Ka = kfac_a_dim(s);
     const long long MM = (long long)M * M, KK = (long long)K * K, MK = (long long)M * K;
+    int g;
     gemm_rm(c, CUBLAS_OP_N, CUBLAS_OP_N, M, K, M, Ginv, M, MM, D, K, MK, tmp, K, MK, G);
-    gemm_rm(c, CUBLAS_OP_N, CUBLAS_OP_N, M, K, K, tmp, K, MK, Ainv, K, KK, P, K, MK, G);
+    if (nb == 1) {
+        gemm_rm(c, CUBLAS_OP_N, CUBLAS_OP_N, M, K, K, tmp, K, MK, Ainv, K, KK, P, K, MK, G);
+        return;
+    }
+    /* A in blocks: column block j of tmp through block j of Ainv, the blocks of a group
+     * as one strided batch */
+    for (g = 0; g < G; ++g)
+        gemm_rm(c, CUBLAS_OP_N, CUBLAS_OP_N, M, Ka, Ka, tmp + (size_t)g * M * K, K, Ka,
+                Ainv + (size_t)g * nb * Ka * Ka, Ka, (long long)Ka * Ka, P + (size_t)g * M * K, K, Ka, nb);
 }
 
 static void cuda_scatter(kfac_backend *b, const kfac_shape *s, float *wu, float *bu, const float *P, const float *D,
