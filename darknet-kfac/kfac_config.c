@@ -31,7 +31,7 @@ static const kfac_config kfac_defaults = {
     .warmup = 0,
     .max_dim = 4096,
     .seed = 1,
-    .step = KFAC_STEP_KL_CLIP,
+    .step = KFAC_STEP_AUTO,
     .lambda = 1.0f,
 };
 

@@ -8,7 +8,11 @@
 #             statistics steps with the true-Fisher pass, the KL clip, the lr policy;
 #   bn_cnn    cfg/digits-bn.cfg + an empty [kfac]: batch norm, an avgpool, poly policy;
 #   mlp       cfg/digits-mlp.cfg + [kfac] fisher=empirical, statistics every 3 and
-#             inverses every 25 updates: connected layers only, a 1201-wide factor.
+#             inverses every 25 updates: connected layers only, a 1201-wide factor;
+# those three with step=kl_clip, the rule they were recorded with, and
+#   demo_cnn_auto  cfg/digits-kfac.cfg as it is: step=auto, the default since issue
+#             7 (recorded then): the adaptive step's probes, its quadratic model and
+#             lambda, the switch to the KL clip at update 26.
 #
 # Recorded at commit dead170 (before the backend split of issue 6), so that moving
 # code keeps the arithmetic; bn_cnn re-recorded after patches/0009 and 0010 (batch
@@ -69,9 +73,14 @@ run() {
         nfail=$((nfail + 1))
     fi
 }
-printf '%s\n\n[kfac]\n' "$(cat cfg/digits-bn.cfg)" >"$W/bn-kfac.cfg"
-printf '%s\n\n[kfac]\nfisher=empirical\nstats_interval=3\ninverse_interval=25\n' "$(cat cfg/digits-mlp.cfg)" >"$W/mlp-kfac.cfg"
-run demo_cnn cfg/digits-kfac.cfg fe2236b700a478545c1c93617b7528d295bf5554b900f1494800cc9dc50f5f7c
+# step=kl_clip pinned: the rule these runs were recorded with, before step=auto became
+# the default (issue 7)
+printf '%s\nstep=kl_clip\n' "$(cat cfg/digits-kfac.cfg)" >"$W/demo-kfac.cfg"
+printf '%s\n\n[kfac]\nstep=kl_clip\n' "$(cat cfg/digits-bn.cfg)" >"$W/bn-kfac.cfg"
+printf '%s\n\n[kfac]\nstep=kl_clip\nfisher=empirical\nstats_interval=3\ninverse_interval=25\n' "$(cat cfg/digits-mlp.cfg)" >"$W/mlp-kfac.cfg"
+run demo_cnn "$W/demo-kfac.cfg" fe2236b700a478545c1c93617b7528d295bf5554b900f1494800cc9dc50f5f7c
 run bn_cnn "$W/bn-kfac.cfg" edd7d8add0032e63b54f05f6d45d74aa0973e4bc9151d9a71ccf73f2089d624c
 run mlp "$W/mlp-kfac.cfg" d28bf38efc1c0bd3643ee4d5ecbf49b69de715525274f501943e7e24a41a5eeb
+# the default since issue 7: step=auto (adaptive steps to update 26, then the KL clip)
+run demo_cnn_auto cfg/digits-kfac.cfg 9b8f632f9ef6dcc893c11dda486ddffa9ca079ee187252b87f9cc325a98f7026
 [ $nfail -eq 0 ]

@@ -30,10 +30,12 @@ int main(void)
     const kfac_config *c = &kfac_of(net)->cfg;
     kt_check("empty_section_gives_defaults",
              c->damping == 1e-2f && c->decay == 0.95f && c->stats_interval == 10 && c->inverse_interval == 100 &&
-             c->kl_clip == 1e-3f && c->fisher == KFAC_FISHER_TRUE && c->warmup == 0 && c->max_dim == 4096 && c->seed == 1,
-             "got damping=%g decay=%g stats_interval=%d inverse_interval=%d kl_clip=%g fisher=%d warmup=%d max_dim=%d seed=%d",
+             c->kl_clip == 1e-3f && c->fisher == KFAC_FISHER_TRUE && c->warmup == 0 && c->max_dim == 4096 && c->seed == 1 &&
+             c->step == KFAC_STEP_AUTO && c->lambda == 1.0f,
+             "got damping=%g decay=%g stats_interval=%d inverse_interval=%d kl_clip=%g fisher=%d warmup=%d max_dim=%d seed=%d "
+             "step=%d lambda=%g",
              c->damping, c->decay, c->stats_interval, c->inverse_interval, c->kl_clip, (int)c->fisher, c->warmup,
-             c->max_dim, c->seed);
+             c->max_dim, c->seed, (int)c->step, c->lambda);
     kt_check("default_covers_all_conv_and_connected",
              covered(net, 0) && covered(net, 1) && !covered(net, 2) && covered(net, 3) && covered(net, 4) && !covered(net, 5),
              "coverage of layers 0-5: %d %d %d %d %d %d", covered(net, 0), covered(net, 1), covered(net, 2),
@@ -46,15 +48,17 @@ int main(void)
 
     net = kt_net(kt_cfg_with("build/tests/config-all.cfg", base,
                              "[kfac]\ndamping=0.25\ndecay=0.5\nstats_interval=3\ninverse_interval=7\nkl_clip=0.01\n"
-                             "fisher=empirical\nwarmup=11\nmax_dim=30\nseed=42\n"),
+                             "fisher=empirical\nwarmup=11\nmax_dim=30\nseed=42\nstep=adaptive\nlambda=3.5\n"),
                  1);
     c = &kfac_of(net)->cfg;
     kt_check("every_key_arrives",
              c->damping == 0.25f && c->decay == 0.5f && c->stats_interval == 3 && c->inverse_interval == 7 &&
-             c->kl_clip == 0.01f && c->fisher == KFAC_FISHER_EMPIRICAL && c->warmup == 11 && c->max_dim == 30 && c->seed == 42,
-             "got damping=%g decay=%g stats_interval=%d inverse_interval=%d kl_clip=%g fisher=%d warmup=%d max_dim=%d seed=%d",
+             c->kl_clip == 0.01f && c->fisher == KFAC_FISHER_EMPIRICAL && c->warmup == 11 && c->max_dim == 30 && c->seed == 42 &&
+             c->step == KFAC_STEP_ADAPTIVE && c->lambda == 3.5f,
+             "got damping=%g decay=%g stats_interval=%d inverse_interval=%d kl_clip=%g fisher=%d warmup=%d max_dim=%d seed=%d "
+             "step=%d lambda=%g",
              c->damping, c->decay, c->stats_interval, c->inverse_interval, c->kl_clip, (int)c->fisher, c->warmup,
-             c->max_dim, c->seed);
+             c->max_dim, c->seed, (int)c->step, c->lambda);
     /* layer 1 (conv 3x3x4 + bias: A is 37 > max_dim 30) stays on SGD; layer 0 (A 27) is covered */
     kt_check("max_dim_leaves_big_layers_on_sgd", covered(net, 0) && !covered(net, 1) && covered(net, 3) && covered(net, 4),
              "coverage of layers 0, 1, 3, 4: %d %d %d %d", covered(net, 0), covered(net, 1), covered(net, 3), covered(net, 4));
