@@ -72,12 +72,45 @@ static void probe_fields(const kfac_backend *be, const layer *l, float *ptr[KFAC
     }
 }
 
+/* Grows the saved copies and the host arrays when resize_network (random=1 in
+ * Darknet's trainers) has made the layers' outputs larger than at attach. */
+static void fit_sizes(kfac_net *k, network *net)
+{
+    kfac_adaptive *ad = k->adapt;
+    kfac_backend *be = k->be;
+    int i, f;
+    for (i = 0; i < net->n; ++i) {
+        float *ptr[KFAC_PROBE_FIELDS];
+        size_t len[KFAC_PROBE_FIELDS];
+        probe_fields(be, &net->layers[i], ptr, len);
+        for (f = 0; f < KFAC_PROBE_FIELDS; ++f) {
+            const int j = i * KFAC_PROBE_FIELDS + f;
+            if (len[f] <= ad->saved_len[j]) continue;
+            be->ops->release(be, ad->saved[j]);
+            ad->saved[j] = be->ops->alloc(be, len[f]);
+            ad->saved_len[j] = len[f];
+        }
+    }
+    const layer *last = &net->layers[ad->loss_index];
+    const size_t nout = (size_t)last->inputs * last->batch;
+    if (nout > ad->nout) {
+        float **host[] = {&ad->z0, &ad->zp, &ad->zm, &ad->p, &ad->jv[0], &ad->jv[1]};
+        size_t h;
+        for (h = 0; h < sizeof host / sizeof host[0]; ++h) {
+            free(*host[h]);
+            *host[h] = (float *)kfac_calloc(nout, sizeof(float));
+        }
+        ad->nout = nout;
+    }
+}
+
 /* save (to_saved 1) or put back (0) everything a forward pass writes */
 static void probe_state(kfac_net *k, network *net, int to_saved)
 {
     kfac_adaptive *ad = k->adapt;
     kfac_backend *be = k->be;
     int i, f;
+    if (to_saved) fit_sizes(k, net);
     for (i = 0; i < net->n; ++i) {
         layer *l = &net->layers[i];
         float *ptr[KFAC_PROBE_FIELDS];
@@ -254,6 +287,7 @@ double kfac_adaptive_fisher_dot(kfac_net *k, const network *net, const float *u,
 {
     const layer *loss = &net->layers[k->adapt->loss_index];
     kfac_darknet_buffers lb;
+    fit_sizes(k, (network *)net);
     k->be->ops->darknet_buffers(loss, &lb);
     k->be->ops->to_host(k->be, k->adapt->p, lb.output, (size_t)loss->outputs * loss->batch);
     return fisher_dot(k->adapt, net, u, w);
@@ -376,6 +410,7 @@ void kfac_adaptive_step(kfac_net *k, network *net, const update_args *a)
     if (!any) return;
 
     /* the curvature along Delta and delta_0, on the probe batch */
+    fit_sizes(k, net);
     const layer *loss = &net->layers[ad->loss_index];
     kfac_darknet_buffers lb;
     be->ops->darknet_buffers(loss, &lb);
@@ -465,6 +500,7 @@ static void rho_next_batch(kfac_net *k, network *net)
     kfac_adaptive *ad = k->adapt;
     kfac_backend *be = k->be;
     int i;
+    fit_sizes(k, net);
     const double h1 = loss_value(k, net);
     probe_state(k, net, 1);
     for (i = 0; i < k->nlayers; ++i) {
@@ -592,14 +628,19 @@ int kfac_adaptive_attach(kfac_net *k, network *net, char *why, size_t why_len)
     ad->zeros = be->ops->alloc(be, most);
     ad->nsaved = net->n * KFAC_PROBE_FIELDS;
     ad->saved = (float **)kfac_calloc((size_t)ad->nsaved, sizeof(float *));
+    ad->saved_len = (size_t *)kfac_calloc((size_t)ad->nsaved, sizeof(size_t));
     for (i = 0; i < net->n; ++i) {
         float *ptr[KFAC_PROBE_FIELDS];
         size_t len[KFAC_PROBE_FIELDS];
         probe_fields(be, &net->layers[i], ptr, len);
-        for (f = 0; f < KFAC_PROBE_FIELDS; ++f) ad->saved[i * KFAC_PROBE_FIELDS + f] = be->ops->alloc(be, len[f]);
+        for (f = 0; f < KFAC_PROBE_FIELDS; ++f) {
+            ad->saved[i * KFAC_PROBE_FIELDS + f] = be->ops->alloc(be, len[f]);
+            ad->saved_len[i * KFAC_PROBE_FIELDS + f] = len[f];
+        }
     }
     ad->costs = (float *)kfac_calloc((size_t)net->n + 1, sizeof(float));
     const size_t nout = (size_t)last->inputs * last->batch;
+    ad->nout = nout;
     ad->z0 = (float *)kfac_calloc(nout, sizeof(float));
     ad->zp = (float *)kfac_calloc(nout, sizeof(float));
     ad->zm = (float *)kfac_calloc(nout, sizeof(float));
@@ -629,6 +670,7 @@ void kfac_adaptive_free(kfac_net *k)
     be->ops->release(be, ad->zeros);
     for (i = 0; i < ad->nsaved; ++i) be->ops->release(be, ad->saved[i]);
     free(ad->saved);
+    free(ad->saved_len);
     free(ad->costs);
     free(ad->z0);
     free(ad->zp);

@@ -253,12 +253,44 @@ static void sample_host(kfac_net *k, const network *net, const layer *l, kfac_lo
     }
 }
 
+/* Grows the pass's buffers when resize_network (random=1 in Darknet's detector and
+ * classifier trainers) has made the loss layers larger than at attach. */
+static void fit_losses(kfac_net *k, network *net)
+{
+    kfac_backend *be = k->be;
+    int i;
+    for (i = 0; i < k->nlosses; ++i) {
+        kfac_loss *ls = &k->losses[i];
+        const layer *l = &net->layers[ls->index];
+        const size_t n = (size_t)l->outputs * l->batch;
+        const size_t y = l->type == YOLO ? (size_t)l->batch * l->n * l->w * l->h : 0;
+        if (n > ls->len) {
+            be->ops->release(be, ls->delta_save);
+            ls->delta_save = be->ops->alloc(be, n);
+            ls->len = n;
+        }
+        if (n > k->host_len) {
+            free(k->host_p);
+            free(k->host_delta);
+            k->host_p = (float *)kfac_calloc(n, sizeof(float));
+            k->host_delta = (float *)kfac_calloc(n, sizeof(float));
+            k->host_len = n;
+        }
+        if (y > k->yolo_len) {
+            free(k->yolo_weight);
+            k->yolo_weight = (float *)kfac_calloc(y, sizeof(float));
+            k->yolo_len = y;
+        }
+    }
+}
+
 /* Writes every sampled loss layer's sample into its delta, every loss layer's real
  * delta saved first. */
 static void sample_losses(kfac_net *k, network *net)
 {
     kfac_backend *be = k->be;
     int i, j;
+    fit_losses(k, net);
     for (i = 0; i < k->nlosses; ++i) {
         kfac_loss *ls = &k->losses[i];
         layer *l = &net->layers[ls->index];

@@ -109,6 +109,7 @@ typedef struct {
     int index;              /* position in net->layers */
     kfac_loss_kind kind;
     float *delta_save;      /* backend: batch x outputs, the real delta during the pass */
+    size_t len;             /* its length (resize_network may grow the layer) */
 } kfac_loss;
 
 typedef struct {
@@ -132,7 +133,9 @@ typedef struct {
     /* host scratch */
     float *uniforms;        /* batch: the softmax sampler's draws */
     float *host_p, *host_delta; /* the largest loss layer's outputs: host-side samplers */
+    size_t host_len;
     float *yolo_weight;     /* batch x anchors x locations of the largest yolo layer */
+    size_t yolo_len;
     double *results;        /* 3 per layer: backend result slots read back */
     int *mode;              /* per layer: what this update writes back (kfac_driver.c) */
     float *host_d;          /* max groups x dim: eigenvalues, for the damping */
@@ -207,7 +210,9 @@ typedef struct kfac_adaptive {
     float *zeros;           /* backend: the largest groups x M x K, all zero */
     /* what a probe's forward pass overwrites, saved before and put back after */
     float **saved;          /* per net layer KFAC_PROBE_FIELDS backend copies */
+    size_t *saved_len;      /* their lengths (resize_network may grow the layers) */
     int nsaved;
+    size_t nout;            /* length of the host arrays below */
     float *costs;           /* host: every layer's cost[0], then *net->cost */
     /* host: the loss layer's input at theta and at a probe, its output at theta */
     float *z0, *zp, *zm, *p;

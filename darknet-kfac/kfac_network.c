@@ -175,13 +175,16 @@ void kfac_network_attach(network *net, void *cfgp)
             const layer *l = &net->layers[k->losses[i].index];
             const size_t n = (size_t)l->outputs * l->batch;
             k->losses[i].delta_save = be->ops->alloc(be, n);
+            k->losses[i].len = n;
             if (n > most) most = n;
             if (l->type == YOLO && (size_t)l->batch * l->n * l->w * l->h > yolo) yolo = (size_t)l->batch * l->n * l->w * l->h;
         }
         k->uniforms = (float *)kfac_calloc((size_t)net->batch, sizeof(float));
         k->host_p = (float *)kfac_calloc(most, sizeof(float));
         k->host_delta = (float *)kfac_calloc(most, sizeof(float));
+        k->host_len = most;
         k->yolo_weight = (float *)kfac_calloc(yolo, sizeof(float));
+        k->yolo_len = yolo;
     }
     char step_note[512] = "";
     if (k->cfg.step != KFAC_STEP_KL_CLIP) {

@@ -6,8 +6,11 @@
  *   factors   every block equals the diagonal block of the dense A, computed here in
  *             double from the layer's input patches: A = (1/B) sum_i sum_t a_t a_t^T
  *   precond   P against an explicit solve of
- *             [blockdiag(A_j + l_j I) (x) (G + l_G I)] vec(P) = vec(D),
- *             l_j = sqrt(damping) * mean nonzero eigenvalue of A_j, as for whole factors
+ *             [blockdiag(A_j + l_j I) (x) (G + l_G I)] vec(P) = vec(D), with
+ *             step=kl_clip's damping, l_j = sqrt(damping) * mean nonzero eigenvalue
+ *             of A_j (as for whole factors), and with step=adaptive's, l_j = pi gamma
+ *             and l_G = gamma / pi, gamma = sqrt(lambda + decay), one
+ *             pi = sqrt((tr A / K) / (tr G / M)) over all of A's blocks
  *   trains    a few updates keep every weight finite */
 #include "kt.h"
 #include "kfac_internal.h"
@@ -81,6 +84,60 @@ static double damping_of(const float *d, int n, double damping)
     return sqrt(damping) * s / r;
 }
 
+/* P of layer 0 (3 blocks of 18, G 8) against the explicit solve, with the net's own
+ * damping rule */
+static void precondition_check(network *net, const char *name)
+{
+    kfac_net *k = kfac_of(net);
+    int i;
+    {
+        kfac_layer *kl = &k->layers[0];
+        const int K = kl->s.K, M = kl->s.M, nb = kfac_a_blocks(&kl->s), Ka = kfac_a_dim(&kl->s), n = M * K;
+        kt_rng g = kt_rng_make(9, 0);
+        for (i = 0; i < M * K; ++i) kl->D[i] = (float)(2 * kt_uniform(&g) - 1);
+        kl->inv_damping = 0; /* rebuild from the decomposition of the step above */
+        kfac_precondition_layer(k, kl);
+        double lG = damping_of(kl->dG, M, k->cfg.damping), lA_adaptive = 0;
+        if (kfac_adaptive_on(k)) {
+            double ta = 0, tg = 0, gamma = sqrt((double)k->adapt->lambda + k->eta);
+            for (i = 0; i < K; ++i) ta += kl->dA[i];
+            for (i = 0; i < M; ++i) tg += kl->dG[i];
+            double pi = sqrt((ta / K) / (tg / M));
+            lA_adaptive = pi * gamma;
+            lG = gamma / pi;
+        }
+        double *X = (double *)calloc((size_t)n * n, sizeof(double)), *x = (double *)calloc((size_t)n, sizeof(double));
+        int a, b2, p, q, blk;
+        for (blk = 0; blk < nb; ++blk) {
+            const double lA = kfac_adaptive_on(k) ? lA_adaptive : damping_of(kl->dA + (size_t)blk * Ka, Ka, k->cfg.damping);
+            for (a = 0; a < Ka; ++a)
+                for (b2 = 0; b2 < Ka; ++b2) {
+                    double av = kl->A[((size_t)blk * Ka + a) * Ka + b2] + (a == b2 ? lA : 0);
+                    int ra = blk * Ka + a, cb = blk * Ka + b2;
+                    /* column-major vec: P[p][q] at q*M + p; X = Ablock (x) G */
+                    for (p = 0; p < M; ++p)
+                        for (q = 0; q < M; ++q)
+                            X[(size_t)(ra * M + p) * n + cb * M + q] = av * (kl->G[p * M + q] + (p == q ? lG : 0));
+                }
+        }
+        for (p = 0; p < M; ++p)
+            for (q = 0; q < K; ++q) x[q * M + p] = kl->D[p * K + q];
+        solve(X, x, n);
+        double worst = 0, mag = 0;
+        for (p = 0; p < M; ++p)
+            for (q = 0; q < K; ++q) {
+                double ref = x[q * M + p];
+                if (fabs(ref) > mag) mag = fabs(ref);
+                if (fabs(kl->P[p * K + q] - ref) > worst) worst = fabs(kl->P[p * K + q] - ref);
+            }
+        /* float32 eigendecompositions against a double solve, damped factors of
+         * condition <= 1/sqrt(damping) each (as test_precondition): 1e-3 of max|P| */
+        kt_check(name, worst <= 1e-3 * mag, "worst %.3g, max |P| %.3g", worst, mag);
+        free(X);
+        free(x);
+    }
+}
+
 int main(void)
 {
     network *net = kt_net("tests/cfg/blocks.cfg", 3);
@@ -118,45 +175,7 @@ int main(void)
         free(A);
     }
 
-    /* preconditioning of layer 0 (3 blocks of 18, G 8) against the explicit solve */
-    {
-        kfac_layer *kl = &k->layers[0];
-        const int K = kl->s.K, M = kl->s.M, nb = kfac_a_blocks(&kl->s), Ka = kfac_a_dim(&kl->s), n = M * K;
-        kt_rng g = kt_rng_make(9, 0);
-        for (i = 0; i < M * K; ++i) kl->D[i] = (float)(2 * kt_uniform(&g) - 1);
-        kl->inv_damping = 0; /* rebuild from the decomposition of the step above */
-        kfac_precondition_layer(k, kl);
-        double lG = damping_of(kl->dG, M, k->cfg.damping);
-        double *X = (double *)calloc((size_t)n * n, sizeof(double)), *x = (double *)calloc((size_t)n, sizeof(double));
-        int a, b2, p, q, blk;
-        for (blk = 0; blk < nb; ++blk) {
-            const double lA = damping_of(kl->dA + (size_t)blk * Ka, Ka, k->cfg.damping);
-            for (a = 0; a < Ka; ++a)
-                for (b2 = 0; b2 < Ka; ++b2) {
-                    double av = kl->A[((size_t)blk * Ka + a) * Ka + b2] + (a == b2 ? lA : 0);
-                    int ra = blk * Ka + a, cb = blk * Ka + b2;
-                    /* column-major vec: P[p][q] at q*M + p; X = Ablock (x) G */
-                    for (p = 0; p < M; ++p)
-                        for (q = 0; q < M; ++q)
-                            X[(size_t)(ra * M + p) * n + cb * M + q] = av * (kl->G[p * M + q] + (p == q ? lG : 0));
-                }
-        }
-        for (p = 0; p < M; ++p)
-            for (q = 0; q < K; ++q) x[q * M + p] = kl->D[p * K + q];
-        solve(X, x, n);
-        double worst = 0, mag = 0;
-        for (p = 0; p < M; ++p)
-            for (q = 0; q < K; ++q) {
-                double ref = x[q * M + p];
-                if (fabs(ref) > mag) mag = fabs(ref);
-                if (fabs(kl->P[p * K + q] - ref) > worst) worst = fabs(kl->P[p * K + q] - ref);
-            }
-        /* float32 eigendecompositions against a double solve, damped factors of
-         * condition <= 1/sqrt(damping) each (as test_precondition): 1e-3 of max|P| */
-        kt_check("blocks_precondition_matches_dense_solve", worst <= 1e-3 * mag, "worst %.3g, max |P| %.3g", worst, mag);
-        free(X);
-        free(x);
-    }
+    precondition_check(net, "blocks_precondition_matches_dense_solve");
 
     kt_train_updates(net, 5, 1, 4);
     for (i = 0, ok = 1; i < net->n; ++i) {
@@ -167,6 +186,14 @@ int main(void)
     }
     kt_check("blocks_net_trains_finite", ok && kfac_network_step(net) == 5, "a weight is not finite, or step %d",
              kfac_network_step(net));
+    free_network(net);
+
+    /* the adaptive step's damping on the same blocks */
+    net = kt_net(kt_cfg_with("build/tests/blocks-adaptive.cfg", "tests/cfg/blocks.cfg", "step=adaptive\n"), 3);
+    kt_batch(net, 5, 0);
+    train_network_datum(net);
+    kt_check("blocks_adaptive_active", kfac_adaptive_on(kfac_of(net)), "step=adaptive did not attach");
+    precondition_check(net, "blocks_adaptive_precondition_matches_dense_solve");
     free_network(net);
     return kt_exit();
 }

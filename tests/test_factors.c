@@ -17,7 +17,9 @@
  *
  * A third net is resized (resize_network, as `random=1` does in Darknet's trainers)
  * between the two updates: the number of output locations T changes, and the
- * factors must follow. */
+ * factors must follow.  A fourth is the yolov3-tiny layout of tests/cfg/yolo-tiny.cfg
+ * (13 batch-normalized convolutions, route, upsample, two [yolo] heads) with one box
+ * per image, the detection path of issue 8. */
 #include "kt.h"
 #include "kfac.h"
 
@@ -120,9 +122,28 @@ static void ref_fold(ref_layer *r, double decay)
     r->have = 1;
 }
 
+/* one box (x, y, w, h, class) per image and a random image in [0, 1), for a [yolo]
+ * net: batch `step` of data stream `stream` */
+static void yolo_batch(network *net, uint64_t stream, uint64_t step)
+{
+    kt_rng r = kt_rng_make(stream, step);
+    int i, b;
+    for (i = 0; i < net->inputs * net->batch; ++i) net->input[i] = (float)kt_uniform(&r);
+    memset(net->truth, 0, (size_t)net->truths * net->batch * sizeof(float));
+    for (b = 0; b < net->batch; ++b) {
+        float *t = net->truth + (size_t)b * net->truths;
+        t[0] = (float)(0.3 + 0.4 * kt_uniform(&r));
+        t[1] = (float)(0.3 + 0.4 * kt_uniform(&r));
+        t[2] = (float)(0.2 + 0.3 * kt_uniform(&r));
+        t[3] = (float)(0.2 + 0.3 * kt_uniform(&r));
+        t[4] = (float)(kt_uniform(&r) < 0.5);
+    }
+}
+
 /* resize_w > 0: resize_network(net, resize_w, resize_h) before the second update, as
- * Darknet's trainers do with random=1 */
-static void run_cfg(const char *cfg, const char *tag, unsigned seed, double decay, int resize_w, int resize_h)
+ * Darknet's trainers do with random=1; fill: the batches (kt_batch when NULL) */
+static void run_cfg(const char *cfg, const char *tag, unsigned seed, double decay, int resize_w, int resize_h,
+                    void (*fill)(network *, uint64_t, uint64_t))
 {
     network *net = kt_net(cfg, seed);
     ref_layer refs[16];
@@ -170,7 +191,7 @@ static void run_cfg(const char *cfg, const char *tag, unsigned seed, double deca
                 memcpy(wb[i], l->weights, nw * sizeof(float));
                 memcpy(bb[i], l->biases, nb * sizeof(float));
             }
-            kt_batch(net, 11, (uint64_t)u * net->subdivisions + s);
+            (fill ? fill : kt_batch)(net, 11, (uint64_t)u * net->subdivisions + s);
             train_network_datum(net);
             for (i = 0; i < nref; ++i) {
                 const layer *l = &net->layers[refs[i].index];
@@ -210,9 +231,13 @@ static void run_cfg(const char *cfg, const char *tag, unsigned seed, double deca
 int main(void)
 {
     /* both cfgs set [kfac] decay=0.5: the second update's factors are 0.5 old + 0.5 new */
-    run_cfg("tests/cfg/factors1.cfg", "factors1", 3, 0.5, 0, 0);
-    run_cfg("tests/cfg/factors2.cfg", "factors2", 4, 0.5, 0, 0);
+    run_cfg("tests/cfg/factors1.cfg", "factors1", 3, 0.5, 0, 0, NULL);
+    run_cfg("tests/cfg/factors2.cfg", "factors2", 4, 0.5, 0, 0, NULL);
     /* a fully convolutional net resized between the two updates (7x8 -> 10x9) */
-    run_cfg("tests/cfg/factors3.cfg", "resized", 5, 0.5, 10, 9);
+    run_cfg("tests/cfg/factors3.cfg", "resized", 5, 0.5, 10, 9, NULL);
+    /* the yolov3-tiny layout, empirical Fisher (the reference reads the real deltas) */
+    run_cfg(kt_cfg_with("build/tests/factors-yolo.cfg", "tests/cfg/yolo-tiny.cfg",
+                        "[kfac]\ndecay=0.5\nfisher=empirical\nstats_interval=1\n"),
+            "yolo_tiny", 6, 0.5, 0, 0, yolo_batch);
     return kt_exit();
 }

@@ -89,10 +89,10 @@ static network *layer_net(const pcase *c)
     snprintf(path, sizeof path, "build/tests/precondition-%s.cfg", c->name);
     if (c->groups == 1)
         snprintf(text, sizeof text, "[net]\nbatch=1\ninputs=%d\n\n[connected]\noutput=%d\nactivation=linear\n\n"
-                 "[softmax]\n\n[kfac]\n", c->K - 1, c->M);
+                 "[softmax]\n\n[kfac]\nstep=kl_clip\n", c->K - 1, c->M);
     else
         snprintf(text, sizeof text, "[net]\nbatch=1\nheight=1\nwidth=1\nchannels=%d\n\n[convolutional]\nfilters=%d\n"
-                 "size=1\nstride=1\ngroups=%d\nactivation=linear\n\n[softmax]\n\n[kfac]\n",
+                 "size=1\nstride=1\ngroups=%d\nactivation=linear\n\n[softmax]\n\n[kfac]\nstep=kl_clip\n",
                  c->groups * (c->K - 1), c->groups * c->M, c->groups);
     FILE *f = fopen(path, "w");
     if (!f || fputs(text, f) < 0 || fclose(f) != 0) {

@@ -75,7 +75,7 @@ static step_info one_update(network *net)
 static void kl_clip_checks(void)
 {
     char sec[256];
-    const char *common = "[kfac]\nstats_interval=1\ninverse_interval=1\nfisher=empirical\n";
+    const char *common = "[kfac]\nstep=kl_clip\nstats_interval=1\ninverse_interval=1\nfisher=empirical\n";
     snprintf(sec, sizeof sec, "%skl_clip=0\n", common);
     network *off = make("klclip-off", sec);
     step_info s0 = one_update(off);
@@ -104,7 +104,7 @@ static void kl_clip_checks(void)
 static void warmup_checks(void)
 {
     network *sgd = kt_net(base, 23);
-    network *w = make("warmup", "[kfac]\nstats_interval=1\ninverse_interval=1\nwarmup=3\n");
+    network *w = make("warmup", "[kfac]\nstep=kl_clip\nstats_interval=1\ninverse_interval=1\nwarmup=3\n");
     kt_train_updates(sgd, 82, 0, 3);
     kt_train_updates(w, 82, 0, 3);
     kt_check("warmup_updates_are_sgd_bit_for_bit", kt_nets_same_bits(w, sgd), "differ after the 3 warmup updates");
@@ -122,7 +122,7 @@ static void warmup_checks(void)
 
 static void schedule_checks(void)
 {
-    network *net = make("schedule", "[kfac]\nstats_interval=2\ninverse_interval=3\nwarmup=1\n");
+    network *net = make("schedule", "[kfac]\nstep=kl_clip\nstats_interval=2\ninverse_interval=3\nwarmup=1\n");
     kfac_net *k = kfac_of(net);
     const kfac_layer *kl = &k->layers[1];
     size_t nA = (size_t)kl->s.K * kl->s.K;

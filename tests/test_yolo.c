@@ -107,6 +107,14 @@ int main(void)
     kt_check("yolo_kfac_weights_finite", all_finite(kf), "a weight or bias is not finite");
     kt_check("yolo_kfac_differs_from_sgd", !same_weights(sgd, kf), "K-FAC left the weights where SGD put them");
 
+    /* random=1: Darknet's detector trainer resizes the net (here 64 -> 96): the [yolo]
+     * layers grow, and so must the true-Fisher pass's buffers (make test-sanitize
+     * catches an overflow here) */
+    resize_network(kf, 96, 96);
+    train(kf, 2);
+    kt_check("yolo_kfac_trains_after_resize", all_finite(kf) && kfac_network_step(kf) == 6,
+             "a weight is not finite, or step %d", kfac_network_step(kf));
+
     free_network(sgd);
     free_network(idn);
     free_network(kf);
