@@ -14,7 +14,8 @@
  *
  *   kfac_compare -data build/data/digits/digits.data -cfg cfg/digits.cfg -seed 1
  *                -iters 300 -eval 10 [-eval-growth R] [-lr X] [-weights F]
- *                [-out run.tsv] [-weights-out F] [-full-train] [-gpu N]
+ *                [-out run.tsv] [-weights-out F] [-full-train] [-stop-below X]
+ *                [-gpu N]
  *
  *   -iters N        updates to run (one update = the cfg's batch images, fed as
  *                   subdivisions passes of batch/subdivisions); default: max_batches
@@ -32,6 +33,10 @@
  *   -weights-out F  saves the final weights (Darknet's format)
  *   -full-train     also evaluates the whole training set at each evaluation (one
  *                   forward pass over it; costs about 4x a test pass)
+ *   -stop-below X   with -full-train: stop after the first evaluation at which the
+ *                   whole-training-set objective (full_train_loss, or for an
+ *                   autoencoder full_train_error) is <= X, before -iters (for runs
+ *                   that only need the updates to a target)
  *   -gpu N          GPU builds only: device N, or -1 for the CPU (default 0)
  *
  * Tasks, chosen by the cfg's last layer:
@@ -118,6 +123,8 @@ typedef struct {
     const char *out;         /* TSV path or NULL */
     const char *weights_out; /* final weights path or NULL */
     int full_train;          /* 1: full training-set loss at each evaluation */
+    double stop_below;       /* stop once the full training objective is <= this */
+    int has_stop_below;      /* 1 when -stop-below was given */
     int gpu;                 /* GPU builds: device index, -1 = CPU */
 } options;
 
@@ -126,7 +133,7 @@ static void usage(const char *prog)
     fprintf(stderr,
             "usage: %s -data FILE.data -cfg FILE.cfg [-seed S] [-iters N] [-eval K]\n"
             "          [-eval-growth R] [-lr X] [-weights FILE] [-out FILE.tsv]\n"
-            "          [-weights-out FILE] [-full-train]"
+            "          [-weights-out FILE] [-full-train] [-stop-below X]"
 #ifdef GPU
             " [-gpu N]"
 #endif
@@ -183,6 +190,7 @@ static options parse_options(int argc, char **argv)
         else if (!strcmp(a, "-eval-growth")) o.eval_growth = parse_float(a, v);
         else if (!strcmp(a, "-lr")) { o.lr = parse_float(a, v); o.has_lr = 1; }
         else if (!strcmp(a, "-weights")) o.weights = v;
+        else if (!strcmp(a, "-stop-below")) { o.stop_below = parse_float(a, v); o.has_stop_below = 1; }
         else if (!strcmp(a, "-out")) o.out = v;
         else if (!strcmp(a, "-weights-out")) o.weights_out = v;
 #ifdef GPU
@@ -197,6 +205,7 @@ static options parse_options(int argc, char **argv)
     if (o.iters < -1) { fprintf(stderr, "kfac_compare: -iters %d: must be >= 0\n", o.iters); exit(1); }
     if (o.eval <= 0) { fprintf(stderr, "kfac_compare: -eval %d: must be > 0\n", o.eval); exit(1); }
     if (o.eval_growth < 1) { fprintf(stderr, "kfac_compare: -eval-growth %g: must be >= 1\n", o.eval_growth); exit(1); }
+    if (o.has_stop_below && !o.full_train) { fprintf(stderr, "kfac_compare: -stop-below needs -full-train\n"); exit(1); }
     if (o.has_lr && o.lr <= 0) { fprintf(stderr, "kfac_compare: -lr %g: must be > 0\n", o.lr); exit(1); }
     return o;
 }
@@ -537,6 +546,7 @@ int main(int argc, char **argv)
     int diverged = 0;
     int it = 0;
     int next_eval = 0;      /* the update at which the next evaluation comes */
+    int reached = 0;        /* -stop-below: the objective reached its bound */
     const layer *out = &net->layers[net->n - 1]; /* autoencoder: the [logistic] layer */
     for (;;) {
         if (it == next_eval || it == o.iters || diverged) {
@@ -545,6 +555,7 @@ int main(int argc, char **argv)
                 eval_result te = evaluate(net, test);
                 float full = NAN;
                 if (o.full_train) full = evaluate(net, train).loss;
+                reached = o.has_stop_below && full <= o.stop_below;
                 printf("iter %5d  %8.2f s  train_loss %.4f  avg %.4f  test_acc %.4f  test_loss %.4f",
                        it, train_seconds, tl, it ? avg_loss : NAN, te.acc, te.loss);
                 if (o.full_train) printf("  full_train_loss %.4f", full);
@@ -557,6 +568,7 @@ int main(int argc, char **argv)
                 ae_result te = evaluate_autoencoder(net, test);
                 ae_result full = {NAN, NAN};
                 if (o.full_train) full = evaluate_autoencoder(net, train);
+                reached = o.has_stop_below && full.error <= o.stop_below;
                 printf("iter %5d  %8.2f s  train_loss %.4f  avg %.4f  test_error %.4f  test_loss %.4f",
                        it, train_seconds, tl, it ? avg_loss : NAN, te.error, te.loss);
                 if (o.full_train) printf("  full_train_error %.4f  full_train_loss %.4f", full.error, full.loss);
@@ -573,6 +585,10 @@ int main(int argc, char **argv)
             next_eval = eval_next(it, o.eval, o.eval_growth);
         }
         if (it == o.iters || diverged) break;
+        if (reached) {
+            printf("objective %g reached at update %d: stopping\n", o.stop_below, it);
+            break;
+        }
 
         /* One update = subdivisions forward/backward passes, as train_network_sgd. */
         float loss = 0;
