@@ -11,6 +11,9 @@
 #   autoencoder_sgd_trains    from the random initialization, 30 SGD updates: every
 #       value of the TSV finite, the whole-training-set error below its update-0 value.
 #   autoencoder_kfac_runs     the same net with an empty [kfac]: runs, values finite.
+#   autoencoder_schedule      -eval 10 -eval-growth 2 evaluates at updates 0 1 2 4 8 10
+#       20 30; -stop-below 50 ends the same run at its first evaluation with a
+#       whole-training-set error <= 50.
 #   autoencoder_bad_cfg       a [logistic] net with fewer outputs than inputs, and an
 #       autoencoder with channels=3, stop with a message and status 1.
 #
@@ -135,6 +138,26 @@ for opt in sgd kfac; do
         fail $name "$msg"
     fi
 done
+
+# the evaluation schedule and the stop at a target, on the SGD run's settings
+msg=""
+if OPENBLAS_NUM_THREADS=1 "$COMPARE" -data "$DATA" -cfg "$CFG" -seed 1 -iters 30 -eval 10 -eval-growth 2 \
+        -full-train -out "$W/growth.tsv" >"$W/growth.log" 2>&1; then
+    iters=$(cut -f1 "$W/growth.tsv" | tail -n +2 | tr '\n' ' ')
+    [ "$iters" = "0 1 2 4 8 10 20 30 " ] || msg="-eval-growth 2: evaluations at $iters"
+    # the first row after update 0 at or below 50, as the run without a stop has it
+    want=$(awk -F'\t' 'NR > 2 && $6 <= 50 { print $1; exit }' "$W/growth.tsv")
+    if OPENBLAS_NUM_THREADS=1 "$COMPARE" -data "$DATA" -cfg "$CFG" -seed 1 -iters 30 -eval 10 -eval-growth 2 \
+            -full-train -stop-below 50 -out "$W/stop.tsv" >"$W/stop.log" 2>&1; then
+        got=$(tail -n 1 "$W/stop.tsv" | cut -f1)
+        [ -n "$want" ] && [ "$got" = "$want" ] || msg="$msg; -stop-below 50: last row at update $got, expected ${want:-(none below 50)}"
+    else
+        msg="$msg; -stop-below run failed (see $W/stop.log)"
+    fi
+else
+    msg="run failed (see $W/growth.log)"
+fi
+[ -z "$msg" ] && ok autoencoder_schedule || fail autoencoder_schedule "$msg"
 
 # bad_cfg NAME CFG-TEXT EXPECTED-MESSAGE-PART
 bad_cfg() {
