@@ -67,8 +67,8 @@ they are noisy; update counts are not.  A finished run (its .done file records t
 command) is not run again unless --no-resume, so a stopped study continues where it
 stopped and a second call only redraws.
 
---quick: batches 64,256, one seed, budgets 60 updates (classifier) and 150
-(autoencoder), grid 0.5,1,2, 10 regular evaluations per run and growth 1.5, output
+--quick: batches 64,256, one seed, budgets 40 updates (classifier) and 100
+(autoencoder), grid 0.5,1,2, 4 regular evaluations per run and growth 2, output
 in build/study-quick: a smoke test of the whole pipeline (minutes, see
 BENCHMARKS.md), not a measurement.
 
@@ -247,9 +247,13 @@ def objective(row):
     return row["full_train_error"] if "full_train_error" in row else row["full_train_loss"]
 
 
-def final_objective(rows):
+def final_objective(rows, updates=None):
+    """The objective at the last evaluation; inf when it is NaN or when the run
+    stopped before updates (kfac_compare stops on a NaN loss: diverged)."""
     v = objective(rows[-1])
-    return math.inf if math.isnan(v) else v
+    if math.isnan(v) or (updates is not None and rows[-1]["iter"] < updates):
+        return math.inf
+    return v
 
 
 def objective_at(rows, update):
@@ -275,6 +279,11 @@ def fmt(x, spec):
     if math.isinf(x):
         return "-"
     return format(x, spec)
+
+
+def fmt_ratio(x, spec=".2f"):
+    """A ratio for the tables: '-' when either side never reached its target."""
+    return "-" if math.isnan(x) else format(x, spec)
 
 
 def ratio(a, b):
@@ -352,7 +361,9 @@ def log_tics(values):
     below = [t for t in tics if t <= lo]
     above = [t for t in tics if t >= hi]
     tics = [t for t in tics if (below and t >= below[-1] or not below) and (above and t <= above[0] or not above)]
-    return "set ytics (%s)\nset yrange [%g:%g]\n" % (", ".join("%g" % t for t in tics), tics[0], tics[-1])
+    # the range a little wider than the end tics, so that gnuplot keeps their labels
+    return "set ytics (%s)\nset yrange [%g:%g]\n" % (", ".join("%g" % t for t in tics),
+                                                     tics[0] / 1.03, tics[-1] * 1.03)
 
 
 # per-seed point types: circle, square, triangle, diamond, then gnuplot's own
@@ -372,10 +383,19 @@ def plot_scaling(out, net, what, col, unit, batches, summary, target_text):
             f.write("%d  %s\n" % (b, "  ".join(gp_value(v) for v in row)))
     ref = summary[batches[0]]["sgd"][col]["median"]
     png = os.path.join(out, "%s-%s-to-target.png" % (net, what))
-    ideal = ""
+    ideal, ideal_values = "", []
     if not (math.isinf(ref) or math.isnan(ref)):
-        ideal = (", %s * %d / x with lines dashtype 2 lc rgb 'gray50' title "
-                 "'perfect scaling from SGD at batch %d'" % (gp_value(ref), batches[0], batches[0]))
+        if what == "updates":
+            # updates falling as 1/batch
+            ideal = (", %s * %d / x with lines dashtype 2 lc rgb 'gray50' title "
+                     "'perfect scaling from SGD at batch %d (updates x 1/batch)'"
+                     % (gp_value(ref), batches[0], batches[0]))
+            ideal_values = [ref * batches[0] / batches[-1]]
+        else:
+            # updates falling as 1/batch at a cost per update growing as batch
+            ideal = (", %s with lines dashtype 2 lc rgb 'gray50' title "
+                     "'perfect scaling from SGD at batch %d (seconds constant)'"
+                     % (gp_value(ref), batches[0]))
     missing = [name for key, name in OPTS
                if any(math.isinf(summary[b][key][col]["median"]) for b in batches)]
     note = ""
@@ -384,7 +404,7 @@ def plot_scaling(out, net, what, col, unit, batches, summary, target_text):
             "%s at batch %s" % (name, ", ".join(str(b) for b in batches
                                                 if math.isinf(summary[b][key][col]["median"])))
             for key, name in OPTS if name in missing)
-    script = """set terminal pngcairo size 1000,650 font ",11" noenhanced
+    script = """set terminal pngcairo size 1100,650 font ",11" noenhanced
 set output %(png)s
 set title %(title)s
 set xlabel "batch size (images per update)"
@@ -399,12 +419,13 @@ set datafile missing "NaN"
 plot %(dat)s using 1:2:3:4 with yerrorlines lw 2 pt 7 lc rgb "#1f5fbf" title "SGD (best rate per batch size)", \\
      %(dat)s using 1:5:6:7 with yerrorlines lw 2 pt 5 lc rgb "#c0392b" title "K-FAC (SGD's rate)"%(ideal)s
 """ % {"png": gp_str(png),
-       "title": gp_str("%s: %s to the reference target\n%s%s" % (
-           net, "updates" if what == "updates" else "training seconds", target_text, note)),
-       "ylabel": gp_str("%s to target (median over seeds; bars: range of those that reached it)" % unit),
+       "title": gp_str("%s: %s to the reference target (median over seeds; bars: range over "
+                       "the seeds that reached it)\n%s%s" % (
+                           net, "updates" if what == "updates" else "training seconds", target_text, note)),
+       "ylabel": gp_str("%s to target" % unit),
        "xtics": ", ".join('"%d" %d' % (b, b) for b in batches),
        "xmin": batches[0] / 1.4, "xmax": batches[-1] * 1.4, "dat": gp_str(dat), "ideal": ideal,
-       "ytics": log_tics(values + ([ref * batches[0] / batches[-1]] if ideal else []))}
+       "ytics": log_tics(values + ideal_values)}
     gnuplot(script, dat[:-4] + ".gp")
     return png
 
@@ -424,7 +445,7 @@ def plot_curves(out, net, b, subdivisions, runs, targets, objective_name):
                            POINTS[i % len(POINTS)]))
     png = os.path.join(out, "%s-b%d-curves.png" % (net, b))
     lines = []
-    for i, (label, value, color) in enumerate(targets):
+    for i, (label, value, color, _) in enumerate(targets):
         if not (math.isinf(value) or math.isnan(value)):
             values.append(value)
             lines.append("%s with lines dashtype %d lw 1.5 lc rgb %s title %s"
@@ -435,20 +456,23 @@ def plot_curves(out, net, b, subdivisions, runs, targets, objective_name):
                  % (gp_str(d), xcol, pt, gp_str(c), gp_str(t)) for d, t, c, pt in series]
         return "plot " + ", \\\n     ".join(parts + lines) + "\n"
 
-    script = """set terminal pngcairo size 1400,700 font ",11" noenhanced
+    # two panels side by side and one key at the right, outside both
+    script = """set terminal pngcairo size 1600,620 font ",11" noenhanced
 set output %(png)s
-set multiplot layout 1,2 title %(title)s
+set multiplot layout 1,2 title %(title)s margins 0.05,0.76,0.11,0.88 spacing 0.07
 set logscale y
 %(ytics)sset grid
-set key below box
 set datafile missing "NaN"
 set ylabel %(ylabel)s
+unset key
 set xlabel "updates"
 %(p1)sset xlabel "training seconds (kfac_compare's own, no evaluation)"
+set key at screen 0.775,0.88 left top box spacing 1.2 reverse Left
 %(p2)sunset multiplot
 """ % {"png": gp_str(png),
-       "title": gp_str("%s, batch %d (%d x %d images per pass): training objective of each run"
-                       % (net, b, subdivisions, b // subdivisions)),
+       "title": gp_str("%s, batch %d (%d x %d images per pass): training objective of each run\n"
+                       "dashed: %s; dotted: %s" % (net, b, subdivisions, b // subdivisions,
+                                                   targets[0][3], targets[1][3])),
        "ylabel": gp_str(objective_name), "p1": plot_cmd(1), "p2": plot_cmd(2),
        "ytics": log_tics(values)}
     gnuplot(script, os.path.join(out, net, "curves-b%d.gp" % b))
@@ -495,7 +519,7 @@ def study_net(args, runner, cfg_path):
             tsv = os.path.join(d, "runs", "sweep-b%d-m%g.tsv" % (b, m))
             rows = runner.run(net, cfg, tsv, seed0, sweep_updates, eval_every, args.eval_growth, b,
                               "%s batch %d sweep rate %.4g (x%g) seed %s" % (net, b, rate, m, seed0))
-            results.append((final_objective(rows), m, rate, tsv))
+            results.append((final_objective(rows, sweep_updates), m, rate, tsv))
         fin, m, rate, tsv = min(results)
         best[b] = (rate, m, tsv)
         for r in results:
@@ -558,6 +582,8 @@ def study_net(args, runner, cfg_path):
         per_seed_target = {seed: objective_at(rows, updates) for seed, rows in runs[b]["sgd"]}
         summary[b] = {}
         for key, _ in OPTS:
+            # a run that stopped early diverged, unless it stopped at its target
+            full = None if key == "kfac" and args.kfac_stop_at_target else updates
             cols = {"updates": [], "seconds": [], "b_updates": [], "b_seconds": []}
             for seed, rows in runs[b][key]:
                 u, s = to_target(rows, ref_target)
@@ -568,11 +594,11 @@ def study_net(args, runner, cfg_path):
                 cols["b_seconds"].append(bs)
                 last = rows[-1]
                 run_rows.append((b, subdiv[b], key, seed, best[b][0], last["iter"],
-                                 final_objective(rows), last["train_seconds"] / max(last["iter"], 1),
+                                 final_objective(rows, full), last["train_seconds"] / max(last["iter"], 1),
                                  ref_target, u, s, per_seed_target[seed], bu, bs))
             summary[b][key] = {c: {"median": median(v), "min": finite_min(v), "max": finite_max(v)}
                                for c, v in cols.items()}
-            summary[b][key]["final"] = median([final_objective(r) for _, r in runs[b][key]])
+            summary[b][key]["final"] = median([final_objective(r, full) for _, r in runs[b][key]])
             summary[b][key]["spu"] = median([r[-1]["train_seconds"] / max(r[-1]["iter"], 1)
                                              for _, r in runs[b][key]])
         summary[b]["target"] = median(list(per_seed_target.values()))
@@ -608,14 +634,14 @@ def study_net(args, runner, cfg_path):
     for r in srows:
         md.append("| %d | %.4g | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
             r[0], r[2], fmt(r[3], ".0f"), fmt(r[4], ".0f"), fmt(r[5], ".2f"), fmt(r[6], ".2f"),
-            fmt(r[7], ".4g"), fmt(r[10], ".2f"), fmt(r[13], ".2f"), fmt(r[14], ".4g"),
+            fmt(r[7], ".4g"), fmt_ratio(r[10]), fmt_ratio(r[13]), fmt(r[14], ".4g"),
             fmt(r[15], ".4g"), fmt(r[16], ".4f"), fmt(r[17], ".4f")))
     lo, hi = args.batches[0], args.batches[-1]
     for key, name in OPTS:
         a, z = summary[lo][key]["updates"]["median"], summary[hi][key]["updates"]["median"]
         md.append("")
         md.append("%s: updates to the reference target at batch %d over batch %d: %s"
-                  % (name, hi, lo, fmt(ratio(z, a), ".3f")))
+                  % (name, hi, lo, fmt_ratio(ratio(z, a), ".3f")))
     with open(os.path.join(d, "summary.md"), "w") as f:
         f.write("\n".join(md) + "\n")
     print("\n".join(md), flush=True)
@@ -624,8 +650,11 @@ def study_net(args, runner, cfg_path):
             plot_scaling(args.out, net, "seconds", "seconds", "training seconds", args.batches, summary,
                          target_text)]
     for b in args.batches:
-        targets = [("reference target", ref_target, "black"),
-                   ("SGD after %d updates at this batch (median)" % updates, summary[b]["target"], "gray40")]
+        targets = [("reference target", ref_target, "black",
+                    "the reference target, SGD after %d updates at batch %d" % (updates, tb)),
+                   ("per-batch target", summary[b]["target"], "gray40",
+                    "the per-batch target, SGD after %d updates at this batch size (median over seeds)"
+                    % updates)]
         pngs.append(plot_curves(args.out, net, b, subdiv[b], runs[b], targets, objective_name))
     return updates, sweep_updates, pngs
 
@@ -655,16 +684,16 @@ def main():
     ap.add_argument("--target-batch", type=int, help="batch size of the reference target "
                     "(default the smallest)")
     ap.add_argument("--evals", type=int, help="regular evaluations per run: kfac_compare -eval "
-                    "updates/this (default 30, quick 10)")
+                    "updates/this (default 30, quick 4)")
     ap.add_argument("--eval-growth", type=float, help="kfac_compare -eval-growth: geometric "
-                    "evaluations before the regular ones (default 1.25, quick 1.5)")
+                    "evaluations before the regular ones (default 1.25, quick 2)")
     ap.add_argument("--kfac-stop-at-target", action="store_true",
                     help="stop each K-FAC run at the lower of its two targets (kfac_compare "
                     "-stop-below): its curves end there, its 'final' is that point")
     ap.add_argument("--out", help="output folder (default build/study, quick build/study-quick)")
     ap.add_argument("--compare", default=os.environ.get("KFAC_COMPARE", os.path.join("build", "kfac_compare")))
     ap.add_argument("--quick", action="store_true", help="smoke test: batches 64,256, seed 1, "
-                    "60/150 updates, grid 0.5,1,2")
+                    "40/100 updates, grid 0.5,1,2, fewer evaluations")
     ap.add_argument("--no-resume", action="store_true", help="rerun runs that finished before")
     args = ap.parse_args()
 
@@ -681,10 +710,10 @@ def main():
     args.grid = [float(x) for x in (args.grid or ("0.5,1,2" if args.quick else "0.25,0.5,1,2,4")).split(",")]
     args.kfac = args.kfac.split()
     args.out = args.out or os.path.join("build", "study-quick" if args.quick else "study")
-    args.evals = args.evals or (10 if args.quick else 30)
-    args.eval_growth = args.eval_growth or (1.5 if args.quick else 1.25)
+    args.evals = args.evals or (4 if args.quick else 30)
+    args.eval_growth = args.eval_growth or (2 if args.quick else 1.25)
     args.default_updates = {"classifier": 500, "autoencoder": 3000}
-    args.quick_updates = {"classifier": 60, "autoencoder": 150}
+    args.quick_updates = {"classifier": 40, "autoencoder": 100}
     if sorted(args.batches) != args.batches or any(b <= 0 for b in args.batches):
         die("--batches must be positive and increasing")
     for k in args.kfac:
