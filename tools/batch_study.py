@@ -548,7 +548,7 @@ def study_net(args, runner, cfg_path):
                 # same cfg text, seed and schedule as the sweep's winner: the same run
                 for ext in (".tsv", ".log"):
                     shutil.copyfile(best[b][2][:-4] + ext, tsv[:-4] + ext)
-                runner.account(net, updates * b)
+                runner.done += 1
                 say("[%d/%d] %s: the sweep's run" % (runner.done, runner.total, label))
                 rows = read_tsv(tsv)
             else:
@@ -735,6 +735,12 @@ def main():
         u, su = budgets(args, cfg_task(open(c).read()))
         runner.total += len(args.batches) * (len(args.grid) + 2 * len(args.seeds))
         runner.todo[net] = sum(b * (su * len(args.grid) + 2 * u * len(args.seeds)) for b in args.batches)
+        if su == u:  # SGD's first seed is the sweep's winner, not run again
+            runner.todo[net] -= sum(b * u for b in args.batches)
+    say("plan: %d runs, %s training images (%s); %s" % (
+        runner.total, "%.1fM" % (sum(runner.todo.values()) / 1e6),
+        ", ".join("%s %.1fM" % (k, v / 1e6) for k, v in runner.todo.items()),
+        "runs finished before are kept" if not args.no_resume else "every run from scratch"))
     t0 = time.time()
     pngs = []
     for c in args.cfg:
