@@ -599,6 +599,8 @@ int main(int argc, char **argv)
             float pass = train_network_datum(net);
             train_seconds += what_time_is_it_now() - t;
             if (task == TASK_AUTOENCODER) {
+                /* out->output: this pass's sigmoid outputs (GPU builds pull them to the
+                 * host at the end of forward_network_gpu) */
                 int n = net->batch * net->outputs;
                 /* NaN outputs: the weights are NaN, which no later update repairs. */
                 if (any_nan(out->output, n)) pass = NAN;
