@@ -404,7 +404,7 @@ def plot_scaling(out, net, what, col, unit, batches, summary, target_text):
             "%s at batch %s" % (name, ", ".join(str(b) for b in batches
                                                 if math.isinf(summary[b][key][col]["median"])))
             for key, name in OPTS if name in missing)
-    script = """set terminal pngcairo size 1100,650 font ",11" noenhanced
+    script = """set terminal pngcairo size 1100,700 font ",11" noenhanced
 set output %(png)s
 set title %(title)s
 set xlabel "batch size (images per update)"
@@ -414,7 +414,8 @@ set logscale y
 set xtics (%(xtics)s)
 set xrange [%(xmin)g:%(xmax)g]
 %(ytics)sset grid
-set key top right box opaque
+set key outside center bottom horizontal box maxrows 2
+set bmargin 7
 set datafile missing "NaN"
 plot %(dat)s using 1:2:3:4 with yerrorlines lw 2 pt 7 lc rgb "#1f5fbf" title "SGD (best rate per batch size)", \\
      %(dat)s using 1:5:6:7 with yerrorlines lw 2 pt 5 lc rgb "#c0392b" title "K-FAC (SGD's rate)"%(ideal)s
