@@ -12,7 +12,8 @@ Usage, from anywhere (`make study` runs it with its defaults):
       [--no-resume]
 
 For each cfg (a classifier ending in [softmax], or an autoencoder ending in
-[logistic]: kfac_compare's two tasks) and each batch size B:
+[logistic]: kfac_compare's two tasks), trained on the demo digits
+(build/data/digits, made by tools/digits_prepare.py), and each batch size B:
 
  1. Rate sweep (SGD, first seed): rates r0 * sqrt(B / b0) * m for m in --grid, where
     r0 and b0 are the cfg's own learning_rate and batch (the square-root scaling
@@ -21,8 +22,15 @@ For each cfg (a classifier ending in [softmax], or an autoencoder ending in
     final training objective wins (a NaN run counts as worst).  A winner at either
     end of the grid is reported: widen the grid then.
  2. SGD at that rate and K-FAC (the same cfg plus `[kfac]` and the --kfac keys, at
-    the same rate) for every seed, --updates updates each.  Per seed both start from
-    the same weights and see the same batches (kfac_compare).
+    the same rate) for every seed, --updates updates each (SGD's first seed is the
+    sweep's winning run itself when --sweep-updates equals --updates).  Per seed both
+    start from the same weights and see the same batches (kfac_compare).  With
+    --kfac-stop-at-target a K-FAC run stops at its first evaluation at or below both
+    of its targets (kfac_compare -stop-below), which saves most of its time when it
+    is fast; its curve then ends there.  Evaluations (test set and whole training
+    set) come every --updates/--evals updates and, before that, geometrically
+    (kfac_compare -eval-growth), so that updates to a target are resolved to about
+    25% when they are few and to --updates/--evals when they are many.
  3. Targets, on the training objective: the classifier's mean cross-entropy over the
     whole training set (full_train_loss), the autoencoder's reconstruction error over
     the whole training set (full_train_error, Martens & Grosse's "training error"):
@@ -50,8 +58,9 @@ For each cfg (a classifier ending in [softmax], or an autoencoder ending in
       <net>/summary.md     the same as a Markdown table, with the targets
       <net>-updates-to-target.png, <net>-seconds-to-target.png
                            against batch size (log2 x, log y, both optimizers,
-                           median and the range over seeds, perfect linear scaling
-                           from SGD's smallest batch drawn dashed)
+                           median and the range over seeds; dashed, perfect
+                           scaling from SGD at the smallest batch: updates
+                           falling as 1/batch, seconds constant)
       <net>-b<B>-curves.png  the objective against updates and against seconds,
                            every seed of both optimizers, with both targets
 
@@ -64,8 +73,10 @@ budget of updates means the same at every batch size.
 Seconds are kfac_compare's training time only (no evaluation), with
 OPENBLAS_NUM_THREADS=1; runs go one at a time.  On a machine shared with other work
 they are noisy; update counts are not.  A finished run (its .done file records the
-command) is not run again unless --no-resume, so a stopped study continues where it
-stopped and a second call only redraws.
+command and the cfg's text) is not run again unless --no-resume, so a stopped study
+continues where it stopped and a second call only redraws.  The plan (runs, training
+images per net) is printed first, and each run's line ends with an estimate of the
+time left.
 
 --quick: batches 64,256, one seed, budgets 40 updates (classifier) and 100
 (autoencoder), grid 0.5,1,2, 4 regular evaluations per run and growth 2, output
