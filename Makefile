@@ -8,6 +8,10 @@
 #   make fuzz [FUZZ_SECONDS=N]  libFuzzer on the [kfac] parser and the state-file reader
 #   make bench        the CPU benchmark written into BENCHMARKS.md
 #   make bench-threads  OpenBLAS thread counts against factor sizes, idle and loaded
+#   make study [STUDY_ARGS=...]  SGD against K-FAC over batch sizes 64-2048, on the demo
+#                     CNN and the digits autoencoder: CSVs and gnuplot PNGs in build/study
+#                     (tools/batch_study.py; many hours at its defaults on 2 cores,
+#                     STUDY_ARGS=--quick: a few minutes)
 #
 # Darknet itself is never copied into this repo: it is fetched as the pinned Debian
 # source package (tools/fetch_darknet.sh) or taken from DARKNET_SRC, copied into
@@ -106,6 +110,13 @@ bench-threads: $(BUILD)/bench_threads
 
 demo: all
 	tools/demo.sh
+
+# tools/batch_study.py --help for STUDY_ARGS
+STUDY_ARGS ?=
+.PHONY: study
+study: all
+	@command -v gnuplot >/dev/null || tools/setup.sh gnuplot
+	tools/batch_study.py --compare $(COMPARE) $(STUDY_ARGS)
 
 test: all
 	KFAC_TEST_CFLAGS="$(if $(filter 1,$(SANITIZE)),$(SANITIZE_FLAGS))" tests/run.sh $(DK)

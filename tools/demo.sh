@@ -66,3 +66,14 @@ echo
 
 seeds_csv=$(echo "$SEEDS" | tr ' ' ',')
 python3 tools/demo_table.py --dir "$OUT" --seeds "$seeds_csv" | tee "$OUT/table.txt"
+
+# The batch-size study (make study, tools/batch_study.py) draws its figures apart
+# from the demo; show where one is when it has been run (--quick: its smoke test).
+for plot in build/study/digits-ae-updates-to-target.png build/study-quick/digits-ae-updates-to-target.png; do
+    if [ -f "$plot" ]; then
+        echo
+        echo "demo.sh: the batch-size study's updates to target against batch size: $plot"
+        break
+    fi
+done
+[ -f "$plot" ] || echo "demo.sh: 'make study' draws SGD against K-FAC over batch sizes (build/study/*.png)"
