@@ -135,6 +135,36 @@ static inline int kt_same_bits(const char *what, const float *a, const float *b,
     return 0;
 }
 
+/* Solves X x = b in place (X is n x n row-major, destroyed; b becomes x).
+ * Returns 0, or -1 when X is singular to double precision. */
+static inline int kt_solve_dense(double *X, double *b, int n)
+{
+    int i, j, k;
+    for (k = 0; k < n; ++k) {
+        int p = k;
+        for (i = k + 1; i < n; ++i) if (fabs(X[(size_t)i * n + k]) > fabs(X[(size_t)p * n + k])) p = i;
+        if (X[(size_t)p * n + k] == 0) return -1;
+        if (p != k) {
+            for (j = 0; j < n; ++j) {
+                double t = X[(size_t)k * n + j]; X[(size_t)k * n + j] = X[(size_t)p * n + j]; X[(size_t)p * n + j] = t;
+            }
+            double t = b[k]; b[k] = b[p]; b[p] = t;
+        }
+        for (i = k + 1; i < n; ++i) {
+            double f = X[(size_t)i * n + k] / X[(size_t)k * n + k];
+            if (f == 0) continue;
+            for (j = k; j < n; ++j) X[(size_t)i * n + j] -= f * X[(size_t)k * n + j];
+            b[i] -= f * b[k];
+        }
+    }
+    for (i = n - 1; i >= 0; --i) {
+        double s = b[i];
+        for (j = i + 1; j < n; ++j) s -= X[(size_t)i * n + j] * b[j];
+        b[i] = s / X[(size_t)i * n + i];
+    }
+    return 0;
+}
+
 /* ---- data ------------------------------------------------------------------------- */
 
 typedef struct { uint64_t s; } kt_rng;
@@ -170,6 +200,25 @@ static inline void kt_batch(network *net, uint64_t stream, uint64_t step)
         int y = (int)(kt_uniform(&r) * net->truths);
         if (y >= net->truths) y = net->truths - 1;
         net->truth[(size_t)b * net->truths + y] = 1;
+    }
+}
+
+/* Fills net->input (uniform in [0, 1)) and net->truth with one box per image
+ * (x, y in [0.3, 0.7), w, h in [0.2, 0.5), class 0 or 1) for a [yolo] net: batch
+ * `step` of data stream `stream`. */
+static inline void kt_yolo_batch(network *net, uint64_t stream, uint64_t step)
+{
+    kt_rng r = kt_rng_make(stream, step);
+    int i, b;
+    for (i = 0; i < net->inputs * net->batch; ++i) net->input[i] = (float)kt_uniform(&r);
+    memset(net->truth, 0, (size_t)net->truths * net->batch * sizeof(float));
+    for (b = 0; b < net->batch; ++b) {
+        float *t = net->truth + (size_t)b * net->truths;
+        t[0] = (float)(0.3 + 0.4 * kt_uniform(&r));
+        t[1] = (float)(0.3 + 0.4 * kt_uniform(&r));
+        t[2] = (float)(0.2 + 0.3 * kt_uniform(&r));
+        t[3] = (float)(0.2 + 0.3 * kt_uniform(&r));
+        t[4] = (float)(kt_uniform(&r) < 0.5 ? 0 : 1);
     }
 }
 

@@ -47,30 +47,6 @@ static void dense_A(const layer *l, const float *input, double *A, int group, in
     free(a);
 }
 
-/* Solves X x = b (n x n, row-major, destroyed) by Gaussian elimination with pivoting. */
-static void solve(double *X, double *x, int n)
-{
-    int i, j, k;
-    for (k = 0; k < n; ++k) {
-        int p = k;
-        for (i = k + 1; i < n; ++i) if (fabs(X[(size_t)i * n + k]) > fabs(X[(size_t)p * n + k])) p = i;
-        for (j = 0; j < n; ++j) {
-            double t = X[(size_t)k * n + j]; X[(size_t)k * n + j] = X[(size_t)p * n + j]; X[(size_t)p * n + j] = t;
-        }
-        double t = x[k]; x[k] = x[p]; x[p] = t;
-        for (i = k + 1; i < n; ++i) {
-            double f = X[(size_t)i * n + k] / X[(size_t)k * n + k];
-            for (j = k; j < n; ++j) X[(size_t)i * n + j] -= f * X[(size_t)k * n + j];
-            x[i] -= f * x[k];
-        }
-    }
-    for (i = n - 1; i >= 0; --i) {
-        double s = x[i];
-        for (j = i + 1; j < n; ++j) s -= X[(size_t)i * n + j] * x[j];
-        x[i] = s / X[(size_t)i * n + i];
-    }
-}
-
 /* sqrt(damping) * mean of the eigenvalues above 1e-5 times the largest (kfac_driver.c) */
 static double damping_of(const float *d, int n, double damping)
 {
@@ -122,7 +98,7 @@ static void precondition_check(network *net, const char *name)
         }
         for (p = 0; p < M; ++p)
             for (q = 0; q < K; ++q) x[q * M + p] = kl->D[p * K + q];
-        solve(X, x, n);
+        kt_solve_dense(X, x, n);
         double worst = 0, mag = 0;
         for (p = 0; p < M; ++p)
             for (q = 0; q < K; ++q) {

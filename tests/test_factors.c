@@ -122,24 +122,6 @@ static void ref_fold(ref_layer *r, double decay)
     r->have = 1;
 }
 
-/* one box (x, y, w, h, class) per image and a random image in [0, 1), for a [yolo]
- * net: batch `step` of data stream `stream` */
-static void yolo_batch(network *net, uint64_t stream, uint64_t step)
-{
-    kt_rng r = kt_rng_make(stream, step);
-    int i, b;
-    for (i = 0; i < net->inputs * net->batch; ++i) net->input[i] = (float)kt_uniform(&r);
-    memset(net->truth, 0, (size_t)net->truths * net->batch * sizeof(float));
-    for (b = 0; b < net->batch; ++b) {
-        float *t = net->truth + (size_t)b * net->truths;
-        t[0] = (float)(0.3 + 0.4 * kt_uniform(&r));
-        t[1] = (float)(0.3 + 0.4 * kt_uniform(&r));
-        t[2] = (float)(0.2 + 0.3 * kt_uniform(&r));
-        t[3] = (float)(0.2 + 0.3 * kt_uniform(&r));
-        t[4] = (float)(kt_uniform(&r) < 0.5);
-    }
-}
-
 /* resize_w > 0: resize_network(net, resize_w, resize_h) before the second update, as
  * Darknet's trainers do with random=1; fill: the batches (kt_batch when NULL) */
 static void run_cfg(const char *cfg, const char *tag, unsigned seed, double decay, int resize_w, int resize_h,
@@ -238,6 +220,6 @@ int main(void)
     /* the yolov3-tiny layout, empirical Fisher (the reference reads the real deltas) */
     run_cfg(kt_cfg_with("build/tests/factors-yolo.cfg", "tests/cfg/yolo-tiny.cfg",
                         "[kfac]\ndecay=0.5\nfisher=empirical\nstats_interval=1\n"),
-            "yolo_tiny", 6, 0.5, 0, 0, yolo_batch);
+            "yolo_tiny", 6, 0.5, 0, 0, kt_yolo_batch);
     return kt_exit();
 }

@@ -95,6 +95,20 @@ static network *make(const char *cfg, const char *extra, unsigned seed, float ws
     return net;
 }
 
+/* the two checks of one loss: the true Fisher's G within 5 sigma of its expectation,
+ * the empirical control (r = 1) far from it; frees both nets */
+static void verdict(const char *name, const double z[2], const int bad[2], network *net[2])
+{
+    char nm[128];
+    printf("  %s: worst |G - E[G]| in standard deviations: true Fisher %.2f, empirical %.1f\n", name, z[0], z[1]);
+    snprintf(nm, sizeof nm, "%s_sampled_G_matches_its_expectation", name);
+    kt_check(nm, z[0] < 5 && !bad[0], "an entry is %.2f sigma away%s", z[0], bad[0] ? ", or an entry of no variance is not 0" : "");
+    snprintf(nm, sizeof nm, "%s_control_empirical_G_is_far", name);
+    kt_check(nm, z[1] > 20 || bad[1], "the empirical G is only %.1f sigma away", z[1]);
+    free_network(net[0]);
+    free_network(net[1]);
+}
+
 /* logistic, sse, masked: a connected layer 0 feeding the loss layer 1 */
 static void dense_case(const char *name, const char *cfg, float truth_mask_frac)
 {
@@ -129,14 +143,7 @@ static void dense_case(const char *name, const char *cfg, float truth_mask_frac)
         free(s.v);
         free(s.m);
     }
-    char nm[128];
-    printf("  %s: worst |G - E[G]| in standard deviations: true Fisher %.2f, empirical %.1f\n", name, z[0], z[1]);
-    snprintf(nm, sizeof nm, "%s_sampled_G_matches_its_expectation", name);
-    kt_check(nm, z[0] < 5 && !bad[0], "an entry is %.2f sigma away%s", z[0], bad[0] ? ", or an entry of no variance is not 0" : "");
-    snprintf(nm, sizeof nm, "%s_control_empirical_G_is_far", name);
-    kt_check(nm, z[1] > 20 || bad[1], "the empirical G is only %.1f sigma away", z[1]);
-    free_network(net[0]);
-    free_network(net[1]);
+    verdict(name, z, bad, net);
 }
 
 /* one box per image, anchor 0's shape (1/3 x 1/3 of the 3x3 input), in a random cell;
@@ -195,12 +202,7 @@ static void yolo_case(void)
         free(s.m);
         free(cell);
     }
-    printf("  yolo: worst |G - E[G]| in standard deviations: true Fisher %.2f, empirical %.1f\n", z[0], z[1]);
-    kt_check("yolo_sampled_G_matches_its_expectation", z[0] < 5 && !bad[0], "an entry is %.2f sigma away%s", z[0],
-             bad[0] ? ", or an entry of no variance is not 0" : "");
-    kt_check("yolo_control_empirical_G_is_far", z[1] > 20 || bad[1], "the empirical G is only %.1f sigma away", z[1]);
-    free_network(net[0]);
-    free_network(net[1]);
+    verdict("yolo", z, bad, net);
 }
 
 int main(void)

@@ -17,36 +17,6 @@
 #include "kt.h"
 #include "kfac_internal.h"
 
-/* Solves X x = b in place (X is n x n row-major, destroyed; b becomes x).
- * Returns 0, or -1 when X is singular to double precision. */
-static int solve_dense(double *X, double *b, int n)
-{
-    int i, j, k;
-    for (k = 0; k < n; ++k) {
-        int p = k;
-        for (i = k + 1; i < n; ++i) if (fabs(X[(size_t)i * n + k]) > fabs(X[(size_t)p * n + k])) p = i;
-        if (X[(size_t)p * n + k] == 0) return -1;
-        if (p != k) {
-            for (j = 0; j < n; ++j) {
-                double t = X[(size_t)k * n + j]; X[(size_t)k * n + j] = X[(size_t)p * n + j]; X[(size_t)p * n + j] = t;
-            }
-            double t = b[k]; b[k] = b[p]; b[p] = t;
-        }
-        for (i = k + 1; i < n; ++i) {
-            double f = X[(size_t)i * n + k] / X[(size_t)k * n + k];
-            if (f == 0) continue;
-            for (j = k; j < n; ++j) X[(size_t)i * n + j] -= f * X[(size_t)k * n + j];
-            b[i] -= f * b[k];
-        }
-    }
-    for (i = n - 1; i >= 0; --i) {
-        double s = b[i];
-        for (j = i + 1; j < n; ++j) s -= X[(size_t)i * n + j] * b[j];
-        b[i] = s / X[(size_t)i * n + i];
-    }
-    return 0;
-}
-
 /* random symmetric PSD n x n: X = R R^T / r + shift I, R n x r with entries in [-1,1)
  * scaled by `scale`; r < n makes it rank deficient when shift is 0 */
 static void random_psd(kt_rng *g, float *X, int n, int r, double scale, double shift)
@@ -150,7 +120,7 @@ static void run_case(const pcase *c, uint64_t stream)
             }
         for (i = 0; i < M; ++i)
             for (j = 0; j < K; ++j) x[j * M + i] = D[(size_t)i * K + j];
-        if (solve_dense(X, x, n) != 0) {
+        if (kt_solve_dense(X, x, n) != 0) {
             snprintf(nm, sizeof nm, "%s_reference_solve", c->name);
             kt_fail(nm, "the damped Kronecker matrix is singular: bad test case");
         }

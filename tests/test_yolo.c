@@ -16,29 +16,12 @@
 
 static const char *base = "tests/cfg/yolo-tiny.cfg";
 
-/* random image in [0,1) and one box (x, y, w, h, class) per image */
-static void yolo_batch(network *net, uint64_t step)
-{
-    kt_rng r = kt_rng_make(97, step);
-    int i, b;
-    for (i = 0; i < net->inputs * net->batch; ++i) net->input[i] = (float)kt_uniform(&r);
-    memset(net->truth, 0, (size_t)net->truths * net->batch * sizeof(float));
-    for (b = 0; b < net->batch; ++b) {
-        float *t = net->truth + (size_t)b * net->truths;
-        t[0] = (float)(0.3 + 0.4 * kt_uniform(&r));
-        t[1] = (float)(0.3 + 0.4 * kt_uniform(&r));
-        t[2] = (float)(0.2 + 0.3 * kt_uniform(&r));
-        t[3] = (float)(0.2 + 0.3 * kt_uniform(&r));
-        t[4] = (float)(kt_uniform(&r) < 0.5 ? 0 : 1);
-    }
-}
-
 static void train(network *net, int updates)
 {
     int u, s;
     for (u = 0; u < updates; ++u)
         for (s = 0; s < net->subdivisions; ++s) {
-            yolo_batch(net, (uint64_t)u * net->subdivisions + s);
+            kt_yolo_batch(net, 97, (uint64_t)u * net->subdivisions + s);
             train_network_datum(net);
         }
 }
