@@ -31,8 +31,8 @@
 #include <string.h>
 #include "kfac_internal.h"
 
-/* step=auto: the adaptive step gives way to the KL-clipped one after this many
- * generalization ratios below 1/4 in a row */
+/* step=auto on a softmax classifier: the adaptive step gives way to the KL-clipped
+ * one after this many generalization ratios below 1/4 in a row */
 #define KFAC_AUTO_SWITCH 2
 /* lambda is adapted every T1 updates, by the factor omega1 = (19/20)^T1 (M&G 6.5) */
 #define KFAC_ADAPT_T1 5
@@ -474,7 +474,7 @@ void kfac_adaptive_step(kfac_net *k, network *net, const update_args *a)
             td += k->results[KFAC_SLOTS_PER_LAYER * i + S_TDELTA];
             d2 += k->results[KFAC_SLOTS_PER_LAYER * i + S_DELTA2];
         }
-        if (k->cfg.step == KFAC_STEP_AUTO) {
+        if (ad->may_switch) {
             ad->pending = 1;
             ad->pend_m = m_step;
             ad->pend_decay = eta * (td + 0.5 * d2);
@@ -609,6 +609,14 @@ int kfac_adaptive_attach(kfac_net *k, network *net, char *why, size_t why_len)
     kfac_adaptive *ad = (kfac_adaptive *)kfac_calloc(1, sizeof *ad);
     ad->active = 1;
     ad->gen_last = NAN;
+    /* step=auto: the switch to the KL clip is for softmax classifiers.  On them the
+     * adaptive step's steps stop carrying over to new batches after some 25 updates
+     * and it then stalls (measured: the demo CNN, the BN CNN and the MLP end at 2-4x
+     * the loss of the switched rule after 200 updates); on the autoencoder's
+     * per-pixel loss, 400 outputs per image, its steps keep carrying over once the
+     * plateau is left, and switching there cost a factor 20 in the error after 1000
+     * updates (15.5 against 0.66; BENCHMARKS.md, "The step rule") */
+    ad->may_switch = k->cfg.step == KFAC_STEP_AUTO && kind == KFAC_LOSS_SOFTMAX;
     ad->lambda = k->cfg.lambda;
     ad->loss_index = net->n - 1;
     ad->loss_kind = kind;

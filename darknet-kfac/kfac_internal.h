@@ -200,6 +200,7 @@ void kfac_fisher_setup(kfac_net *k, const network *net, char *note, size_t note_
 /* The adaptive step's state, NULL unless step=adaptive. */
 typedef struct kfac_adaptive {
     int active;             /* adaptive steps are taken (saved; step=auto turns it off) */
+    int may_switch;         /* step=auto on a softmax: may give way to the KL clip */
     int low_ratios;         /* step=auto: generalization ratios below 1/4 in a row (saved) */
     double gen_last;        /* the last generalization ratio (NAN before the first) */
     float lambda;           /* Levenberg-Marquardt damping (saved) */
