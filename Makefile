@@ -8,6 +8,7 @@
 #   make fuzz [FUZZ_SECONDS=N]  libFuzzer on the [kfac] parser and the state-file reader
 #   make bench        the CPU benchmark written into BENCHMARKS.md
 #   make bench-threads  OpenBLAS thread counts against factor sizes, idle and loaded
+#   make bench-steps  the step rules (SGD, kl_clip, adaptive, auto) on the project's nets
 #   make study [STUDY_ARGS=...]  SGD against K-FAC over batch sizes 64-2048, on the demo
 #                     CNN and the digits autoencoder: CSVs and gnuplot PNGs in build/study
 #                     (tools/batch_study.py; many hours at its defaults on 2 cores,
@@ -70,7 +71,7 @@ endif
 $(info nvcc found ($(NVCC)): GPU build on, CUDA_ARCH=$(CUDA_ARCH))
 endif
 
-.PHONY: all darknet setup fetch demo test test-sanitize fuzz bench bench-gpu bench-threads clean distclean
+.PHONY: all darknet setup fetch demo test test-sanitize fuzz bench bench-gpu bench-threads bench-steps clean distclean
 all: darknet $(COMPARE)
 
 # Installs the Debian packages the build needs (as root), or names them and stops.
@@ -104,6 +105,10 @@ $(COMPARE): tools/kfac_compare.c darknet
 # OpenBLAS thread counts against factor sizes (BENCHMARKS.md, "OpenBLAS threads")
 $(BUILD)/bench_threads: tools/bench_threads.c darknet
 	$(CC) -O2 -Wall -I$(DK)/include -I$(DK)/src -I$(TOP)/darknet-kfac $< $(DK)/libdarknet.a -lopenblas -lm -pthread -o $@
+
+# the step rules on the project's nets (BENCHMARKS.md, "The step rule")
+bench-steps: all
+	tools/step_rules.sh
 
 bench-threads: $(BUILD)/bench_threads
 	tools/bench_threads.sh $(BUILD)/bench_threads

@@ -12,11 +12,14 @@
 # 3. The defaults on classifiers that played no part in choosing them:
 #    cfg/digits-bn.cfg and cfg/digits-mlp.cfg, each trained as it is with SGD and with
 #    an empty [kfac] appended, at the cfg's own learning rate.
+# 4. The deep autoencoder (cfg/digits-ae.cfg, batch 128): SGD for 3000 updates at the
+#    cfg's rate, K-FAC's defaults until SGD's final reconstruction error
+#    (tools/ae_table.py).
 #
 # Seconds are training time only (kfac_compare excludes data and evaluation), with
 # OPENBLAS_NUM_THREADS=1 so that K-FAC's BLAS runs on one core like Darknet's own gemm.
 # Environment: SEEDS ("1 2 3"), OUT (build/bench), RATES ("0.02 0.05 0.1").
-# Takes about 15 minutes on 2 cores.
+# Takes about 40 minutes on 2 cores.
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -81,4 +84,12 @@ for spec in "digits-bn 750 25 32" "digits-mlp 160 8 128"; do
     done
     python3 tools/demo_table.py --dir "$OUT/$1" --seeds "$seeds_csv" --batch "$4" | tee "$OUT/$1.txt"
 done
+echo "== 4. the autoencoder (cfg/digits-ae.cfg), batch 128: SGD 3000 updates at the cfg's rate, K-FAC to SGD's final error"
+kcfg=$(with_kfac cfg/digits-ae.cfg)
+for s in $SEEDS; do
+    run "$OUT/digits-ae" sgd cfg/digits-ae.cfg "$s" 3000 100
+    target=$(tail -n 1 "$OUT/digits-ae/sgd-seed$s.tsv" | cut -f6)
+    run "$OUT/digits-ae" kfac "$kcfg" "$s" 3000 25 -stop-below "$target"
+done
+python3 tools/ae_table.py --dir "$OUT/digits-ae" --seeds "$seeds_csv" --batch 128 | tee "$OUT/digits-ae.txt"
 echo "bench.sh: tables in $OUT/*.txt"
