@@ -114,6 +114,7 @@ bench-threads: $(BUILD)/bench_threads
 	tools/bench_threads.sh $(BUILD)/bench_threads
 
 demo: all
+	@command -v gnuplot >/dev/null || tools/setup.sh gnuplot
 	tools/demo.sh
 
 # tools/batch_study.py --help for STUDY_ARGS
