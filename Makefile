@@ -8,6 +8,7 @@
 #   make fuzz [FUZZ_SECONDS=N]  libFuzzer on the [kfac] parser and the state-file reader
 #   make bench        the CPU benchmark written into BENCHMARKS.md
 #   make bench-threads  OpenBLAS thread counts against factor sizes, idle and loaded
+#   make bench-yolo   K-FAC's cost per update on a full-size yolov3-tiny, CPU
 #   make bench-steps  the step rules (SGD, kl_clip, adaptive, auto) on the project's nets
 #   make study [STUDY_ARGS=...]  SGD against K-FAC over batch sizes 64-2048, on the demo
 #                     CNN and the digits autoencoder: CSVs and gnuplot PNGs in build/study
@@ -71,7 +72,7 @@ endif
 $(info nvcc found ($(NVCC)): GPU build on, CUDA_ARCH=$(CUDA_ARCH))
 endif
 
-.PHONY: all darknet setup fetch demo test test-sanitize fuzz bench bench-gpu bench-threads bench-steps clean distclean
+.PHONY: all darknet setup fetch demo test test-sanitize fuzz bench bench-gpu bench-threads bench-steps bench-yolo clean distclean
 all: darknet $(COMPARE)
 
 # Installs the Debian packages the build needs (as root), or names them and stops.
@@ -101,6 +102,19 @@ $(COMPARE): tools/kfac_compare.c darknet
 	    $< $(DK)/libdarknet.a \
 	    $(shell $(MAKE) -s -C $(DK) KFAC_DIR=$(TOP)/darknet-kfac GPU=$(GPU) CUDNN=$(CUDNN) OPENCV=$(OPENCV) \
 	        OPENBLAS_LIB=$(OPENBLAS_LIB) NVCC="$(NVCC)" print-ldflags) -o $@
+
+# bench_gpu's CPU build: per-update timing of a cfg on random input (tools/bench_yolo.sh)
+# (the variant's own: with GPU=1 it is bench_gpu itself)
+$(BUILD)/bench_update-$(VARIANT): tests/gpu/bench_gpu.c darknet
+	$(CC) -O2 -Wall -I$(DK)/include -I$(DK)/src -I$(TOP)/darknet-kfac \
+	    $(if $(filter 1,$(GPU)),-DGPU -I$(dir $(NVCC))../include) $(if $(filter 1,$(CUDNN)),-DCUDNN) \
+	    $< $(DK)/libdarknet.a \
+	    $(shell $(MAKE) -s -C $(DK) KFAC_DIR=$(TOP)/darknet-kfac GPU=$(GPU) CUDNN=$(CUDNN) OPENCV=$(OPENCV) \
+	        OPENBLAS_LIB=$(OPENBLAS_LIB) NVCC="$(NVCC)" print-ldflags) -o $@
+
+# K-FAC's cost per update on a full-size yolov3-tiny (416x416), CPU (BENCHMARKS.md)
+bench-yolo: $(BUILD)/bench_update-$(VARIANT)
+	tools/bench_yolo.sh $(BUILD)/bench_update-$(VARIANT)
 
 # OpenBLAS thread counts against factor sizes (BENCHMARKS.md, "OpenBLAS threads")
 $(BUILD)/bench_threads: tools/bench_threads.c darknet

@@ -1,12 +1,17 @@
 /* bench_gpu: mean time per update of one cfg on the GPU, SGD or K-FAC, with random
- * input; for tools/bench_gpu.sh and tests/gpu/run.sh.
+ * input; for tools/bench_gpu.sh and tests/gpu/run.sh.  Built without GPU (the
+ * Makefile's build/bench_update) it times the CPU path the same way, for
+ * tools/bench_yolo.sh.
  *
- *   bench_gpu -cfg FILE [-sgd] [-iters N] [-warmup W] [-gpu G] [-product]
+ *   bench_gpu -cfg FILE [-sgd] [-iters N] [-warmup W] [-gpu G] [-product] [-each]
  *
  *   -sgd        drop the cfg's [kfac] section: the same net on Darknet's SGD
  *   -iters N    timed updates (default 100); -warmup W untimed ones first (default 5)
  *   -product    also time the factor product of the covered layer with the largest A
- *               against cuBLAS sgemm on the same shapes
+ *               against cuBLAS sgemm on the same shapes (GPU builds)
+ *   -each       one line per timed update (EACH u=... s=... stats=... inverse=...
+ *               precond=...): the updates that refresh statistics or decompositions
+ *               apart from the others
  *
  * One update = subdivisions calls of train_network_datum, as in training.  The input
  * is one random batch (uniform [0, 1)) reused for every call, so the host's data
@@ -23,10 +28,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <cuda_runtime.h>
 #include "darknet.h"
 #include "kfac_internal.h"
+#ifdef GPU
+#include <cuda_runtime.h>
 #include "backend/kfac_backend_cuda.h"
+#endif
 
 static void die(const char *msg, const char *arg)
 {
@@ -85,10 +92,13 @@ static void fill_batch(network *net)
 
 static double sync_now(void)
 {
+#ifdef GPU
     KFAC_CUDA_CHECK(cudaDeviceSynchronize());
+#endif
     return what_time_is_it_now();
 }
 
+#ifdef GPU
 /* the covered layer with the largest A: its factor product (the CUDA backend's
  * kfac_cuda_factor_product) against cuBLAS sgemm on a handle of our own, FP32 like
  * the backend's */
@@ -134,14 +144,16 @@ static void bench_product(network *net)
     cuda_free(P);
     cuda_free(C);
 }
+#endif
 
 int main(int argc, char **argv)
 {
     const char *cfg = NULL;
-    int sgd = 0, iters = 100, warmup = 5, gpu = 0, product = 0, i, u, s;
+    int sgd = 0, iters = 100, warmup = 5, gpu = 0, product = 0, each = 0, i, u, s;
     for (i = 1; i < argc; ++i) {
         if (!strcmp(argv[i], "-sgd")) sgd = 1;
         else if (!strcmp(argv[i], "-product")) product = 1;
+        else if (!strcmp(argv[i], "-each")) each = 1;
         else if (i + 1 < argc && !strcmp(argv[i], "-cfg")) cfg = argv[++i];
         else if (i + 1 < argc && !strcmp(argv[i], "-iters")) iters = atoi(argv[++i]);
         else if (i + 1 < argc && !strcmp(argv[i], "-warmup")) warmup = atoi(argv[++i]);
@@ -149,7 +161,9 @@ int main(int argc, char **argv)
         else die("unknown or incomplete option ", argv[i]);
     }
     if (!cfg || iters < 1 || warmup < 0 || gpu < 0)
-        die("usage: bench_gpu -cfg FILE [-sgd] [-iters N>0] [-warmup W] [-gpu G] [-product]", NULL);
+        die("usage: bench_gpu -cfg FILE [-sgd] [-iters N>0] [-warmup W] [-gpu G] [-product] [-each]", NULL);
+    const char *device = "CPU";
+#ifdef GPU
     int ndev = 0;
     if (cudaGetDeviceCount(&ndev) != cudaSuccess || gpu >= ndev) die("no such CUDA device", NULL);
     struct cudaDeviceProp prop;
@@ -157,6 +171,10 @@ int main(int argc, char **argv)
 
     gpu_index = gpu;
     cuda_set_device(gpu);
+    device = prop.name;
+#else
+    if (product) die("-product needs the GPU build", NULL);
+#endif
     srand(1);
     const char *file = sgd ? cfg_without_kfac(cfg) : cfg;
     network *net = parse_network_cfg((char *)file);
@@ -168,19 +186,30 @@ int main(int argc, char **argv)
         for (s = 0; s < net->subdivisions; ++s) train_network_datum(net);
     double st0 = 0, inv0 = 0, pre0 = 0, st1 = 0, inv1 = 0, pre1 = 0;
     if (net->kfac) kfac_network_timing(net, &st0, &inv0, &pre0);
-    double t0 = sync_now();
-    for (u = 0; u < iters; ++u)
+    double t0 = sync_now(), prev[4] = {t0, st0, inv0, pre0};
+    for (u = 0; u < iters; ++u) {
         for (s = 0; s < net->subdivisions; ++s) train_network_datum(net);
+        if (each) {
+            double now[4] = {sync_now(), 0, 0, 0};
+            if (net->kfac) kfac_network_timing(net, &now[1], &now[2], &now[3]);
+            printf("EACH u=%d s=%.6f stats=%.6f inverse=%.6f precond=%.6f\n", warmup + u, now[0] - prev[0],
+                   now[1] - prev[1], now[2] - prev[2], now[3] - prev[3]);
+            fflush(stdout);
+            memcpy(prev, now, sizeof prev);
+        }
+    }
     double t = (sync_now() - t0) / iters;
     if (net->kfac) kfac_network_timing(net, &st1, &inv1, &pre1);
     double st = (st1 - st0) / iters, inv = (inv1 - inv0) / iters, pre = (pre1 - pre0) / iters;
 
     printf("%s on %s (%s): %d updates of %d x %d images after %d warm-up updates: %.4f s per update",
-           cfg, prop.name, sgd ? "SGD" : "K-FAC", iters, net->batch, net->subdivisions, warmup, t);
+           cfg, device, sgd ? "SGD" : "K-FAC", iters, net->batch, net->subdivisions, warmup, t);
     if (!sgd) printf(" (statistics %.4f, decompositions %.4f, preconditioning %.4f)", st, inv, pre);
     printf("\nRESULT cfg=%s mode=%s updates=%d s_per_update=%.6f stats=%.6f inverse=%.6f precond=%.6f\n",
            cfg, sgd ? "sgd" : "kfac", iters, t, st, inv, pre);
+#ifdef GPU
     if (product && !sgd) bench_product(net);
+#endif
     fflush(stdout);
     free_network(net);
     return 0;
