@@ -95,16 +95,20 @@ def log(msg):
 
 # ---------------------------------------------------------------- Darknet's files ------
 
+def read_lines(path, what):
+    """The lines of a text file; InputError naming what the file is when it cannot be read."""
+    try:
+        with open(path) as f:
+            return f.read().split("\n")
+    except OSError as e:
+        raise InputError("cannot read %s: %s" % (what, e.strerror))
+
+
 def read_data_file(path):
     """Parse a Darknet .data file as read_data_cfg does: all blanks removed, '#' and ';'
     start comments, key=value; the first occurrence of a key wins (option_find)."""
     opts = {}
-    try:
-        with open(path) as f:
-            lines = f.read().split("\n")
-    except OSError as e:
-        raise InputError("cannot read %s: %s" % (path, e.strerror))
-    for n, line in enumerate(lines, 1):
+    for n, line in enumerate(read_lines(path, path), 1):
         line = line.replace(" ", "").replace("\t", "").replace("\r", "")
         if not line or line[0] in "#;":
             continue
@@ -222,12 +226,7 @@ def image_size(path):
 def read_sizes(path):
     """--sizes file: {image path or id: (w, h)}."""
     sizes = {}
-    try:
-        with open(path) as f:
-            lines = f.read().split("\n")
-    except OSError as e:
-        raise InputError("cannot read %s: %s" % (path, e.strerror))
-    for n, line in enumerate(lines, 1):
+    for n, line in enumerate(read_lines(path, path), 1):
         if not line.strip():
             continue
         parts = line.rsplit(None, 2)
@@ -247,12 +246,7 @@ def read_labels(path, image, classes, w, h):
     """Boxes of the label file path (of image) as [(class, x1, y1, x2, y2)] in pixels,
     continuous."""
     boxes = []
-    try:
-        with open(path) as f:
-            lines = f.read().split("\n")
-    except OSError as e:
-        raise InputError("cannot read label file %s (Darknet's label path for %s): %s"
-                         % (path, image, e.strerror))
+    lines = read_lines(path, "label file %s (Darknet's label path for %s)" % (path, image))
     for n, line in enumerate(lines, 1):
         parts = line.split()
         if not parts:
@@ -303,11 +297,9 @@ def read_detections(path, images):
     order, converted from Darknet's 1-based clipped boxes (see the module docstring)."""
     dets = []
     try:
-        with open(path) as f:
-            lines = f.read().split("\n")
-    except OSError as e:
-        raise InputError("cannot read result file %s: %s (did `darknet detector valid` "
-                         "write it? see --results and --out)" % (path, e.strerror))
+        lines = read_lines(path, "result file %s" % path)
+    except InputError as e:
+        raise InputError("%s (did `darknet detector valid` write it? see --results and --out)" % e)
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
