@@ -13,14 +13,20 @@
  * Usage, from the directory the .data file's paths are relative to (the repo root):
  *
  *   kfac_compare -data build/data/digits/digits.data -cfg cfg/digits.cfg -seed 1
- *                -iters 300 -eval 10 [-lr X] [-out run.tsv] [-weights-out F]
- *                [-full-train] [-gpu N]
+ *                -iters 300 -eval 10 [-lr X] [-out run.tsv] [-weights F]
+ *                [-weights-out F] [-full-train] [-gpu N]
  *
  *   -iters N        updates to run (one update = batch*subdivisions images);
  *                   default: the cfg's max_batches
  *   -eval K         evaluate every K updates, and at 0 and at the end
  *   -lr X           replaces the cfg's learning_rate
  *   -out F          writes one TSV row per evaluation (columns below)
+ *   -weights F      starts from these weights (Darknet's format) instead of the seed's
+ *                   random initialization, as `classifier train CFG F -clear` does: the
+ *                   layers F holds are loaded over the seed's initialization, so a file
+ *                   cut by `darknet partial` (retraining with a new head) leaves the
+ *                   layers after the cut as the seed made them; the update count
+ *                   starts at 0 and no K-FAC state is loaded
  *   -weights-out F  saves the final weights (Darknet's format)
  *   -full-train     also computes the loss over the whole training set at each
  *                   evaluation (one forward pass over it; costs about 4x a test pass)
@@ -72,6 +78,7 @@ typedef struct {
     float lr;                /* learning rate override; used when has_lr */
     int has_lr;              /* 1 when -lr was given */
     const char *out;         /* TSV path or NULL */
+    const char *weights;     /* initial weights path or NULL */
     const char *weights_out; /* final weights path or NULL */
     int full_train;          /* 1: full training-set loss at each evaluation */
     int gpu;                 /* GPU builds: device index, -1 = CPU */
@@ -81,7 +88,7 @@ static void usage(const char *prog)
 {
     fprintf(stderr,
             "usage: %s -data FILE.data -cfg FILE.cfg [-seed S] [-iters N] [-eval K]\n"
-            "          [-lr X] [-out FILE.tsv] [-weights-out FILE] [-full-train]"
+            "          [-lr X] [-out FILE.tsv] [-weights FILE] [-weights-out FILE] [-full-train]"
 #ifdef GPU
             " [-gpu N]"
 #endif
@@ -136,6 +143,7 @@ static options parse_options(int argc, char **argv)
         else if (!strcmp(a, "-eval")) o.eval = parse_int(a, v);
         else if (!strcmp(a, "-lr")) { o.lr = parse_float(a, v); o.has_lr = 1; }
         else if (!strcmp(a, "-out")) o.out = v;
+        else if (!strcmp(a, "-weights")) o.weights = v;
         else if (!strcmp(a, "-weights-out")) o.weights_out = v;
 #ifdef GPU
         else if (!strcmp(a, "-gpu")) o.gpu = parse_int(a, v);
@@ -285,6 +293,7 @@ int main(int argc, char **argv)
 
     file_require(o.datacfg, "data file");
     file_require(o.cfg, "cfg");
+    if (o.weights) file_require(o.weights, "weights");
     list *dopts = read_data_cfg((char *)o.datacfg);
     int classes = option_find_int(dopts, "classes", 2);
     char *train_list = option_find_str(dopts, "train", "data/train.list");
@@ -305,7 +314,7 @@ int main(int argc, char **argv)
     if (gpu_index >= 0) cuda_set_device(gpu_index);
 #endif
     srand(o.seed); /* weight initialization draws from rand() */
-    network *net = load_network((char *)o.cfg, 0, 0);
+    network *net = load_network((char *)o.cfg, (char *)o.weights, o.weights != 0);
     if (o.has_lr) net->learning_rate = o.lr;
     if (o.iters < 0) o.iters = net->max_batches;
     if (net->policy == POLY && o.iters > net->max_batches) {
@@ -337,6 +346,7 @@ int main(int argc, char **argv)
     printf("cfg %s seed %d lr %g momentum %g decay %g batch %d x %d, %d updates\n",
            o.cfg, o.seed, net->learning_rate, net->momentum, net->decay, net->batch,
            net->subdivisions, o.iters);
+    if (o.weights) printf("initial weights %s\n", o.weights);
 
     uint64_t rng = (uint64_t)(uint32_t)o.seed; /* batch generator, seeded like srand */
     double train_seconds = 0;
