@@ -281,6 +281,8 @@ def plot(args, runs, seeds, name, title, xlabel, ylabel, curves, logy=False, key
         f.write("set terminal pngcairo size 960,640 font 'sans,11'\n")
         f.write("set output %s\n" % gq(png))
         f.write("set datafile separator ','\n")
+        if len(seeds) > 1:
+            title += " (thin lines: each seed)"
         f.write("set title %s noenhanced\n" % gq(title))
         f.write("set xlabel %s noenhanced\nset ylabel %s noenhanced\n" % (gq(xlabel), gq(ylabel)))
         f.write("set grid\nset key inside %s box opaque noenhanced\n" % key)
