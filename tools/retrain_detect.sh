@@ -185,14 +185,15 @@ NDET=$(grep -c '^\[' "$DET")
 log "the backbone shares layers 0-$((SHARED - 1)) with the detector"
 
 # ---- helpers --------------------------------------------------------------------------
-# follow PID LOG LABEL PATTERN: waits for PID, printing LOG's last PATTERN line every 30 s
+# follow PID LOG LABEL PATTERN: waits for PID, printing LOG's last PATTERN line every
+# 30 s when it is new; returns PID's exit status
 follow() {
-    local pid=$1 logf=$2 label=$3 pat=$4 t=$(date +%s) last
+    local pid=$1 logf=$2 label=$3 pat=$4 t=$(date +%s) last shown=""
     while kill -0 "$pid" 2>/dev/null; do
         sleep 2
         if [ $(( ($(date +%s) - t) % 30 )) -lt 2 ]; then
             last=$(grep -E "$pat" "$logf" | tail -n 1 | tr -s ' ')
-            [ -n "$last" ] && log "$label: $last"
+            [ -n "$last" ] && [ "$last" != "$shown" ] && log "$label: $last" && shown=$last
         fi
     done
     wait "$pid"
@@ -217,7 +218,8 @@ for s in $SEEDS; do
     mkdir -p "$w"
     t=$(date +%s)
     "$COMPARE" -data build/data/digits/digits.data -cfg "$BACK" -seed "$s" -iters "$PRETRAIN_ITERS" \
-        -eval "$PRETRAIN_ITERS" -weights-out "$w/backbone.weights" >"$w/backbone.log" 2>&1 &
+        -eval "$(( PRETRAIN_ITERS < 40 ? PRETRAIN_ITERS : 40 ))" -weights-out "$w/backbone.weights" \
+        >"$w/backbone.log" 2>&1 &
     follow $! "$w/backbone.log" "backbone seed $s" '^iter' ||
         { tail -n 20 "$w/backbone.log" >&2; die "backbone training failed: see $w/backbone.log"; }
     log "backbone seed $s: $(grep '^iter' "$w/backbone.log" | tail -n 1 | tr -s ' ') ($(( $(date +%s) - t )) s)"
@@ -236,7 +238,7 @@ for s in $SEEDS; do
         log "detector $opt seed $s: training $ITERS updates from $w/start.weights"
         "$DARKNET" detector train "$r/run.data" "$cfg" "$w/start.weights" -save_interval "$SAVE" \
             >"$r/train.log" 2>"$r/train.err" &
-        follow $! "$r/train.log" "detector $opt seed $s (of $ITERS)" '^[0-9]+: ' ||
+        follow $! "$r/train.log" "detector $opt seed $s (of $ITERS)" '^[0-9]+: .* images$' ||
             { tail -n 20 "$r/train.err" >&2; die "detector train failed: see $r/train.log, train.err"; }
         log "detector $opt seed $s: trained in $(( $(date +%s) - t )) s"
         base=$(basename "$cfg" .cfg)

@@ -48,10 +48,8 @@
 # and for retrain the pretrained weights and their cut (OUT/retrain/NET/seedS/).
 # Work data: build/data/digits-04 and build/data/digits-59 (lists of the demo digits).
 #
-# SGD's rates (cfg/googlenet-digits*.cfg), from a sweep of 250 updates from scratch,
-# seed 1, loss over the whole training set after 250 updates / test accuracy:
-#   no batch norm:  see the cfg's header
-#   batch norm:     see the cfg's header
+# SGD's rates: 0.1 without batch norm, 0.2 with, from a sweep of 250 updates from
+# scratch (the cfgs' headers have the numbers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -159,9 +157,10 @@ head_layer() {
 
 # ---- one run --------------------------------------------------------------------------
 # train LABEL LOG kfac_compare-args...: runs kfac_compare, printing its latest
-# evaluation every 30 s and the last one at the end; stops the flow on failure
+# evaluation every 30 s (when new) and the last one at the end; stops the flow on
+# failure
 train() {
-    local label=$1 logf=$2 t=$(date +%s) pid last=""
+    local label=$1 logf=$2 t=$(date +%s) pid last="" shown=""
     shift 2
     "$COMPARE" "$@" >"$logf" 2>&1 &
     pid=$!
@@ -169,7 +168,7 @@ train() {
         sleep 2
         if [ $(( ($(date +%s) - t) % 30 )) -lt 2 ]; then
             last=$(grep '^iter' "$logf" | tail -n 1 | tr -s ' ')
-            [ -n "$last" ] && log "$label: $last"
+            [ -n "$last" ] && [ "$last" != "$shown" ] && log "$label: $last" && shown=$last
         fi
     done
     if ! wait $pid; then
@@ -220,7 +219,8 @@ for net in $NETS; do
                 mkdir -p "$w"
                 train "pretrain $net (digits 0-4, SGD) seed $s" "$w/pretrain.log" \
                     -data build/data/digits-04/digits.data -cfg "$OUT/cfg/$net-pretrain.cfg" -seed "$s" \
-                    -iters "$PRETRAIN_ITERS" -eval "$PRETRAIN_ITERS" -weights-out "$w/pretrain.weights"
+                    -iters "$PRETRAIN_ITERS" -eval "$(( PRETRAIN_ITERS < 50 ? PRETRAIN_ITERS : 50 ))" \
+                    -weights-out "$w/pretrain.weights"
                 "$DARKNET" partial "$OUT/cfg/$net-pretrain.cfg" "$w/pretrain.weights" "$w/cut.weights" "$cut" \
                     >"$w/partial.log" 2>&1 || die "darknet partial failed: see $w/partial.log"
                 log "retrain $net seed $s: layers 0-$((cut - 1)) of the pretrained net in $w/cut.weights"
