@@ -264,7 +264,7 @@ def plot(args, runs, seeds, name, title, xlabel, ylabel, curves, logy=False, key
     for ci, (suffix, dt, fn) in enumerate(curves):
         for o, label in args.optlist:
             thick, thin = COLORS[o]
-            for s in seeds:
+            for s in (seeds if len(seeds) > 1 else []):  # one seed: its median is it
                 p = os.path.join(d, "%s-%d-%s-seed%s.csv" % (name, ci, o, s))
                 write_xy(p, fn(runs[o][s]))
                 cmds.append("%s using 1:2 with lines lw 1 dt %d lc rgb '%s' notitle"
