@@ -177,13 +177,17 @@ def summarize(args, runs, seeds):
         sgd, kf = runs["sgd"][s], runs["kfac"][s]
         t_loss, t_score = sgd.final_loss, sgd.final_score
         ul = first_update(kf.loss_at, lambda v, t=t_loss: v <= t) if finite(t_loss) else math.nan
-        us = first_update(kf.score, lambda v, t=t_score: v >= t - 1e-9) if finite(t_score) else math.nan
+        # SGD ending no better than the common start (update 0) sets no target
+        void = not finite(t_score) or t_score <= sgd.score[0][1]
+        us = math.nan if void else first_update(kf.score[1:], lambda v, t=t_score: v >= t - 1e-9)
         reach_loss.append(ul)
         reach_score.append(us)
         per_seed.append("  seed %s: SGD's final loss %s reached by K-FAC at update %s; SGD's "
-                        "final %s %s at update %s"
+                        "final %s %s %s"
                         % (s, fmt(t_loss, ".4f"), fmt(ul, ".0f"), score_name,
-                           fmt(t_score, ".4f"), fmt(us, ".0f")))
+                           fmt(t_score, ".4f"),
+                           "(no better than at update 0: no target)" if void
+                           else "at update %s" % fmt(us, ".0f")))
     rows = []
 
     def row(label, key, spec):
