@@ -14,6 +14,9 @@
 #                     CNN and the digits autoencoder: CSVs and gnuplot PNGs in build/study
 #                     (tools/batch_study.py; many hours at its defaults on 2 cores,
 #                     STUDY_ARGS=--quick: a few minutes)
+#   make bench-retrain [RETRAIN_ARGS=...]  SGD vs K-FAC: GoogLeNet-like nets (scratch and
+#                     retrained) and a detector from a pretrained backbone (mAP curves)
+#   make bench-retrain-quick  the same flows as a smoke test (1 seed, a few updates)
 #
 # Darknet itself is never copied into this repo: it is fetched as the pinned Debian
 # source package (tools/fetch_darknet.sh) or taken from DARKNET_SRC, copied into
@@ -73,6 +76,7 @@ $(info nvcc found ($(NVCC)): GPU build on, CUDA_ARCH=$(CUDA_ARCH))
 endif
 
 .PHONY: all darknet setup fetch demo test test-sanitize fuzz bench bench-gpu bench-threads bench-steps bench-yolo clean distclean
+.PHONY: bench-retrain bench-retrain-googlenet bench-retrain-detect bench-retrain-quick
 all: darknet $(COMPARE)
 
 # Installs the Debian packages the build needs (as root), or names them and stops.
@@ -165,6 +169,28 @@ bench: all
 # GPU benchmark (needs a GPU; builds the GPU variant itself): BENCHMARKS.md's GPU part
 bench-gpu:
 	tools/bench_gpu.sh
+
+# SGD vs K-FAC on retraining tasks (README, "Retraining flows"): the GoogLeNet-like
+# nets from scratch and retrained (tools/retrain_googlenet.sh), the digits detector
+# from a pretrained backbone with mAP per checkpoint (tools/retrain_detect.sh); tables
+# and gnuplot PNGs in build/retrain/.  RETRAIN_ARGS go to both scripts (e.g.
+# RETRAIN_ARGS='--seeds 1 --kfac "damping=0.01"').  The plots need gnuplot, which
+# tools/setup.sh installs as root (or names).
+RETRAIN_ARGS ?=
+bench-retrain: bench-retrain-googlenet bench-retrain-detect
+
+bench-retrain-googlenet: all
+	@tools/setup.sh gnuplot
+	tools/retrain_googlenet.sh $(RETRAIN_ARGS)
+
+bench-retrain-detect: all
+	@tools/setup.sh gnuplot
+	tools/retrain_detect.sh $(RETRAIN_ARGS)
+
+bench-retrain-quick: all
+	@tools/setup.sh gnuplot
+	tools/retrain_googlenet.sh --quick
+	tools/retrain_detect.sh --quick
 
 clean:
 	rm -rf $(BUILD)/darknet-cpu* $(BUILD)/darknet-gpu* $(BUILD)/kfac_compare* $(BUILD)/tests

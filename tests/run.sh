@@ -34,8 +34,10 @@ LIBS="$DK/libdarknet.a -lopenblas -lm -pthread"
 
 # the variant's deterministic driver (the top Makefile's name for it), for the drivers
 variant=${DK##*/darknet-}
-export KFAC_COMPARE=build/kfac_compare
-[ "$variant" = cpu ] || KFAC_COMPARE=build/kfac_compare-$variant
+# (next to the Darknet build folder, so that a build under another BUILD= tests its own)
+KFAC_COMPARE=$(dirname "$DK")/kfac_compare
+[ "$variant" = cpu ] || KFAC_COMPARE=$KFAC_COMPARE-$variant
+export KFAC_COMPARE
 t_suite=$(date +%s)
 . tests/count.sh
 

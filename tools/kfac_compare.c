@@ -27,9 +27,13 @@
  *                   "updates to a target" is resolved to a factor R at any scale
  *                   (default 1: multiples of K only)
  *   -lr X           replaces the cfg's learning_rate
- *   -weights F      initial weights (Darknet's format) instead of the cfg's random
- *                   initialization
  *   -out F          writes one TSV row per evaluation (columns below)
+ *   -weights F      starts from these weights (Darknet's format) instead of the seed's
+ *                   random initialization, as `classifier train CFG F -clear` does: the
+ *                   layers F holds are loaded over the seed's initialization, so a file
+ *                   cut by `darknet partial` (retraining with a new head) leaves the
+ *                   layers after the cut as the seed made them; the update count
+ *                   starts at 0 and no K-FAC state is loaded
  *   -weights-out F  saves the final weights (Darknet's format)
  *   -full-train     also evaluates the whole training set at each evaluation (one
  *                   forward pass over it; costs about 4x a test pass)
@@ -478,6 +482,7 @@ int main(int argc, char **argv)
 
     file_require(o.datacfg, "data file");
     file_require(o.cfg, "cfg");
+    if (o.weights) file_require(o.weights, "weights");
     list *dopts = read_data_cfg((char *)o.datacfg);
     int classes = option_find_int(dopts, "classes", 2);
     char *train_list = option_find_str(dopts, "train", "data/train.list");
@@ -497,9 +502,8 @@ int main(int argc, char **argv)
     gpu_index = o.gpu;
     if (gpu_index >= 0) cuda_set_device(gpu_index);
 #endif
-    if (o.weights) file_require(o.weights, "weights file");
     srand(o.seed); /* weight initialization draws from rand() */
-    network *net = load_network((char *)o.cfg, (char *)o.weights, 0);
+    network *net = load_network((char *)o.cfg, (char *)o.weights, o.weights != 0);
     task_kind task = task_of(net, o.cfg);
     if (o.has_lr) net->learning_rate = o.lr;
     if (o.iters < 0) o.iters = net->max_batches;
@@ -537,6 +541,7 @@ int main(int argc, char **argv)
     printf("cfg %s seed %d lr %g momentum %g decay %g batch %d x %d, %d updates%s\n",
            o.cfg, o.seed, net->learning_rate, net->momentum, net->decay, net->batch,
            net->subdivisions, o.iters, task == TASK_AUTOENCODER ? ", autoencoder" : "");
+    if (o.weights) printf("initial weights %s\n", o.weights);
 
     uint64_t rng = (uint64_t)(uint32_t)o.seed; /* batch generator, seeded like srand */
     double train_seconds = 0;
