@@ -30,6 +30,7 @@
  *     load_network        kfac_state_load
  *     free_network        kfac_network_free
  *     sync_nets           kfac_networks_sync         multi-GPU builds: replicas
+ *     forward_yolo_layer  kfac_network_quiet         no progress line for probes
  *
  * Every other function here is for the tests and tools.
  */
@@ -77,6 +78,10 @@ void kfac_networks_sync(network **nets, int n);
 
 /* Number of completed updates K-FAC has seen (saved in the state file). */
 int kfac_network_step(const network *net);
+
+/* 1 while the adaptive step's own forward passes run (patches/0018: [yolo] layers
+ * print no progress line for them). */
+int kfac_network_quiet(const network *net);
 
 /* Replace the preconditioner by the identity (1) or restore it (0): everything else
  * (capture, true-Fisher pass, snapshots, write-back, KL clip off) keeps running. */

@@ -14,8 +14,8 @@
  *
  * where F is the exact Fisher (generalized Gauss-Newton) of the probe batch (the last
  * subdivision's images): v^T F w = (1/b) sum_i (J_i v)^T F_R,i (J_i w), J_i v the
- * change of image i's output (the loss layer's input) along v and F_R its output
- * Fisher.  J v comes from finite differences of Darknet's own forward pass at
+ * change of image i's outputs (the loss layers' inputs: one, or a detector's [yolo]
+ * heads) along v and F_R their output Fisher.  J v comes from finite differences of Darknet's own forward pass at
  * theta + eps v, so no layer needs new code; every buffer the probe's forward writes
  * is saved before and put back after, so the probes leave no trace.  Every
  * KFAC_ADAPT_T1 updates lambda follows the Levenberg-Marquardt rule on the reduction
@@ -91,16 +91,27 @@ static void fit_sizes(kfac_net *k, network *net)
             ad->saved_len[j] = len[f];
         }
     }
-    const layer *last = &net->layers[ad->loss_index];
-    const size_t nout = (size_t)last->inputs * last->batch;
+    size_t nout = 0, yw = 0;
+    for (i = 0; i < ad->nloss; ++i) {
+        const layer *l = &net->layers[ad->loss[i].index];
+        ad->loss[i].off = nout;
+        nout += (size_t)l->inputs * l->batch;
+        if (ad->loss[i].kind == KFAC_LOSS_YOLO && (size_t)l->batch * l->n * l->w * l->h > yw)
+            yw = (size_t)l->batch * l->n * l->w * l->h;
+    }
     if (nout > ad->nout) {
-        float **host[] = {&ad->z0, &ad->zp, &ad->zm, &ad->p, &ad->jv[0], &ad->jv[1]};
+        float **host[] = {&ad->zp, &ad->zm, &ad->p, &ad->d, &ad->hp, &ad->hd, &ad->jv[0], &ad->jv[1]};
         size_t h;
         for (h = 0; h < sizeof host / sizeof host[0]; ++h) {
             free(*host[h]);
             *host[h] = (float *)kfac_calloc(nout, sizeof(float));
         }
         ad->nout = nout;
+    }
+    if (yw > ad->yw_len) {
+        free(ad->yw);
+        ad->yw = (float *)kfac_calloc(yw, sizeof(float));
+        ad->yw_len = yw;
     }
 }
 
@@ -129,6 +140,13 @@ static void probe_state(kfac_net *k, network *net, int to_saved)
     }
     if (to_saved) ad->costs[net->n] = *net->cost;
     else *net->cost = ad->costs[net->n];
+    ad->probing = to_saved;
+}
+
+int kfac_network_quiet(const network *net)
+{
+    const kfac_net *k = kfac_of(net);
+    return k && k->adapt && k->adapt->probing;
 }
 
 /* the covered weights back to the saved theta, exactly */
@@ -160,14 +178,34 @@ static void move_weights(kfac_net *k, network *net, float *const *v, float scale
     }
 }
 
-/* the loss layer's input after a forward pass at the current weights, to the host */
+/* the loss layers' inputs (the outputs of the layers before them: Darknet feeds each
+ * layer its predecessor's) after a forward pass at the current weights, to the host */
 static void forward_output(kfac_net *k, network *net, float *out)
 {
-    const layer *loss = &net->layers[k->adapt->loss_index];
-    kfac_darknet_buffers b;
+    const kfac_adaptive *ad = k->adapt;
+    int i;
     forward_network(net);
-    k->be->ops->darknet_buffers(&net->layers[k->adapt->loss_index - 1], &b);
-    k->be->ops->to_host(k->be, out, b.output, (size_t)loss->inputs * loss->batch);
+    for (i = 0; i < ad->nloss; ++i) {
+        const layer *l = &net->layers[ad->loss[i].index];
+        kfac_darknet_buffers b;
+        k->be->ops->darknet_buffers(&net->layers[ad->loss[i].index - 1], &b);
+        k->be->ops->to_host(k->be, out + ad->loss[i].off, b.output, (size_t)l->inputs * l->batch);
+    }
+}
+
+/* the loss layers' outputs and deltas as the last forward pass left them, to the host */
+static void loss_outputs(kfac_net *k, const network *net, float *p, float *d)
+{
+    const kfac_adaptive *ad = k->adapt;
+    int i;
+    for (i = 0; i < ad->nloss; ++i) {
+        const layer *l = &net->layers[ad->loss[i].index];
+        const size_t n = (size_t)l->outputs * l->batch;
+        kfac_darknet_buffers b;
+        k->be->ops->darknet_buffers(l, &b);
+        k->be->ops->to_host(k->be, p + ad->loss[i].off, b.output, n);
+        k->be->ops->to_host(k->be, d + ad->loss[i].off, b.delta, n);
+    }
 }
 
 /* J v on the probe batch into out, by central differences with eps; the weights and
@@ -175,8 +213,7 @@ static void forward_output(kfac_net *k, network *net, float *out)
 static void jv_central(kfac_net *k, network *net, float *const *v, float eps, float *out)
 {
     kfac_adaptive *ad = k->adapt;
-    const layer *loss = &net->layers[ad->loss_index];
-    const size_t n = (size_t)loss->inputs * loss->batch;
+    const size_t n = ad->nout;
     size_t j;
     move_weights(k, net, v, eps);
     forward_output(k, net, ad->zp);
@@ -199,51 +236,124 @@ static float probe_eps(double theta_sq, double v_sq)
 
 /* ---- the output Fisher and the loss -------------------------------------------------- */
 
-/* (1/b) sum_i u_i^T F_R,i w_i over the probe batch (u, w: batch x outputs, the loss
- * layer's input space) */
-static double fisher_dot(const kfac_adaptive *ad, const network *net, const float *u, const float *w)
+/* A [yolo] layer's output Fisher and loss, entry by entry.  Darknet's delta for the
+ * entries that carry a term (the assigned box's coordinates and classes, with weight
+ * s = 2 - w h for the coordinates; every objectness not ignored) is the negative
+ * gradient, with respect to the layer's input, of
+ *
+ *     x, y      s CE(t, p)        p the sigmoid output, t = p + delta / s
+ *     w, h      (s/2) (t - x)^2   = delta^2 / (2 s)
+ *     obj, cls  CE(t, p)          t = p + delta, 0 or 1
+ *
+ * (Darknet hands the sigmoid outputs' deltas back without the sigmoid's derivative,
+ * which makes them cross-entropy gradients), and the output Fisher of that loss is
+ * diagonal: s p (1 - p), s, p (1 - p).  An objectness with delta 0 and no box was
+ * ignored (IoU above ignore_thresh) and carries nothing.  The weights come from the
+ * truth and the anchors alone, so theta and a probe share them; the ignored set is
+ * the forward pass's own. */
+static double cross_entropy(double t, double p)
 {
-    const layer *l = &net->layers[ad->loss_index];
-    const int n = l->inputs, B = l->batch;
-    double total = 0;
-    int i, j;
-    for (i = 0; i < B; ++i) {
-        const float *pi = ad->p + (size_t)i * n, *ui = u + (size_t)i * n, *wi = w + (size_t)i * n;
-        if (ad->loss_kind == KFAC_LOSS_SOFTMAX) {
-            /* diag(p) - p p^T */
-            double pu = 0, pw = 0, puw = 0;
-            for (j = 0; j < n; ++j) {
-                pu += (double)pi[j] * ui[j];
-                pw += (double)pi[j] * wi[j];
-                puw += (double)pi[j] * ui[j] * wi[j];
-            }
-            total += puw - pu * pw;
-        } else if (ad->loss_kind == KFAC_LOSS_LOGISTIC) {
-            for (j = 0; j < n; ++j) total += (double)pi[j] * (1.0 - pi[j]) * ui[j] * wi[j];
-        } else { /* Gaussian of variance 1/scale; masked outputs carry no term */
-            for (j = 0; j < n; ++j)
-                if (!(l->cost_type == MASKED && net->truth[(size_t)i * n + j] == SECRET_NUM))
-                    total += (double)l->scale * ui[j] * wi[j];
-        }
-    }
-    return total / B;
+    /* a float sigmoid saturates at exactly 0 or 1: bounded at float resolution */
+    if (p < 1e-7) p = 1e-7;
+    if (p > 1 - 1e-7) p = 1 - 1e-7;
+    return -(t * log(p) + (1 - t) * log(1 - p));
 }
 
-/* h on the probe batch after a forward pass: the loss its delta differentiates, mean
- * over images (Darknet's cost for softmax and logistic; for [cost] the (s/2)|t - x|^2
- * its delta belongs to, not the sum of squares it reports) */
+/* mode 0: sum over the layer's entries of F u w (u, w given); mode 1: the loss */
+static double yolo_terms(const kfac_adaptive *ad, const network *net, const layer *l, const float *p,
+                         const float *d, const float *u, const float *w, int mode)
+{
+    const int T = l->w * l->h, E = 4 + 1 + l->classes;
+    double total = 0;
+    int b, n, loc, e;
+    kfac_yolo_assignments(l, net, ad->yw);
+    for (b = 0; b < l->batch; ++b)
+        for (n = 0; n < l->n; ++n)
+            for (loc = 0; loc < T; ++loc) {
+                const double s = ad->yw[((size_t)b * l->n + n) * T + loc];
+                const int obj_term = d[kfac_yolo_index(l, b, n, loc, 4)] != 0 || s > 0;
+                for (e = 0; e < E; ++e) {
+                    const size_t x = kfac_yolo_index(l, b, n, loc, e);
+                    const double px = p[x], dx = d[x];
+                    double f = 0, h = 0;
+                    if (e < 2) {
+                        if (s > 0) { f = s * px * (1 - px); h = s * cross_entropy(px + dx / s, px); }
+                    } else if (e < 4) {
+                        if (s > 0) { f = s; h = dx * dx / (2 * s); }
+                    } else if (e == 4 ? obj_term : s > 0) {
+                        f = px * (1 - px);
+                        h = cross_entropy(px + dx, px);
+                    }
+                    total += mode ? h : f * u[x] * w[x];
+                }
+            }
+    return total;
+}
+
+/* (1/b) sum_i u_i^T F_R,i w_i over the probe batch (u, w: the loss layers' inputs,
+ * one after the other, batch x inputs each), with the outputs p and deltas d at theta */
+static double fisher_dot(const kfac_adaptive *ad, const network *net, const float *u, const float *w)
+{
+    double total = 0;
+    int li, i, j;
+    for (li = 0; li < ad->nloss; ++li) {
+        const layer *l = &net->layers[ad->loss[li].index];
+        const size_t off = ad->loss[li].off;
+        const int n = l->inputs, B = l->batch;
+        if (ad->loss[li].kind == KFAC_LOSS_YOLO) {
+            total += yolo_terms(ad, net, l, ad->p + off, ad->d + off, u + off, w + off, 0) / B;
+            continue;
+        }
+        for (i = 0; i < B; ++i) {
+            const float *pi = ad->p + off + (size_t)i * n, *ui = u + off + (size_t)i * n, *wi = w + off + (size_t)i * n;
+            double t = 0;
+            if (ad->loss[li].kind == KFAC_LOSS_SOFTMAX) {
+                /* diag(p) - p p^T */
+                double pu = 0, pw = 0, puw = 0;
+                for (j = 0; j < n; ++j) {
+                    pu += (double)pi[j] * ui[j];
+                    pw += (double)pi[j] * wi[j];
+                    puw += (double)pi[j] * ui[j] * wi[j];
+                }
+                t = puw - pu * pw;
+            } else if (ad->loss[li].kind == KFAC_LOSS_LOGISTIC) {
+                for (j = 0; j < n; ++j) t += (double)pi[j] * (1.0 - pi[j]) * ui[j] * wi[j];
+            } else { /* Gaussian of variance 1/scale; masked outputs carry no term */
+                for (j = 0; j < n; ++j)
+                    if (!(l->cost_type == MASKED && net->truth[(size_t)i * n + j] == SECRET_NUM))
+                        t += (double)l->scale * ui[j] * wi[j];
+            }
+            total += t / B;
+        }
+    }
+    return total;
+}
+
+/* h on the probe batch after a forward pass: the losses their deltas differentiate,
+ * mean over images (Darknet's cost for softmax and logistic; for [cost] the
+ * (s/2)|t - x|^2 its delta belongs to, not the sum of squares it reports; for [yolo]
+ * the loss of yolo_terms, not the squared delta Darknet reports) */
 static double loss_value(kfac_net *k, const network *net)
 {
-    const layer *l = &net->layers[k->adapt->loss_index];
-    if (k->adapt->loss_kind != KFAC_LOSS_GAUSSIAN) return (double)l->cost[0] / l->batch;
-    kfac_darknet_buffers b;
-    const size_t n = (size_t)l->outputs * l->batch;
-    double s = 0;
+    kfac_adaptive *ad = k->adapt;
+    double total = 0;
+    int li;
     size_t j;
-    k->be->ops->darknet_buffers(l, &b);
-    k->be->ops->to_host(k->be, k->adapt->zp, b.delta, n);
-    for (j = 0; j < n; ++j) s += (double)k->adapt->zp[j] * k->adapt->zp[j];
-    return 0.5 * l->scale * s / l->batch;
+    loss_outputs(k, net, ad->hp, ad->hd);
+    for (li = 0; li < ad->nloss; ++li) {
+        const layer *l = &net->layers[ad->loss[li].index];
+        const size_t off = ad->loss[li].off, n = (size_t)l->outputs * l->batch;
+        if (ad->loss[li].kind == KFAC_LOSS_SOFTMAX || ad->loss[li].kind == KFAC_LOSS_LOGISTIC) {
+            total += (double)l->cost[0] / l->batch;
+        } else if (ad->loss[li].kind == KFAC_LOSS_YOLO) {
+            total += yolo_terms(ad, net, l, ad->hp + off, ad->hd + off, NULL, NULL, 1) / l->batch;
+        } else {
+            double q = 0;
+            for (j = 0; j < n; ++j) q += (double)ad->hd[off + j] * ad->hd[off + j];
+            total += 0.5 * l->scale * q / l->batch;
+        }
+    }
+    return total;
 }
 
 /* ---- the step ---------------------------------------------------------------------------- */
@@ -285,12 +395,15 @@ void kfac_adaptive_jv(kfac_net *k, network *net, float *const *v, double rel, fl
 
 double kfac_adaptive_fisher_dot(kfac_net *k, const network *net, const float *u, const float *w)
 {
-    const layer *loss = &net->layers[k->adapt->loss_index];
-    kfac_darknet_buffers lb;
     fit_sizes(k, (network *)net);
-    k->be->ops->darknet_buffers(loss, &lb);
-    k->be->ops->to_host(k->be, k->adapt->p, lb.output, (size_t)loss->outputs * loss->batch);
+    loss_outputs(k, net, k->adapt->p, k->adapt->d);
     return fisher_dot(k->adapt, net, u, w);
+}
+
+double kfac_adaptive_loss(kfac_net *k, const network *net)
+{
+    fit_sizes(k, (network *)net);
+    return loss_value(k, net);
 }
 
 float kfac_adaptive_lambda_rule(float lambda, double rho)
@@ -411,10 +524,7 @@ void kfac_adaptive_step(kfac_net *k, network *net, const update_args *a)
 
     /* the curvature along Delta and delta_0, on the probe batch */
     fit_sizes(k, net);
-    const layer *loss = &net->layers[ad->loss_index];
-    kfac_darknet_buffers lb;
-    be->ops->darknet_buffers(loss, &lb);
-    be->ops->to_host(be, ad->p, lb.output, (size_t)loss->outputs * loss->batch);
+    loss_outputs(k, net, ad->p, ad->d);
     const double h0 = loss_value(k, net);
     const int have_prev = ad->have_prev && pp > 0;
     float **dir = (float **)kfac_calloc((size_t)k->nlayers, sizeof(float *));
@@ -579,32 +689,70 @@ void kfac_adaptive_report(kfac_net *k, char *buf, size_t len)
 
 /* ---- attach ------------------------------------------------------------------------------ */
 
+/* the kind of quadratic-model term a loss layer gives, KFAC_LOSS_NONE when its output
+ * Fisher is not known here */
+static kfac_loss_kind model_kind(const layer *l)
+{
+    if (l->type == SOFTMAX && !l->softmax_tree && l->groups <= 1 && !l->spatial && l->temperature == 1)
+        return KFAC_LOSS_SOFTMAX;
+    if (l->type == LOGXENT) return KFAC_LOSS_LOGISTIC;
+    if (l->type == COST && (l->cost_type == SSE || l->cost_type == MASKED) && l->ratio == 0 && l->scale > 0)
+        return KFAC_LOSS_GAUSSIAN;
+    /* truth_thresh < 1 adds terms for every anchor above it, which yolo_terms lacks */
+    if (l->type == YOLO && l->truth_thresh >= 1) return KFAC_LOSS_YOLO;
+    return KFAC_LOSS_NONE;
+}
+
+/* 1 when no layer after loss layer i reads its output (a detector's [yolo] head is
+ * followed by a [route] back to an earlier layer) */
+static int output_unused(const network *net, int i)
+{
+    int j, m;
+    if (i + 1 < net->n && net->layers[i + 1].type != ROUTE) return 0;
+    for (j = i + 1; j < net->n; ++j) {
+        const layer *l = &net->layers[j];
+        if (l->type == ROUTE)
+            for (m = 0; m < l->n; ++m)
+                if (l->input_layers[m] == i) return 0;
+        if (l->type == SHORTCUT && l->index == i) return 0;
+    }
+    return 1;
+}
+
 int kfac_adaptive_attach(kfac_net *k, network *net, char *why, size_t why_len)
 {
     kfac_backend *be = k->be;
-    int i, f;
-    const layer *last = &net->layers[net->n - 1];
-    kfac_loss_kind kind = KFAC_LOSS_NONE;
-    if (last->type == SOFTMAX && !last->softmax_tree && last->groups <= 1 && !last->spatial && last->temperature == 1)
-        kind = KFAC_LOSS_SOFTMAX;
-    else if (last->type == LOGXENT)
-        kind = KFAC_LOSS_LOGISTIC;
-    else if (last->type == COST && (last->cost_type == SSE || last->cost_type == MASKED) && last->ratio == 0 && last->scale > 0)
-        kind = KFAC_LOSS_GAUSSIAN;
-    if (kind == KFAC_LOSS_NONE || net->n < 2) {
-        snprintf(why, why_len, "the net must end in a loss whose output Fisher is known ([softmax] without groups or "
-                               "temperature, [logistic], [cost] sse or masked)");
-        return 0;
-    }
+    int i, f, nloss = 0;
+    kfac_model_loss *loss = (kfac_model_loss *)kfac_calloc((size_t)net->n, sizeof *loss);
     for (i = 0; i < net->n; ++i) {
-        if (net->layers[i].type == DROPOUT) {
+        const layer *l = &net->layers[i];
+        if (l->type == DROPOUT) {
             snprintf(why, why_len, "layer %d is a [dropout]: the probes' forward passes would draw new masks", i);
+            free(loss);
             return 0;
         }
-        if (i < net->n - 1 && net->layers[i].cost) {
-            snprintf(why, why_len, "layer %d is a loss before the last layer: the quadratic model takes one loss, at the end", i);
+        if (!l->cost) continue;
+        const kfac_loss_kind kind = model_kind(l);
+        if (kind == KFAC_LOSS_NONE || i == 0) {
+            snprintf(why, why_len, "layer %d is a loss whose output Fisher is not known here (the adaptive step takes "
+                     "[softmax] without groups or temperature, [logistic], [cost] sse or masked, [yolo] with "
+                     "truth_thresh >= 1)", i);
+            free(loss);
             return 0;
         }
+        if (i < net->n - 1 && !output_unused(net, i)) {
+            snprintf(why, why_len, "layer %d is a loss whose output a later layer reads: the quadratic model takes "
+                     "losses at the ends of the net", i);
+            free(loss);
+            return 0;
+        }
+        loss[nloss].index = i;
+        loss[nloss++].kind = kind;
+    }
+    if (!nloss) {
+        snprintf(why, why_len, "the net has no loss layer");
+        free(loss);
+        return 0;
     }
     kfac_adaptive *ad = (kfac_adaptive *)kfac_calloc(1, sizeof *ad);
     ad->active = 1;
@@ -616,10 +764,10 @@ int kfac_adaptive_attach(kfac_net *k, network *net, char *why, size_t why_len)
      * per-pixel loss, 400 outputs per image, its steps keep carrying over once the
      * plateau is left, and switching there cost a factor 20 in the error after 1000
      * updates (15.5 against 0.66; BENCHMARKS.md, "The step rule") */
-    ad->may_switch = k->cfg.step == KFAC_STEP_AUTO && kind == KFAC_LOSS_SOFTMAX;
+    ad->may_switch = k->cfg.step == KFAC_STEP_AUTO && nloss == 1 && loss[0].kind == KFAC_LOSS_SOFTMAX;
     ad->lambda = k->cfg.lambda;
-    ad->loss_index = net->n - 1;
-    ad->loss_kind = kind;
+    ad->loss = loss;
+    ad->nloss = nloss;
     ad->rho_last = NAN;
     size_t most = 1;
     for (i = 0; i < k->nlayers; ++i) {
@@ -647,15 +795,8 @@ int kfac_adaptive_attach(kfac_net *k, network *net, char *why, size_t why_len)
         }
     }
     ad->costs = (float *)kfac_calloc((size_t)net->n + 1, sizeof(float));
-    const size_t nout = (size_t)last->inputs * last->batch;
-    ad->nout = nout;
-    ad->z0 = (float *)kfac_calloc(nout, sizeof(float));
-    ad->zp = (float *)kfac_calloc(nout, sizeof(float));
-    ad->zm = (float *)kfac_calloc(nout, sizeof(float));
-    ad->p = (float *)kfac_calloc(nout, sizeof(float));
-    ad->jv[0] = (float *)kfac_calloc(nout, sizeof(float));
-    ad->jv[1] = (float *)kfac_calloc(nout, sizeof(float));
     k->adapt = ad;
+    fit_sizes(k, net); /* the loss layers' offsets and the host arrays */
     return 1;
 }
 
@@ -680,12 +821,16 @@ void kfac_adaptive_free(kfac_net *k)
     free(ad->saved);
     free(ad->saved_len);
     free(ad->costs);
-    free(ad->z0);
     free(ad->zp);
     free(ad->zm);
     free(ad->p);
+    free(ad->d);
+    free(ad->hp);
+    free(ad->hd);
     free(ad->jv[0]);
     free(ad->jv[1]);
+    free(ad->yw);
+    free(ad->loss);
     free(ad);
     k->adapt = NULL;
 }

@@ -21,10 +21,13 @@
  *   [yolo]            on the outputs that carry a term of the layer's loss for this
  *                     batch (the layer's own assignment of anchors to boxes, repeated
  *                     here from forward_yolo_layer): objectness and classes
- *                     Bernoulli on the sigmoid outputs, delta = y - p; box
- *                     coordinates Gaussian with the layer's weight s = 2 - w h of the
- *                     assigned box, delta = sqrt(s) z.  Ignored anchors (IoU above
- *                     ignore_thresh) carry no term
+ *                     Bernoulli on the sigmoid outputs, delta = y - p; with s = 2 - w h
+ *                     the layer's weight of the assigned box, its x and y (sigmoid
+ *                     outputs whose delta s (t - p) Darknet hands back without the
+ *                     sigmoid's derivative: the gradient of s times a cross-entropy
+ *                     with the soft target t) delta = sqrt(s) (y - p), E = s p (1 - p);
+ *                     its w and h (linear, squared error) Gaussian, delta = sqrt(s) z.
+ *                     Ignored anchors (IoU above ignore_thresh) carry no term
  *
  * Loss layers without a faithful sampler keep their data-label delta in the pass (the
  * empirical Fisher for their term; the cross terms with sampled ones vanish in
@@ -95,7 +98,7 @@ static const char *kind_name(kfac_loss_kind kind)
     case KFAC_LOSS_SOFTMAX: return "labels sampled from the softmax";
     case KFAC_LOSS_LOGISTIC: return "Bernoulli targets sampled from the sigmoids";
     case KFAC_LOSS_GAUSSIAN: return "Gaussian targets sampled around the outputs";
-    case KFAC_LOSS_YOLO: return "objectness and classes Bernoulli, boxes Gaussian";
+    case KFAC_LOSS_YOLO: return "objectness, classes and box centres Bernoulli, box sizes Gaussian";
     default: return "empirical";
     }
 }
@@ -177,17 +180,14 @@ static float normal(uint64_t *rng)
     return sqrtf(-2.0f * logf(u1)) * cosf(6.283185307f * u2);
 }
 
-/* index of (image b, anchor slot n, location loc, entry e) in a yolo layer's output,
- * as yolo_layer.c's entry_index */
-static size_t yolo_index(const layer *l, int b, int n, int loc, int e)
+size_t kfac_yolo_index(const layer *l, int b, int n, int loc, int e)
 {
     return (size_t)b * l->outputs + (size_t)n * l->w * l->h * (4 + l->classes + 1) + (size_t)e * l->w * l->h + loc;
 }
 
-/* The weight 2 - w h of the box assigned to each anchor slot and location (0: none),
- * per image: forward_yolo_layer's second loop, in its order (a later box assigned to
- * the same slot replaces an earlier one's box terms, as there). */
-static void yolo_assignments(const layer *l, const network *net, float *weight)
+/* forward_yolo_layer's second loop, in its order (a later box assigned to the same slot
+ * replaces an earlier one's box terms, as there) */
+void kfac_yolo_assignments(const layer *l, const network *net, float *weight)
 {
     int b, t, n;
     memset(weight, 0, (size_t)l->batch * l->n * l->w * l->h * sizeof(float));
@@ -235,17 +235,18 @@ static void sample_host(kfac_net *k, const network *net, const layer *l, kfac_lo
     } else if (kind == KFAC_LOSS_YOLO) {
         const int T = l->w * l->h, E = 4 + 1 + l->classes;
         int b, s, loc, e;
-        yolo_assignments(l, net, k->yolo_weight);
+        kfac_yolo_assignments(l, net, k->yolo_weight);
         for (b = 0; b < l->batch; ++b)
             for (s = 0; s < l->n; ++s)
                 for (loc = 0; loc < T; ++loc) {
                     const float w = k->yolo_weight[((size_t)b * l->n + s) * T + loc];
-                    const size_t obj = yolo_index(l, b, s, loc, 4);
+                    const size_t obj = kfac_yolo_index(l, b, s, loc, 4);
                     /* objectness: a term unless the anchor was ignored (delta 0) */
                     const int obj_term = d[obj] != 0 || w > 0;
                     for (e = 0; e < E; ++e) {
-                        const size_t x = yolo_index(l, b, s, loc, e);
-                        if (e < 4) d[x] = w > 0 ? sqrtf(w) * normal(&k->rng) : 0.0f;
+                        const size_t x = kfac_yolo_index(l, b, s, loc, e);
+                        if (e < 2) d[x] = w > 0 ? sqrtf(w) * ((kfac_rng_uniform(&k->rng) < p[x] ? 1.0f : 0.0f) - p[x]) : 0.0f;
+                        else if (e < 4) d[x] = w > 0 ? sqrtf(w) * normal(&k->rng) : 0.0f;
                         else if (e == 4) d[x] = obj_term ? (kfac_rng_uniform(&k->rng) < p[x] ? 1.0f : 0.0f) - p[x] : 0.0f;
                         else d[x] = w > 0 ? (kfac_rng_uniform(&k->rng) < p[x] ? 1.0f : 0.0f) - p[x] : 0.0f;
                     }

@@ -195,29 +195,48 @@ void kfac_phase_end(kfac_net *k);
  * the start line's description of the Fisher into note. */
 void kfac_fisher_setup(kfac_net *k, const network *net, char *note, size_t note_len);
 
+/* [yolo]: index of (image b, anchor slot n, location loc, entry e) in the layer's
+ * output (yolo_layer.c's entry_index), and the weight 2 - w h of the box assigned to
+ * each anchor slot and location (0: none), batch x n x h x w, as forward_yolo_layer
+ * assigns them (from the truth and the anchors alone). */
+size_t kfac_yolo_index(const layer *l, int b, int n, int loc, int e);
+void kfac_yolo_assignments(const layer *l, const network *net, float *weight);
+
 /* ---- kfac_adaptive.c --------------------------------------------------------------- */
 
 /* The adaptive step's state, NULL unless step=adaptive. */
+/* A loss layer of the adaptive step's quadratic model; off: where its input and output
+ * (batch x inputs) start in the host arrays of kfac_adaptive. */
+typedef struct kfac_model_loss {
+    int index;
+    kfac_loss_kind kind;
+    size_t off;
+} kfac_model_loss;
+
 typedef struct kfac_adaptive {
     int active;             /* adaptive steps are taken (saved; step=auto turns it off) */
     int may_switch;         /* step=auto on a softmax: may give way to the KL clip */
     int low_ratios;         /* step=auto: generalization ratios below 1/4 in a row (saved) */
+    int probing;            /* the probes' forward passes are running (kfac_network_quiet) */
     double gen_last;        /* the last generalization ratio (NAN before the first) */
     float lambda;           /* Levenberg-Marquardt damping (saved) */
     int have_prev;          /* a previous update exists for the momentum term (saved) */
     int updates;            /* adaptive updates so far, for the every-T1 rule (saved) */
-    int loss_index;         /* the loss layer whose output Fisher the model uses */
-    kfac_loss_kind loss_kind;
+    struct kfac_model_loss *loss; /* the loss layers whose output Fisher the model uses */
+    int nloss;
     float *zeros;           /* backend: the largest groups x M x K, all zero */
     /* what a probe's forward pass overwrites, saved before and put back after */
     float **saved;          /* per net layer KFAC_PROBE_FIELDS backend copies */
     size_t *saved_len;      /* their lengths (resize_network may grow the layers) */
     int nsaved;
-    size_t nout;            /* length of the host arrays below */
+    size_t nout;            /* length of the host arrays below: the loss layers' inputs */
     float *costs;           /* host: every layer's cost[0], then *net->cost */
-    /* host: the loss layer's input at theta and at a probe, its output at theta */
-    float *z0, *zp, *zm, *p;
+    /* host, the loss layers one after the other: their inputs at a probe, their
+     * outputs and deltas at theta (p, d) and at the last forward (hp, hd) */
+    float *zp, *zm, *p, *d, *hp, *hd;
     float *jv[2];           /* host: J Delta, J delta_0 on the probe batch */
+    float *yw;              /* host: a [yolo] layer's assigned-box weights (yw_len) */
+    size_t yw_len;
     /* the progress line */
     double alpha_sum, mu_sum;
     int steps;              /* adaptive steps taken since the last line */
@@ -246,9 +265,12 @@ void kfac_adaptive_report(kfac_net *k, char *buf, size_t len);
  * is as it was afterwards.  For tests. */
 void kfac_adaptive_jv(kfac_net *k, network *net, float *const *v, double rel, float *out);
 /* (1/b) sum_i u_i^T F_R,i w_i over the probe batch, u and w host arrays in the loss
- * layer's input space (batch x inputs), F_R its output Fisher at the current outputs.
- * For tests. */
+ * layers' input space (each loss layer's batch x inputs, in net order), F_R their
+ * output Fisher at the current outputs.  For tests. */
 double kfac_adaptive_fisher_dot(kfac_net *k, const network *net, const float *u, const float *w);
+/* h, the model's loss on the batch (mean over images), at the last forward pass.  For
+ * tests. */
+double kfac_adaptive_loss(kfac_net *k, const network *net);
 /* alpha, mu minimizing the model with curvatures cdd = Delta^T C Delta, cdp, cpp and
  * gradients gd = grad^T Delta, gp; 0 when the model cannot be used. */
 int kfac_adaptive_solve(double cdd, double cdp, double cpp, double gd, double gp, int have_prev, double *alpha,

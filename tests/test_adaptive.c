@@ -14,7 +14,13 @@
  *   no_trace  after the probes every buffer of a net with batch norm, a route and a
  *             softmax, every statistic, seen and t are bit for bit as before
  *   trains    step=adaptive trains the least-squares net and a softmax MLP to a loss
- *             below SGD's at the same number of updates, finite throughout */
+ *             below SGD's at the same number of updates, finite throughout
+ *   yolo      a detector with two [yolo] heads (tests/cfg/adaptive-yolo.cfg): the
+ *             model's loss h has Darknet's delta as its gradient (central
+ *             differences of h along v against -(1/b) delta . J v); along a
+ *             direction in which the heads' inputs are linear, v^T F v is h's
+ *             second difference; the probes leave no trace; the step trains */
+#include <unistd.h>
 #include "kt.h"
 #include "kfac_internal.h"
 
@@ -257,7 +263,8 @@ static snapshot take(const network *net)
         const layer *l = &net->layers[i];
         const size_t n = (size_t)l->outputs * l->batch;
         const size_t nw = l->type == CONNECTED ? (size_t)l->inputs * l->outputs : (size_t)l->nweights;
-        const size_t ch = l->type == CONVOLUTIONAL ? (size_t)l->n : (size_t)l->outputs;
+        /* a [yolo] layer's biases are its anchors, 2 per anchor */
+        const size_t ch = l->type == CONVOLUTIONAL ? (size_t)l->n : l->type == YOLO ? 2 * (size_t)l->total : (size_t)l->outputs;
         snap_add(&s, l->output, n);
         snap_add(&s, l->delta, n);
         snap_add(&s, l->weights, nw);
@@ -396,6 +403,189 @@ static void known_quadratic(void)
     free_network(net);
 }
 
+/* ---- [yolo] ---------------------------------------------------------------------------- */
+
+/* two boxes per image, one small (anchors 0-1: the first head) and one large (anchors
+ * 2-3: the second), classes 0 or 1; inputs uniform in [-1, 1) */
+static void yolo_batch(network *net, unsigned seed)
+{
+    kt_rng g = kt_rng_make(seed, 0);
+    int i, b, t;
+    for (i = 0; i < net->inputs * net->batch; ++i) net->input[i] = (float)(2 * kt_uniform(&g) - 1);
+    memset(net->truth, 0, (size_t)net->truths * net->batch * sizeof(float));
+    for (b = 0; b < net->batch; ++b)
+        for (t = 0; t < 2; ++t) {
+            float *box = net->truth + (size_t)b * net->truths + t * 5;
+            const double lo = t ? 0.6 : 0.2, span = t ? 0.35 : 0.2;
+            box[0] = (float)(0.15 + 0.7 * kt_uniform(&g));
+            box[1] = (float)(0.15 + 0.7 * kt_uniform(&g));
+            box[2] = (float)(lo + span * kt_uniform(&g));
+            box[3] = (float)(lo + span * kt_uniform(&g));
+            box[4] = (float)(kt_uniform(&g) < 0.5 ? 0 : 1);
+        }
+}
+
+/* covered layers' weights (and biases) += eps v, v in the K layout (groups 1) */
+static void nudge(network *net, kfac_net *k, float **v, double eps)
+{
+    int i, r, c;
+    for (i = 0; i < k->nlayers; ++i) {
+        const kfac_shape *s = &k->layers[i].s;
+        layer *l = &net->layers[k->layers[i].index];
+        if (!v[i]) continue;
+        for (r = 0; r < s->M; ++r) {
+            for (c = 0; c < s->k_in; ++c) l->weights[(size_t)r * s->k_in + c] += (float)(eps * v[i][(size_t)r * s->K + c]);
+            if (s->has_bias) l->biases[r] += (float)(eps * v[i][(size_t)r * s->K + s->k_in]);
+        }
+    }
+}
+
+/* h at theta + eps v (the weights put back bit for bit, the forward redone at theta) */
+static double h_along(network *net, kfac_net *k, float **v, double eps)
+{
+    snapshot w = {0};
+    int i, j = 0;
+    for (i = 0; i < k->nlayers; ++i) {
+        const layer *l = &net->layers[k->layers[i].index];
+        snap_add(&w, l->weights, (size_t)l->nweights);
+        snap_add(&w, l->biases, (size_t)l->n);
+    }
+    nudge(net, k, v, eps);
+    forward_network(net);
+    double h = kfac_adaptive_loss(k, net);
+    for (i = 0; i < k->nlayers; ++i) {
+        layer *l = &net->layers[k->layers[i].index];
+        memcpy(l->weights, w.a[j], w.n[j] * sizeof(float));
+        ++j;
+        memcpy(l->biases, w.a[j], w.n[j] * sizeof(float));
+        ++j;
+    }
+    snap_free(&w);
+    forward_network(net);
+    return h;
+}
+
+/* the "Region" lines the heads print to stdout during the probes of kfac_adaptive_jv
+ * (probe 1) or during a forward pass at theta (probe 0) */
+static int printed_regions(network *net, kfac_net *k, float **v, float *jv, int probe)
+{
+    FILE *tmp = tmpfile();
+    char line[512];
+    int saved, count = 0;
+    fflush(stdout);
+    saved = dup(1);
+    dup2(fileno(tmp), 1);
+    if (probe) kfac_adaptive_jv(k, net, v, 0, jv);
+    else forward_network(net);
+    fflush(stdout);
+    dup2(saved, 1);
+    close(saved);
+    rewind(tmp);
+    while (fgets(line, sizeof line, tmp))
+        if (!strncmp(line, "Region ", 7)) ++count;
+    fclose(tmp);
+    return count;
+}
+
+static void yolo_checks(void)
+{
+    network *net = kt_net("tests/cfg/adaptive-yolo.cfg", 31);
+    kfac_net *k = kfac_of(net);
+    const int heads[2] = {2, 6};
+    int i, j;
+    if (!kt_check("yolo_attach_two_heads", k && k->adapt && k->adapt->nloss == 2 && !k->adapt->may_switch,
+                  "the adaptive step did not take both [yolo] heads")) {
+        free_network(net);
+        return;
+    }
+    yolo_batch(net, 37);
+    net->train = 1;
+    forward_network(net);
+    const int B = net->batch;
+    size_t nout = 0;
+    for (j = 0; j < 2; ++j) nout += (size_t)net->layers[heads[j]].inputs * B;
+    float *jv = (float *)calloc(nout, sizeof(float)), *d = (float *)calloc(nout, sizeof(float));
+    float **v = (float **)calloc((size_t)k->nlayers, sizeof(float *));
+    kt_rng g = kt_rng_make(41, 0);
+    for (i = 0; i < k->nlayers; ++i) {
+        const kfac_shape *s = &k->layers[i].s;
+        size_t n = (size_t)s->M * s->K, e;
+        v[i] = (float *)calloc(n, sizeof(float));
+        for (e = 0; e < n; ++e) v[i][e] = (float)(2 * kt_uniform(&g) - 1);
+    }
+    /* both heads carry terms: an assigned box and objectness deltas */
+    for (j = 0, i = 0; j < 2; ++j) {
+        const layer *l = &net->layers[heads[j]];
+        memcpy(d + i, l->delta, (size_t)l->inputs * B * sizeof(float));
+        i += l->inputs * B;
+    }
+
+    /* the gradient: -(1/b) delta . J v against central differences of h; the probes'
+     * stdout is captured: the heads print no progress line for them (patches/0018),
+     * while an ordinary forward pass does print it */
+    snapshot before = take(net);
+    int printed = printed_regions(net, k, v, jv, 1), control = printed_regions(net, k, v, jv, 0);
+    kt_check("yolo_probes_print_no_progress", printed == 0 && control == 2,
+             "%d Region lines during the probes (expected 0), %d for a forward pass (expected 2)", printed, control);
+    snapshot after = take(net);
+    kt_check("yolo_probes_leave_no_trace", same(&before, &after),
+             "a buffer, statistic, cost, seen or t differs after the probes");
+    snap_free(&before);
+    snap_free(&after);
+    double g_model = 0;
+    size_t e;
+    for (e = 0; e < nout; ++e) g_model -= (double)d[e] * jv[e] / B;
+    /* eps: the weights (of size 0.3-0.5) move by about 1e-3; float32 rounding of h
+     * (a few hundred terms of order 1, each 1e-7 relative) over 2 eps is about 1e-4
+     * relative to this gradient, the truncation eps^2 smaller still */
+    const double eps = 1e-3;
+    double g_fd = (h_along(net, k, v, eps) - h_along(net, k, v, -eps)) / (2 * eps);
+    double rel = fabs(g_fd - g_model) / fabs(g_model);
+    printf("yolo: h's derivative along v %.6g, -(1/b) delta . J v %.6g, relative difference %.2e\n", g_fd, g_model, rel);
+    /* 1e-3: ten times the rounding estimate above (measured when the test was written:
+     * 3e-6); a misweighted term fails it (x and y without their weight s: 5e-2; w and h
+     * as a cross-entropy: 1.1) */
+    kt_check("yolo_loss_gradient_is_darknets_delta", rel < 1e-3, "relative difference %.3g", rel);
+
+    /* the curvature: only the 1x1 convolutions (layers 1 and 5) move, so the heads'
+     * inputs are linear along v and h's second difference is v^T F v exactly */
+    for (i = 0; i < k->nlayers; ++i)
+        if (k->layers[i].index != 1 && k->layers[i].index != 5) {
+            free(v[i]);
+            v[i] = NULL;
+        }
+    kfac_adaptive_jv(k, net, v, 0, jv);
+    double vfv = kfac_adaptive_fisher_dot(k, net, jv, jv);
+    /* eps 1e-2: h changes by about 1e-4 of itself, far above float32's rounding of h
+     * (1e-7 relative, 1e-3 of the difference) and with a truncation of order eps^2 */
+    const double e2 = 1e-2;
+    const double h0 = h_along(net, k, v, 0);
+    double second = (h_along(net, k, v, e2) - 2 * h0 + h_along(net, k, v, -e2)) / (e2 * e2);
+    rel = fabs(second - vfv) / fabs(vfv);
+    printf("yolo: h's second difference along v %.6g, v^T F v %.6g, relative difference %.2e\n", second, vfv, rel);
+    /* 1e-3 (measured: 1e-5); x and y without their weight: 3e-2, w and h as a
+     * cross-entropy: 4 */
+    kt_check("yolo_fisher_is_the_loss_curvature", rel < 1e-3, "relative difference %.3g", rel);
+
+    /* the step trains: h on a fixed batch falls, finite throughout */
+    const double start = kfac_adaptive_loss(k, net);
+    int u, finite = 1;
+    for (u = 0; u < 30; ++u) {
+        train_network_datum(net);
+        finite = finite && isfinite(*net->cost);
+    }
+    forward_network(net);
+    const double end = kfac_adaptive_loss(k, net);
+    printf("yolo: h %.4f at the start, %.4f after 30 adaptive updates on the batch\n", start, end);
+    kt_check("yolo_adaptive_trains", finite && end < 0.5 * start, "h %g -> %g, finite %d", start, end, finite);
+
+    for (i = 0; i < k->nlayers; ++i) free(v[i]);
+    free(v);
+    free(jv);
+    free(d);
+    free_network(net);
+}
+
 int main(void)
 {
     mlp_checks("softmax", "[softmax]");
@@ -404,5 +594,6 @@ int main(void)
     lambda_rule();
     known_quadratic();
     no_trace();
+    yolo_checks();
     return kt_exit();
 }

@@ -8,8 +8,9 @@
  *             others as sse (scale 1)
  *   yolo      [yolo] after a 1x1 linear convolution (14 channels on a 3x3 grid), one
  *             box per image on anchor 0's shape in a known cell: objectness p (1 - p)
- *             everywhere (ignore_thresh 1 ignores nothing), the assigned slot's box
- *             coordinates 2 - w h and its classes p (1 - p), everything else 0
+ *             everywhere (ignore_thresh 1 ignores nothing), the assigned slot's x and
+ *             y s p (1 - p) and w and h s (s = 2 - w h, the layer's box weight), its
+ *             classes p (1 - p), everything else 0
  *
  * The layer before the loss is linear, so its delta is the loss's sampled delta and
  * K-FAC's G after one statistics step is its mean outer product over the N = B*T
@@ -39,6 +40,14 @@ static void bernoulli(moments *s, int i, int j, double p)
 {
     s->v[(size_t)i * s->M + j] = p * (1 - p);
     s->m[(size_t)i * s->M + j] = p * pow(1 - p, 4) + (1 - p) * pow(p, 4);
+}
+
+/* sqrt(w) times a centred Bernoulli(p) */
+static void scaled_bernoulli(moments *s, int i, int j, double p, double w)
+{
+    bernoulli(s, i, j, p);
+    s->v[(size_t)i * s->M + j] *= w;
+    s->m[(size_t)i * s->M + j] *= w * w;
 }
 
 static void gaussian(moments *s, int i, int j, double var)
@@ -188,7 +197,9 @@ static void yolo_case(void)
                     const int slot = c / E, e = c % E, row = b * T + t;
                     const int assigned = slot == 0 && t == cell[b];
                     const double p = y->output[(size_t)b * y->outputs + (size_t)c * T + t];
-                    if (e < 4) {
+                    if (e < 2) {
+                        if (assigned) scaled_bernoulli(&s, row, c, p, w);
+                    } else if (e < 4) {
                         if (assigned) gaussian(&s, row, c, w);
                     } else if (e == 4 || assigned) {
                         bernoulli(&s, row, c, p);

@@ -7,9 +7,9 @@
 #
 # Environment: BATCH (8) and SUBDIV (1) replace the cfg's 64 and 2, since an update of
 # 64 images takes minutes on 2 cores; ITERS (11: updates 0-10, so two statistics
-# steps and two decompositions, as in K-FAC's first 100 updates); RULES (auto: on
-# [yolo] the default takes the KL-clipped step; "auto adaptive" would fail, since the
-# adaptive step needs a loss with a known output Fisher);
+# steps and two decompositions, as in K-FAC's first 100 updates); RULES ("auto
+# kl_clip": on [yolo] heads the default is the adaptive step, with 4 or 5 extra
+# forward passes per update);
 # OUT (build/bench-yolo).  Each update is timed apart (bench -each), so that the table
 # shows an ordinary update, a statistics update and a decomposition separately and
 # composes them at the default intervals (statistics every 10 updates, decompositions
@@ -20,7 +20,7 @@ BIN=${1:?usage: tools/bench_yolo.sh BENCH_UPDATE}
 BATCH=${BATCH:-8}
 SUBDIV=${SUBDIV:-1}
 ITERS=${ITERS:-11}
-RULES=${RULES:-auto}
+RULES=${RULES:-"auto kl_clip"}
 OUT=${OUT:-build/bench-yolo}
 OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
 export OPENBLAS_NUM_THREADS
