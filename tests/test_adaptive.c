@@ -270,7 +270,8 @@ static snapshot take(const network *net)
         snap_add(&s, l->weights, nw);
         snap_add(&s, l->weight_updates, nw);
         snap_add(&s, l->biases, ch);
-        snap_add(&s, l->bias_updates, ch);
+        /* ...but its bias_updates has 2 per anchor of its own mask (make_yolo_layer) */
+        snap_add(&s, l->bias_updates, l->type == YOLO ? 2 * (size_t)l->n : ch);
         if (l->batch_normalize) {
             snap_add(&s, l->scales, ch);
             snap_add(&s, l->scale_updates, ch);
