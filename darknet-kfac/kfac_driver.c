@@ -428,7 +428,7 @@ static void report(network *net)
         snprintf(clip, sizeof clip, "KL clip scaled %d of %d steps (mean factor %.3g)", k->nu_clipped, k->nu_count,
                  k->nu_sum / k->nu_count);
     kfac_log("update %d: seconds per update over the last %d: statistics %.4f, decompositions %.4f, "
-             "preconditioning %.4f; %s", k->step, n, (t[0] - k->t_reported[0]) / n, (t[1] - k->t_reported[1]) / n,
+             "preconditioning and step %.4f; %s", k->step, n, (t[0] - k->t_reported[0]) / n, (t[1] - k->t_reported[1]) / n,
              (t[2] - k->t_reported[2]) / n, clip);
     memcpy(k->t_reported, t, sizeof t);
     k->report_updates = 0;

@@ -632,7 +632,7 @@ int main(int argc, char **argv)
     if (it > 0 && net->kfac) {
         double st, inv, pre;
         kfac_network_timing(net, &st, &inv, &pre);
-        printf("K-FAC seconds per update: statistics %.4f, decompositions %.4f, preconditioning %.4f\n",
+        printf("K-FAC seconds per update: statistics %.4f, decompositions %.4f, preconditioning and step %.4f\n",
                st / it, inv / it, pre / it);
     }
     if (tsv && fclose(tsv) != 0) {
