@@ -1,8 +1,9 @@
 /* darknet-kfac: the backend interface, numerical operations on per-layer buffers.
  *
- * K-FAC's algorithm is written once, in the driver (kfac_driver.c, with the true-
- * Fisher pass in kfac_fisher.c, the state file in kfac_state.c and the replica sync in
- * kfac_sync.c).  The driver decides everything: which update gathers statistics, when
+ * K-FAC's algorithm is written once, in the driver (kfac_driver.c, with the schedule
+ * in kfac_schedule.c, one layer's inverses and preconditioning in kfac_inverses.c,
+ * the adaptive step in kfac_adaptive.c, the true-Fisher pass in kfac_fisher.c, the
+ * state file in kfac_state.c and the replica sync in kfac_sync.c).  The driver decides everything: which update gathers statistics, when
  * the factors are decomposed, the damping, the step size, what to do with a non-
  * finite value.  A backend only computes, on buffers in its own memory (the host's for
  * the CPU backend, the device's for CUDA), and hands back the few numbers the driver
@@ -12,7 +13,8 @@
  *     backend/kfac_backend_cuda.c   cuBLAS, cuSOLVER (syevd) and the kernels of
  *     backend/kfac_backend_cuda_kernels.cu
  *
- * A driver call looks like this (one layer's preconditioning, kfac_driver.c):
+ * A driver call looks like this (one layer's preconditioning, kfac_driver.c and
+ * kfac_inverses.c):
  *
  *     be->ops->gather(be, &kl->s, wu, kl->w_snap, bu, kl->b_snap, kl->D);
  *     be->ops->precondition(be, &kl->s, kl->Ginv, kl->Ainv, kl->D, kl->tmp, kl->P);

@@ -2,8 +2,12 @@
  * the functions its files share.
  *
  *     kfac_network.c   attach (which layers, which backend), free, test accessors
- *     kfac_driver.c    the algorithm: schedule, factors, inverses, damping, the step
+ *     kfac_driver.c    the algorithm: Darknet's hooks, the statistics fold, the KL-
+ *                      clipped step, the write-back, the progress line
+ *     kfac_adaptive.c  Martens & Grosse's adaptive step (step=adaptive, auto)
  *     kfac_fisher.c    the true-Fisher pass (sampled labels, its own backward)
+ *     kfac_inverses.c  one layer's decompositions, damping and preconditioning
+ *     kfac_schedule.c  when statistics and decompositions are due; phase timing
  *     kfac_state.c     the state file <weights>.kfac
  *     kfac_sync.c      replicas (multi-GPU): averaged factors, shared decompositions
  *     kfac_config.c    the [kfac] section
@@ -68,7 +72,7 @@ typedef struct {
     float *EA, *dA;         /* groups x K x K, groups x K */
     float *EG, *dG;         /* groups x M x M, groups x M */
     int have_inverse;
-    /* damped inverses, (A + lA I)^-1 and (G + lG I)^-1 per group (kfac_driver.c) */
+    /* damped inverses, (A + lA I)^-1 and (G + lG I)^-1 per group (kfac_inverses.c) */
     float *Ainv, *Ginv;     /* groups x K x K, groups x M x M */
     float inv_damping;      /* the damping Ainv and Ginv were built with; 0 = stale */
     int inv_ok;             /* 0: a factor was all zeros, the layer stays on SGD */
@@ -172,10 +176,19 @@ enum {
 
 /* ---- kfac_driver.c ---------------------------------------------------------------- */
 
-int kfac_stats_step(const kfac_net *k);
-int kfac_inverse_due(const kfac_net *k);
 float kfac_fold_weight(const kfac_layer *kl, float decay);
 double kfac_kl_term(const update_args *a, const layer *l, double p_dot_d);
+
+/* ---- kfac_schedule.c -------------------------------------------------------------- */
+
+int kfac_stats_step(const kfac_net *k);
+int kfac_inverse_due(const kfac_net *k);
+/* Timed stretches: nested ones count once, in the outermost's phase. */
+void kfac_phase_begin(kfac_net *k, int phase);
+void kfac_phase_end(kfac_net *k);
+
+/* ---- kfac_inverses.c -------------------------------------------------------------- */
+
 /* Eigenvalues at or below KFAC_RANK_TOL times the largest are rounding noise of a
  * rank-deficient factor (a factor from n samples has rank <= n). */
 #define KFAC_RANK_TOL 1e-5f
@@ -185,9 +198,6 @@ int kfac_inverse_refresh(kfac_net *k, kfac_layer *kl);
 /* P = damped (A (x) G)^-1 D for one layer, building the damped inverses first when
  * they are stale; P = D when a factor is all zeros. */
 void kfac_precondition_layer(kfac_net *k, kfac_layer *kl);
-/* Timed stretches: nested ones count once, in the outermost's phase. */
-void kfac_phase_begin(kfac_net *k, int phase);
-void kfac_phase_end(kfac_net *k);
 
 /* ---- kfac_fisher.c ---------------------------------------------------------------- */
 

@@ -7,7 +7,7 @@
  *              on the CUDA backend with this one as the oracle), the layer shapes
  *              from tests/cfg/backend.cfg
  *   fallbacks  a NaN factor, infinite statistics, a NaN gradient, a factor of zeros
- *              (kfac_driver.c): the last good state is kept
+ *              (kfac_driver.c, kfac_inverses.c): the last good state is kept
  *   replicas   kfac_networks_sync (kfac_sync.c) on two CPU replicas trained on
  *              different batches: factors averaged, one decomposition shared; in the
  *              second round the replicas leave their due decompositions to the sync */

@@ -47,7 +47,7 @@ static void dense_A(const layer *l, const float *input, double *A, int group, in
     free(a);
 }
 
-/* sqrt(damping) * mean of the eigenvalues above 1e-5 times the largest (kfac_driver.c) */
+/* sqrt(damping) * mean of the eigenvalues above 1e-5 times the largest (kfac_inverses.c) */
 static double damping_of(const float *d, int n, double damping)
 {
     double s = 0, mx = 0;

@@ -10,7 +10,7 @@
  * where "mean eig" is over the nonzero eigenvalues (the trace over the rank),
  *
  * (factored Tikhonov damping, Martens & Grosse 2015 section 6.3, as documented in
- * kfac_driver.c), with vec() stacking columns so that (A (x) G) vec(P) =
+ * kfac_inverses.c), with vec() stacking columns so that (A (x) G) vec(P) =
  * vec(G P A).  The reference builds that (M K) x (M K) matrix explicitly and solves it
  * in double by Gaussian elimination with partial pivoting; mean eig = trace / rank,
  * with the rank the factors were built with (random_psd). */
