@@ -103,19 +103,7 @@ OUT=${OUT:-build/retrain/detect}
 for v in NSEEDS ITERS SAVE PRETRAIN_ITERS SMOOTH; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "${v}=${!v}: must be a whole number >= 1"
 done
-case $OPTS in "sgd kfac"|sgd|kfac) ;; *) die "--opts '$OPTS': one of 'sgd kfac', sgd, kfac" ;; esac
-if [ -n "$LR" ] && ! awk -v x="$LR" 'BEGIN{exit !(x + 0 > 0)}'; then die "--lr $LR: must be > 0"; fi
-
-DARKNET=${DARKNET:-build/darknet-cpu/darknet}
-COMPARE=${KFAC_COMPARE:-build/kfac_compare}
-for b in "$DARKNET" "$COMPARE"; do [ -x "$b" ] || die "$b not found: run make first"; done
-if [ $PLOTS = 1 ] && ! command -v gnuplot >/dev/null; then
-    die "gnuplot not found: install it with tools/setup.sh gnuplot (as root: gnuplot-nox), or pass --no-plots"
-fi
-export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
-SEEDS=$(seq -s ' ' 1 "$NSEEDS")
-T0=$(date +%s)
-log() { printf '[%5ds] %s\n' $(( $(date +%s) - T0 )) "$*"; }
+. tools/retrain_common.sh
 
 # ---- data -----------------------------------------------------------------------------
 mkdir -p "$OUT/cfg"
