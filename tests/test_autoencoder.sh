@@ -25,9 +25,7 @@ DATA=build/data/digits/digits.data
 COMPARE=${KFAC_COMPARE:-build/kfac_compare}
 CFG=tests/cfg/autoencoder.cfg
 mkdir -p "$W"
-nfail=0
-ok() { echo "ok $1"; }
-fail() { echo "FAIL $1: $2"; nfail=$((nfail + 1)); }
+. tests/shlib.sh
 
 if [ ! -f "$DATA" ]; then
     python3 tools/digits_prepare.py >"$W/prepare.log" 2>&1 || true

@@ -10,9 +10,7 @@ set -u
 DK=${1:?usage: tests/test_batch_study.sh <darknet build folder>}
 W=build/tests/batch_study
 COMPARE=${KFAC_COMPARE:-build/kfac_compare}
-nfail=0
-ok() { echo "ok $1"; }
-fail() { echo "FAIL $1: $2"; nfail=$((nfail + 1)); }
+. tests/shlib.sh
 
 if ! command -v gnuplot >/dev/null; then
     echo "SKIP batch_study: no gnuplot (tools/setup.sh gnuplot installs Debian's gnuplot-nox)"

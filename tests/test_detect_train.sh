@@ -27,9 +27,7 @@ DK=${1:?usage: tests/test_detect_train.sh <darknet build folder>}
 W=build/tests/detect_train
 rm -rf "$W"
 mkdir -p "$W"
-nfail=0
-ok() { echo "ok $1"; }
-fail() { echo "FAIL $1: $2"; nfail=$((nfail + 1)); }
+. tests/shlib.sh
 
 if ! ${CC:-cc} -O1 ${KFAC_TEST_CFLAGS:-} -I"$DK/include" -I"$DK/src" tests/dk_train_detector.c \
         "$DK/examples/detector.c" "$DK/libdarknet.a" -Wl,--wrap=train_network \

@@ -12,15 +12,7 @@ set -u
 W=build/tests/retrain_tools
 rm -rf "$W"
 mkdir -p "$W"
-nfail=0
-ok() { echo "ok $1"; }
-fail() { echo "FAIL $1: $2"; nfail=$((nfail + 1)); }
-check() { # check NAME REASON-IF-FALSE COMMAND...
-    local name=$1 why=$2
-    shift 2
-    if "$@"; then ok "$name"; else fail "$name" "$why"; fi
-}
-has() { grep -qF -- "$2" "$1"; }
+. tests/shlib.sh
 
 # ---- detect_curves.py -----------------------------------------------------------------
 # 6 updates, losses 6..1, seconds 0.5 each but update 4 (1.5); Darknet's other lines
