@@ -126,8 +126,9 @@ typedef struct {
 
     /* ---- decompositions --------------------------------------------------------------- */
     /* Each group of X (groups x dim x dim, symmetric) into E (rows: eigenvectors, so
-     * X = E^T diag(d) E) and d (ascending, negatives clamped to 0).  Returns 0, the
-     * solver's info, or KFAC_EIGH_NONFINITE; E and d are undefined after a failure. */
+     * X = E^T diag(d) E) and d (ascending, negatives clamped to 0); E may be X (in
+     * place).  Returns 0, the solver's info, or KFAC_EIGH_NONFINITE; E and d are
+     * undefined after a failure. */
     int (*eigh)(kfac_backend *b, const float *X, int dim, int groups, float *E, float *d);
     /* inv_g = E_g^T diag(1/(d_g + lambda[g])) E_g for each group; lambda is a host
      * array of groups values, each > 0 */
@@ -168,6 +169,11 @@ typedef struct {
     int (*enter)(kfac_backend *b);
     void (*leave)(kfac_backend *b, int previous);
     void (*synchronize)(kfac_backend *b); /* wait for all its work */
+    /* A second backend of this kind on the same device, for another thread (the
+     * background decompositions, kfac_worker.c): its own slots (nslots), scratch and,
+     * on CUDA, stream and handles; it may work on this backend's buffers.  NULL where
+     * the backend has none. */
+    kfac_backend *(*twin)(kfac_backend *b, int nslots);
     /* bufs[i] (len floats of replica i, backend bs[i]) <- the mean over the n replicas,
      * summed in replica order; all backends of one kind */
     void (*average)(kfac_backend **bs, float **bufs, int n, size_t len);
@@ -179,6 +185,8 @@ typedef struct {
 struct kfac_backend {
     const kfac_backend_ops *ops;
     char description[192];  /* one line for the start of a run */
+    int worker_free;        /* 1: a twin's work runs on resources training leaves idle (a
+                               CPU core Darknet's one-threaded training does not use) */
     void *impl;             /* the backend's own state */
 };
 

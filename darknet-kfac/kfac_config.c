@@ -24,8 +24,9 @@ typedef struct {
 static const kfac_config kfac_defaults = {
     .damping = 1e-2f,
     .decay = 0.95f,
-    .stats_interval = 10,
-    .inverse_interval = 100,
+    .stats_interval = 0,    /* auto */
+    .inverse_interval = 0,  /* auto */
+    .inverse_lag = -1,      /* auto */
     .kl_clip = 1e-3f,
     .fisher = KFAC_FISHER_TRUE,
     .warmup = 0,
@@ -36,7 +37,7 @@ static const kfac_config kfac_defaults = {
 };
 
 static const char *kfac_known_keys =
-    "damping, decay, stats_interval, inverse_interval, kl_clip, fisher, warmup, max_dim, seed, step, lambda";
+    "damping, decay, stats_interval, inverse_interval, inverse_lag, kl_clip, fisher, warmup, max_dim, seed, step, lambda";
 
 /* A parse error: the message goes to err, the return value is -1. */
 typedef struct {
@@ -101,6 +102,7 @@ static const kfac_numeric kfac_numerics[] = {
     {"decay", 0, 0, 1, 0, 1, offsetof(kfac_config, decay)},
     {"stats_interval", 1, 1, 1e6, 0, 0, offsetof(kfac_config, stats_interval)},
     {"inverse_interval", 1, 1, 1e6, 0, 0, offsetof(kfac_config, inverse_interval)},
+    {"inverse_lag", 1, 0, 1e6, 0, 0, offsetof(kfac_config, inverse_lag)},
     {"kl_clip", 0, 0, 1e6, 0, 0, offsetof(kfac_config, kl_clip)},
     {"warmup", 1, 0, 1e9, 0, 0, offsetof(kfac_config, warmup)},
     {"max_dim", 1, 1, 65536, 0, 0, offsetof(kfac_config, max_dim)},
@@ -128,6 +130,19 @@ static int parse_kfac_section(kfac_err *e, kfac_config *c, const char *file, lis
             else if (!strcmp(v, "auto")) c->step = KFAC_STEP_AUTO;
             else return fail(e, "%s [kfac] step=%s: must be auto, adaptive or kl_clip", file, v);
             continue;
+        }
+        /* the schedule's options take `auto` (kfac_schedule.c) */
+        const int sched = !strcmp(k, "stats_interval") || !strcmp(k, "inverse_interval") || !strcmp(k, "inverse_lag");
+        if (sched && !strcmp(v, "auto")) {
+            if (!strcmp(k, "stats_interval")) c->stats_interval = 0;
+            else if (!strcmp(k, "inverse_interval")) c->inverse_interval = 0;
+            else c->inverse_lag = -1;
+            continue;
+        }
+        if (sched) {
+            char *end = NULL;
+            (void)strtod(v, &end);
+            if (end == v || *end != '\0') return fail(e, "%s [kfac] %s=%s: must be a whole number or auto", file, k, v);
         }
         for (i = 0; i < sizeof kfac_numerics / sizeof kfac_numerics[0]; ++i)
             if (!strcmp(k, kfac_numerics[i].key)) break;
@@ -285,7 +300,10 @@ void kfac_config_print(const kfac_config *c, FILE *out)
     fprintf(out, "step=%s ", names[c->step]);
     if (c->step != KFAC_STEP_KL_CLIP) fprintf(out, "lambda=%g ", c->lambda);
     if (c->step != KFAC_STEP_ADAPTIVE) fprintf(out, "damping=%g kl_clip=%g ", c->damping, c->kl_clip);
-    fprintf(out, "decay=%g stats_interval=%d inverse_interval=%d fisher=%s warmup=%d max_dim=%d seed=%d", c->decay,
-            c->stats_interval, c->inverse_interval, c->fisher == KFAC_FISHER_TRUE ? "true" : "empirical", c->warmup,
-            c->max_dim, c->seed);
+    char si[16] = "auto", ii[16] = "auto", il[16] = "auto";
+    if (c->stats_interval > 0) snprintf(si, sizeof si, "%d", c->stats_interval);
+    if (c->inverse_interval > 0) snprintf(ii, sizeof ii, "%d", c->inverse_interval);
+    if (c->inverse_lag >= 0) snprintf(il, sizeof il, "%d", c->inverse_lag);
+    fprintf(out, "decay=%g stats_interval=%s inverse_interval=%s inverse_lag=%s fisher=%s warmup=%d max_dim=%d seed=%d",
+            c->decay, si, ii, il, c->fisher == KFAC_FISHER_TRUE ? "true" : "empirical", c->warmup, c->max_dim, c->seed);
 }

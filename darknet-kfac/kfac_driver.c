@@ -183,16 +183,8 @@ void kfac_network_precondition(network *net, update_args *a)
 
     /* during warmup, and for a layer without an inverse yet, the plain gradient goes
      * through (checked for NaN like the rest) */
-    const int on = k->step >= k->cfg.warmup;
-    const int refresh = on && kfac_inverse_due(k);
     kfac_phase_begin(k, KFAC_PHASE_INVERSE);
-    for (i = 0; on && i < k->nlayers; ++i) {
-        kfac_layer *kl = &k->layers[i];
-        if (k->identity || !kl->have_factors || !(refresh || !kl->have_inverse)) continue;
-        /* with replicas the decompositions are shared out at the next sync */
-        if (k->replicas > 1) k->inverse_due = 1;
-        else kfac_inverse_refresh(k, kl);
-    }
+    kfac_decompositions_step(k);
     kfac_phase_end(k);
 
     kfac_phase_begin(k, KFAC_PHASE_PRECOND);
@@ -217,24 +209,34 @@ void kfac_network_precondition(network *net, update_args *a)
 }
 
 /* A user comparing K-FAC with SGD on their own net wants to see where K-FAC's time
- * goes (to choose the intervals) and whether the KL bound is what sets the step. */
+ * goes (to choose the intervals) and whether the KL bound is what sets the step:
+ * every inverse_interval updates when the cfg sets it, else every
+ * KFAC_REPORT_EVERY. */
+#define KFAC_REPORT_EVERY 100
 static void report(network *net)
 {
     kfac_net *k = kfac_of(net);
     double t[KFAC_NPHASES];
-    if (++k->report_updates < k->cfg.inverse_interval) return;
+    const int every = k->cfg.inverse_interval > 0 ? k->cfg.inverse_interval : KFAC_REPORT_EVERY;
+    if (++k->report_updates < every) return;
     kfac_network_timing(net, &t[0], &t[1], &t[2]);
     const int n = k->report_updates;
-    char clip[160] = "no step preconditioned";
+    char clip[200] = "no step preconditioned", sched[160], bg[120] = "";
     if (kfac_adaptive_on(k))
         kfac_adaptive_report(k, clip, sizeof clip);
     else if (k->nu_count)
         snprintf(clip, sizeof clip, "KL clip scaled %d of %d steps (mean factor %.3g)", k->nu_clipped, k->nu_count,
                  k->nu_sum / k->nu_count);
-    kfac_log("update %d: seconds per update over the last %d: statistics %.4f, decompositions %.4f, "
-             "preconditioning and step %.4f; %s", k->step, n, (t[0] - k->t_reported[0]) / n, (t[1] - k->t_reported[1]) / n,
-             (t[2] - k->t_reported[2]) / n, clip);
+    kfac_schedule_describe(k, sched, sizeof sched);
+    if (k->worker)
+        snprintf(bg, sizeof bg, " (of it waiting for the background %.4f; background busy %.4f)",
+                 (k->wait_seconds - k->wait_reported) / n, (k->worker_seconds - k->worker_reported) / n);
+    kfac_log("update %d: seconds per update over the last %d: statistics %.4f, decompositions %.4f%s, "
+             "preconditioning and step %.4f; %s; %s", k->step, n, (t[0] - k->t_reported[0]) / n,
+             (t[1] - k->t_reported[1]) / n, bg, (t[2] - k->t_reported[2]) / n, sched, clip);
     memcpy(k->t_reported, t, sizeof t);
+    k->wait_reported = k->wait_seconds;
+    k->worker_reported = k->worker_seconds;
     k->report_updates = 0;
     k->nu_count = k->nu_clipped = 0;
     k->nu_sum = 0;
@@ -254,5 +256,6 @@ void kfac_network_updated(network *net)
         if (kl->s.has_bias) be->ops->copy(be, kl->b_snap, bufs.bias_updates, (size_t)kl->s.groups * kl->s.M);
     }
     ++k->step;
+    kfac_schedule_updated(k);
     report(net);
 }

@@ -7,7 +7,10 @@
  *     kfac_adaptive.c  Martens & Grosse's adaptive step (step=adaptive, auto)
  *     kfac_fisher.c    the true-Fisher pass (sampled labels, its own backward)
  *     kfac_inverses.c  one layer's decompositions, damping and preconditioning
- *     kfac_schedule.c  when statistics and decompositions are due; phase timing
+ *     kfac_worker.c    decompositions in the background: launched from the factors of
+ *                      one update, installed at a fixed later one
+ *     kfac_schedule.c  when statistics and decompositions are due (fixed or chosen
+ *                      from measured costs); phase timing
  *     kfac_state.c     the state file <weights>.kfac
  *     kfac_sync.c      replicas (multi-GPU): averaged factors, shared decompositions
  *     kfac_config.c    the [kfac] section
@@ -36,8 +39,10 @@ typedef struct {
     char *cfgfile;          /* for messages */
     float damping;          /* relative factored Tikhonov damping, DESIGN.md 4 */
     float decay;            /* running-average weight of the old factors */
-    int stats_interval;     /* factors are accumulated every this many updates */
-    int inverse_interval;   /* eigendecompositions every this many updates */
+    int stats_interval;     /* factors are accumulated every this many updates; 0 = auto */
+    int inverse_interval;   /* eigendecompositions every this many updates; 0 = auto */
+    int inverse_lag;        /* updates from a decomposition's launch to its use; -1 = auto,
+                               0 = at once (on the critical path) */
     float kl_clip;          /* bound on the KL term of an update (kfac_kl_term); 0 = off */
     kfac_fisher_kind fisher;
     int warmup;             /* plain SGD updates before preconditioning starts */
@@ -59,6 +64,33 @@ void kfac_config_print(const kfac_config *c, FILE *out);
 
 /* ---- per-layer state -------------------------------------------------------------- */
 
+/* One set of a layer's decompositions and damped inverses (kfac_inverses.c).  Every
+ * float pointer is a buffer of the net's backend. */
+typedef struct {
+    float *EA, *dA;         /* groups x K x K, groups x K: rows eigenvectors, eigenvalues >= 0 */
+    float *EG, *dG;         /* groups x M x M, groups x M */
+    float *Ainv, *Ginv;     /* damped inverses built from them: groups x K x K, groups x M x M */
+    float damping;          /* the damping key Ainv and Ginv were built with; 0 = not built */
+    int inv_ok;             /* 0: a factor was all zeros (no preconditioning with it) */
+    int status;             /* 0 good; else why it failed: KFAC_EIGH_NONFINITE, the
+                               solver's info, or KFAC_FACTOR_NONFINITE */
+} kfac_eigs;
+
+/* The damping the damped inverses are built with: the relative damping of the KL-clipped
+ * step, or the adaptive step's gamma (factored Tikhonov, with pi). */
+typedef struct {
+    int tikhonov;           /* 1: gamma with pi (step=adaptive); 0: relative to the eigenvalues */
+    float key;              /* gamma, or the relative damping */
+} kfac_damping;
+/* host scratch the damping needs, one per thread that builds inverses */
+typedef struct {
+    float *host_d;          /* max groups x dim: eigenvalues */
+    float *lambda;          /* max groups (A's blocks): damping values of A */
+    float *lambda_g;        /* max groups: those of G */
+} kfac_scratch;
+/* kfac_eigs.status of a decomposition skipped because a factor held a NaN or an inf */
+#define KFAC_FACTOR_NONFINITE (-1001)
+
 /* Every float pointer below is a buffer of the net's backend (kfac_backend.h). */
 typedef struct {
     int index;              /* position in net->layers */
@@ -76,6 +108,11 @@ typedef struct {
     float *Ainv, *Ginv;     /* groups x K x K, groups x M x M */
     float inv_damping;      /* the damping Ainv and Ginv were built with; 0 = stale */
     int inv_ok;             /* 0: a factor was all zeros, the layer stays on SGD */
+    /* the next decomposition (kfac_worker.c): the factors are copied into next.EA and
+     * next.EG at its launch and decomposed there in place; at its install the buffers
+     * are swapped with the ones above when it succeeded */
+    kfac_eigs next;
+    int in_job;             /* next is being made (or made, not yet installed) */
     /* update integration, DESIGN.md 4: snapshots of Darknet's *_updates taken right
      * after each update (they then hold momentum*v) */
     float *w_snap;          /* groups x M x k_in */
@@ -98,6 +135,9 @@ typedef struct {
 /* ---- network state ---------------------------------------------------------------- */
 
 typedef enum { KFAC_CAPTURE_NONE = 0, KFAC_CAPTURE_A = 1, KFAC_CAPTURE_G = 2 } kfac_capture;
+
+/* updates whose wall time the schedule's median is taken over (kfac_schedule.c) */
+#define KFAC_WALL_RING 9
 
 /* How the true-Fisher pass samples a loss layer's targets (kfac_fisher.c). */
 typedef enum {
@@ -133,7 +173,6 @@ typedef struct {
     /* backend buffers */
     float *sink;            /* sink_len: where *_updates point in the true-Fisher pass */
     size_t sink_len;
-    float *eig_E, *eig_d;   /* decompositions land here first: max groups x dim x dim, groups x dim */
     /* host scratch */
     float *uniforms;        /* batch: the softmax sampler's draws */
     float *host_p, *host_delta; /* the largest loss layer's outputs: host-side samplers */
@@ -142,9 +181,7 @@ typedef struct {
     size_t yolo_len;
     double *results;        /* 3 per layer: backend result slots read back */
     int *mode;              /* per layer: what this update writes back (kfac_driver.c) */
-    float *host_d;          /* max groups x dim: eigenvalues, for the damping */
-    float *lambda;          /* max groups: damping values of one factor */
-    float *lambda_g;        /* max groups: step=adaptive, those of G */
+    kfac_scratch scratch;   /* the main thread's, for the damping */
     /* timing and the progress line every inverse_interval updates */
     int phase_depth;        /* nested timed stretches count once */
     int phase_now;
@@ -154,6 +191,27 @@ typedef struct {
     double nu_sum;          /* sum of their factors nu */
     /* step=adaptive (kfac_adaptive.c); lambda, have_prev and adapt_updates are saved */
     struct kfac_adaptive *adapt;
+    /* the schedule (kfac_schedule.c): the intervals and lag in force (the cfg's, or
+     * chosen from the measured costs when it says auto), saved with the state */
+    struct kfac_sched {
+        int stats_interval, inverse_interval, inverse_lag;
+        int auto_stats, auto_inverse, auto_lag; /* chosen here, not given by the cfg */
+        /* measured seconds (running averages; 0 = not measured yet): an update's own
+         * work (Darknet's passes, the preconditioning and step), one statistics step's
+         * extra work, one decomposition of every layer */
+        double t_update, t_stats, t_decomp;
+        double wall[KFAC_WALL_RING]; /* the last updates' own seconds, a ring */
+        int nwall;              /* updates measured so far */
+        double last_updated;    /* clock at the end of the last update (0: none) */
+        double phase_mark[KFAC_NPHASES]; /* phase totals at that moment */
+        int changes;            /* times the choice changed, for the progress line */
+    } sched;
+    /* decompositions in the background (kfac_worker.c; NULL: at once) */
+    struct kfac_worker *worker;
+    int job_install_at;     /* update at which the job in flight is installed; -1: none */
+    double worker_seconds;  /* the worker's busy time so far */
+    double wait_seconds;    /* the main thread's wait for the worker so far */
+    double wait_reported, worker_reported; /* those two at the last progress line */
     /* replicas (kfac_sync.c) */
     int replicas;           /* replicas in this net's sync group (0 before the first sync) */
     int inverse_due;        /* a refresh fell due since the last sync (replicas > 1) */
@@ -181,13 +239,52 @@ double kfac_kl_term(const update_args *a, const layer *l, double p_dot_d);
 
 /* ---- kfac_schedule.c -------------------------------------------------------------- */
 
+/* The intervals in force at attach: the cfg's, or the first guesses of auto. */
+void kfac_schedule_init(kfac_net *k);
+/* 1 when update `step` gathers statistics (kfac_stats_step: this update) */
+int kfac_stats_step_at(const kfac_net *k, int step);
 int kfac_stats_step(const kfac_net *k);
+/* 1 when a decomposition of every layer is launched at this update */
 int kfac_inverse_due(const kfac_net *k);
+/* updates between that launch and the decompositions' use (0: used at once) */
+int kfac_inverse_lag(const kfac_net *k);
+/* After each update: measures what it cost and, under auto, chooses again. */
+void kfac_schedule_updated(kfac_net *k);
+/* A decomposition of every layer took `seconds` (on the worker, or at once). */
+void kfac_schedule_decomposed(kfac_net *k, double seconds);
+/* one line on the schedule in force, for the progress line */
+void kfac_schedule_describe(const kfac_net *k, char *buf, size_t len);
 /* Timed stretches: nested ones count once, in the outermost's phase. */
 void kfac_phase_begin(kfac_net *k, int phase);
 void kfac_phase_end(kfac_net *k);
+/* seconds per phase so far, the replicas' sync included */
+void kfac_network_timing_of(const kfac_net *k, double *stats, double *inverse, double *precond);
+
+/* ---- kfac_worker.c ---------------------------------------------------------------- */
+
+/* Starts the background worker when the schedule can use it (kfac_network_attach). */
+void kfac_worker_attach(kfac_net *k);
+void kfac_worker_free(kfac_net *k);
+/* At each update, after the statistics are folded: installs the decompositions whose
+ * update has come (waiting for the worker when it is not done), decomposes at once a
+ * layer that has factors and no decomposition yet, and launches the decompositions the
+ * schedule makes due. */
+void kfac_decompositions_step(kfac_net *k);
+/* Waits until the job in flight is done, without installing it (state save). */
+void kfac_worker_wait(kfac_net *k);
 
 /* ---- kfac_inverses.c -------------------------------------------------------------- */
+
+kfac_damping kfac_damping_now(const kfac_net *k);
+/* Copies the layer's factors into kl->next (on k's backend), to be decomposed there. */
+void kfac_inverse_stage(kfac_net *k, kfac_layer *kl);
+/* Decomposes kl->next's copies in place and builds its damped inverses for dmp, on
+ * backend be with scratch sc; sets kl->next.status.  Touches nothing but kl->next and
+ * sc, so another thread may run it while the net trains. */
+void kfac_inverse_compute(kfac_backend *be, kfac_scratch *sc, kfac_layer *kl, kfac_damping dmp);
+/* kl->next in place of the current decomposition when it succeeded (else the last
+ * good one stays, logged once): 0 on success, -1 on failure. */
+int kfac_inverse_install(kfac_net *k, kfac_layer *kl);
 
 /* Eigenvalues at or below KFAC_RANK_TOL times the largest are rounding noise of a
  * rank-deficient factor (a factor from n samples has rank <= n). */
@@ -260,6 +357,8 @@ typedef struct kfac_adaptive {
  * program with it, step=auto takes the KL-clipped step). */
 int kfac_adaptive_attach(kfac_net *k, network *net, char *why, size_t why_len);
 static inline int kfac_adaptive_on(const kfac_net *k) { return k->adapt && k->adapt->active; }
+/* the factored Tikhonov damping gamma of the adaptive step's factors */
+float kfac_adaptive_gamma(const kfac_net *k);
 void kfac_adaptive_free(kfac_net *k);
 /* The step for every layer with an inverse, in place of the KL-clipped write-back:
  * returns after setting k->mode for each layer. */

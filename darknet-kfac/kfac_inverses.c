@@ -1,50 +1,20 @@
 /* darknet-kfac: one layer's curvature: the eigendecompositions of its factors, their
  * damping (relative to the mean eigenvalue for step=kl_clip, Martens & Grosse's
  * factored Tikhonov damping for the adaptive step) and the damped natural-gradient
- * direction P.  Called by the driver and by the adaptive step (which preconditions
- * again for each probe); calls only the backend. */
+ * direction P.  Called by the driver, the background worker (kfac_worker.c: compute
+ * only, on its own backend) and the adaptive step (which preconditions again for each
+ * probe); calls only the backend. */
 #include <math.h>
 #include "kfac_internal.h"
 
-/* ---- decompositions and damped inverses ------------------------------------------------ */
+/* ---- damping ---------------------------------------------------------------------------- */
 
-int kfac_inverse_refresh(kfac_net *k, kfac_layer *kl)
+kfac_damping kfac_damping_now(const kfac_net *k)
 {
-    kfac_backend *be = k->be;
-    const kfac_shape *s = &kl->s;
-    const size_t nA = kfac_a_len(s), nG = (size_t)s->groups * s->M * s->M;
-    double bad[2];
-    int info;
-    if (!kl->have_factors) return 0;
-    be->ops->flag_nonfinite(be, kl->A, nA, 0);
-    be->ops->flag_nonfinite(be, kl->G, nG, 1);
-    be->ops->results(be, bad, 2);
-    if (bad[0] != 0 || bad[1] != 0) {
-        if (!kl->bad_eig_logged++)
-            kfac_log("layer %d: non-finite factor, decomposition skipped, keeping the last good inverse (logged once)", kl->index);
-        return -1;
-    }
-    /* into scratch first, so that a failure leaves the last good inverse intact */
-    info = be->ops->eigh(be, kl->A, kfac_a_dim(s), kfac_a_count(s), k->eig_E, k->eig_d);
-    if (info == 0) {
-        be->ops->copy(be, kl->EA, k->eig_E, nA);
-        be->ops->copy(be, kl->dA, k->eig_d, (size_t)kfac_a_count(s) * kfac_a_dim(s));
-        info = be->ops->eigh(be, kl->G, s->M, s->groups, k->eig_E, k->eig_d);
-        if (info == 0) {
-            be->ops->copy(be, kl->EG, k->eig_E, nG);
-            be->ops->copy(be, kl->dG, k->eig_d, (size_t)s->groups * s->M);
-        }
-    }
-    if (info != 0) {
-        /* EA may now be newer than EG: harmless, both decompose good factors */
-        if (!kl->bad_eig_logged++)
-            kfac_log("layer %d: eigendecomposition failed (%s %s %d), keeping the last good inverse (logged once)",
-                     kl->index, be->ops->name, info == KFAC_EIGH_NONFINITE ? "non-finite result" : "info", info);
-        return -1;
-    }
-    kl->have_inverse = 1;
-    kl->inv_damping = 0; /* the damped inverses are rebuilt from the new decomposition */
-    return 0;
+    kfac_damping d;
+    d.tikhonov = kfac_adaptive_on(k);
+    d.key = d.tikhonov ? kfac_adaptive_gamma(k) : k->cfg.damping;
+    return d;
 }
 
 /* Mean of the eigenvalues d (n, >= 0) that are not rounding noise: the trace over the
@@ -66,94 +36,158 @@ static float mean_of(const float *d, int n)
 }
 
 /* Factored Tikhonov damping (Martens & Grosse 2015, section 6.3) of one factor's
- * groups: lambda_g = sqrt(damping) * mean(d_g), the mean over the numerically nonzero
+ * groups: out[g] = sqrt(damping) * mean(d_g), the mean over the numerically nonzero
  * eigenvalues.  Scaling each factor's damping by its own mean eigenvalue makes
  * `damping` independent of the loss scale, the input scale and the layer's size, so
  * one default carries from net to net.  Returns 0 when a group's factor is all zeros
  * (no curvature to precondition with). */
-static int damping_of(kfac_net *k, const float *d, int dim, int groups, float sd)
+static int relative_of(kfac_backend *be, kfac_scratch *sc, const float *d, int dim, int groups, float sd, float *out)
 {
     int g, ok = 1;
-    k->be->ops->to_host(k->be, k->host_d, d, (size_t)groups * dim);
+    be->ops->to_host(be, sc->host_d, d, (size_t)groups * dim);
     for (g = 0; g < groups; ++g) {
-        k->lambda[g] = sd * mean_of(k->host_d + (size_t)g * dim, dim);
-        ok &= k->lambda[g] > 0;
+        out[g] = sd * mean_of(sc->host_d + (size_t)g * dim, dim);
+        ok &= out[g] > 0;
     }
     return ok;
 }
 
-/* step=adaptive: M&G's factored Tikhonov damping (section 6.3) tied to lambda,
- * lA = pi gamma and lG = gamma / pi with gamma = sqrt(lambda + eta) and
- * pi = sqrt((tr A / dim A) / (tr G / dim G)) per group.  Returns 0 when a group's
+/* step=adaptive: M&G's factored Tikhonov damping (section 6.3), lA = pi gamma and
+ * lG = gamma / pi with pi = sqrt((tr A / dim A) / (tr G / dim G)) per group, into
+ * sc->lambda (A's blocks) and sc->lambda_g (G's groups).  Returns 0 when a group's
  * factor is all zeros. */
-static int tikhonov_of(kfac_net *k, const kfac_layer *kl, float gamma)
+static int tikhonov_of(kfac_backend *be, kfac_scratch *sc, const kfac_shape *s, const kfac_eigs *e, float gamma)
 {
-    const kfac_shape *s = &kl->s;
     const int nb = kfac_a_blocks(s);
     int g, i, ok = 1;
     /* tr A / dim A over all of a group's blocks: one pi per group, since its blocks
      * share one G */
-    k->be->ops->to_host(k->be, k->host_d, kl->dA, (size_t)s->groups * s->K);
+    be->ops->to_host(be, sc->host_d, e->dA, (size_t)s->groups * s->K);
     for (g = 0; g < s->groups; ++g) {
         double t = 0;
-        for (i = 0; i < s->K; ++i) t += k->host_d[(size_t)g * s->K + i];
-        k->lambda_g[g] = (float)(t / s->K);
+        for (i = 0; i < s->K; ++i) t += sc->host_d[(size_t)g * s->K + i];
+        sc->lambda_g[g] = (float)(t / s->K);
     }
-    k->be->ops->to_host(k->be, k->host_d, kl->dG, (size_t)s->groups * s->M);
+    be->ops->to_host(be, sc->host_d, e->dG, (size_t)s->groups * s->M);
     for (g = 0; g < s->groups; ++g) {
         double t = 0;
-        for (i = 0; i < s->M; ++i) t += k->host_d[(size_t)g * s->M + i];
-        const double mean_a = k->lambda_g[g], mean_g = t / s->M;
+        for (i = 0; i < s->M; ++i) t += sc->host_d[(size_t)g * s->M + i];
+        const double mean_a = sc->lambda_g[g], mean_g = t / s->M;
         if (!(mean_a > 0) || !(mean_g > 0)) {
             ok = 0;
             continue;
         }
         const double pi = sqrt(mean_a / mean_g);
-        for (i = 0; i < nb; ++i) k->lambda[g * nb + i] = (float)(pi * gamma);
-        k->lambda_g[g] = (float)(gamma / pi);
+        for (i = 0; i < nb; ++i) sc->lambda[g * nb + i] = (float)(pi * gamma);
+        sc->lambda_g[g] = (float)(gamma / pi);
     }
     return ok;
 }
 
-/* The damping key the inverses are built for: the relative damping (step=kl_clip) or
- * gamma (step=adaptive). */
-static float damping_key(const kfac_net *k)
+/* Ainv = (A + lA I)^-1 and Ginv = (G + lG I)^-1 from the decompositions in e.  Because
+ * this damping is separable, the two damped inverses are formed once per decomposition
+ * (and damping) and each update costs two products instead of four. */
+static void damped_inverses(kfac_backend *be, kfac_scratch *sc, const kfac_shape *s, kfac_eigs *e, kfac_damping dmp)
 {
-    return kfac_adaptive_on(k) ? sqrtf(k->adapt->lambda + k->eta) : k->cfg.damping;
+    int ok;
+    if (dmp.tikhonov) {
+        ok = tikhonov_of(be, sc, s, e, dmp.key);
+    } else {
+        const float sd = sqrtf(dmp.key);
+        ok = relative_of(be, sc, e->dA, kfac_a_dim(s), kfac_a_count(s), sd, sc->lambda) &&
+             relative_of(be, sc, e->dG, s->M, s->groups, sd, sc->lambda_g);
+    }
+    if (ok) {
+        be->ops->damped_inverse(be, e->EA, e->dA, kfac_a_dim(s), kfac_a_count(s), sc->lambda, e->Ainv);
+        be->ops->damped_inverse(be, e->EG, e->dG, s->M, s->groups, sc->lambda_g, e->Ginv);
+    }
+    e->damping = dmp.key;
+    e->inv_ok = ok;
 }
 
-/* Ainv = (A + lA I)^-1 and Ginv = (G + lG I)^-1 from the decompositions.  Because this
- * damping is separable, the two damped inverses are formed once per decomposition (and
- * damping) and each update costs two products instead of four. */
-static void damped_inverses(kfac_net *k, kfac_layer *kl)
+/* ---- decompositions -------------------------------------------------------------------- */
+
+void kfac_inverse_stage(kfac_net *k, kfac_layer *kl)
 {
     kfac_backend *be = k->be;
-    const kfac_shape *s = &kl->s;
-    const float key = damping_key(k);
-    int ok;
-    if (kfac_adaptive_on(k)) {
-        ok = tikhonov_of(k, kl, key);
-        if (ok) {
-            be->ops->damped_inverse(be, kl->EA, kl->dA, kfac_a_dim(s), kfac_a_count(s), k->lambda, kl->Ainv);
-            be->ops->damped_inverse(be, kl->EG, kl->dG, s->M, s->groups, k->lambda_g, kl->Ginv);
-        }
-    } else {
-        const float sd = sqrtf(key);
-        ok = damping_of(k, kl->dA, kfac_a_dim(s), kfac_a_count(s), sd);
-        if (ok) be->ops->damped_inverse(be, kl->EA, kl->dA, kfac_a_dim(s), kfac_a_count(s), k->lambda, kl->Ainv);
-        ok = ok && damping_of(k, kl->dG, s->M, s->groups, sd);
-        if (ok) be->ops->damped_inverse(be, kl->EG, kl->dG, s->M, s->groups, k->lambda, kl->Ginv);
-    }
-    kl->inv_damping = key;
-    kl->inv_ok = ok;
+    be->ops->copy(be, kl->next.EA, kl->A, kfac_a_len(&kl->s));
+    be->ops->copy(be, kl->next.EG, kl->G, (size_t)kl->s.groups * kl->s.M * kl->s.M);
+    kl->next.status = 0;
+    kl->next.damping = 0;
 }
+
+void kfac_inverse_compute(kfac_backend *be, kfac_scratch *sc, kfac_layer *kl, kfac_damping dmp)
+{
+    const kfac_shape *s = &kl->s;
+    kfac_eigs *e = &kl->next;
+    double bad[2];
+    be->ops->flag_nonfinite(be, e->EA, kfac_a_len(s), 0);
+    be->ops->flag_nonfinite(be, e->EG, (size_t)s->groups * s->M * s->M, 1);
+    be->ops->results(be, bad, 2);
+    if (bad[0] != 0 || bad[1] != 0) {
+        e->status = KFAC_FACTOR_NONFINITE;
+        return;
+    }
+    /* in place: the staged copies of A and G become their eigenvectors */
+    e->status = be->ops->eigh(be, e->EA, kfac_a_dim(s), kfac_a_count(s), e->EA, e->dA);
+    if (e->status == 0) e->status = be->ops->eigh(be, e->EG, s->M, s->groups, e->EG, e->dG);
+    if (e->status == 0) damped_inverses(be, sc, s, e, dmp);
+    be->ops->synchronize(be);
+}
+
+int kfac_inverse_install(kfac_net *k, kfac_layer *kl)
+{
+    kfac_eigs *e = &kl->next;
+    float *t;
+    kl->in_job = 0;
+    if (e->status != 0) {
+        if (!kl->bad_eig_logged++) {
+            if (e->status == KFAC_FACTOR_NONFINITE)
+                kfac_log("layer %d: non-finite factor, decomposition skipped, keeping the last good inverse (logged once)", kl->index);
+            else
+                kfac_log("layer %d: eigendecomposition failed (%s %s %d), keeping the last good inverse (logged once)",
+                         kl->index, k->be->ops->name, e->status == KFAC_EIGH_NONFINITE ? "non-finite result" : "info",
+                         e->status);
+        }
+        return -1;
+    }
+    /* the new buffers in, the old ones out to be written by the next launch */
+#define KFAC_SWAP(f) (t = kl->f, kl->f = e->f, e->f = t)
+    KFAC_SWAP(EA);
+    KFAC_SWAP(dA);
+    KFAC_SWAP(EG);
+    KFAC_SWAP(dG);
+    KFAC_SWAP(Ainv);
+    KFAC_SWAP(Ginv);
+#undef KFAC_SWAP
+    kl->inv_damping = e->damping; /* 0: built at the next preconditioning */
+    kl->inv_ok = e->inv_ok;
+    kl->have_inverse = 1;
+    return 0;
+}
+
+int kfac_inverse_refresh(kfac_net *k, kfac_layer *kl)
+{
+    if (!kl->have_factors) return 0;
+    kfac_inverse_stage(k, kl);
+    kfac_inverse_compute(k->be, &k->scratch, kl, kfac_damping_now(k));
+    return kfac_inverse_install(k, kl);
+}
+
+/* ---- preconditioning -------------------------------------------------------------------- */
 
 /* P = (G + lG I)^-1 D (A + lA I)^-1 per group
  *   = Q_G [ (Q_G^T D Q_A) / ((d_G + lG) (d_A + lA)^T) ] Q_A^T   (DESIGN.md 4) */
 void kfac_precondition_layer(kfac_net *k, kfac_layer *kl)
 {
     kfac_backend *be = k->be;
-    if (kl->inv_damping != damping_key(k)) damped_inverses(k, kl);
+    const kfac_damping dmp = kfac_damping_now(k);
+    if (kl->inv_damping != dmp.key) {
+        kfac_eigs cur = {kl->EA, kl->dA, kl->EG, kl->dG, kl->Ainv, kl->Ginv, 0, 0, 0};
+        damped_inverses(be, &k->scratch, &kl->s, &cur, dmp);
+        kl->inv_damping = cur.damping;
+        kl->inv_ok = cur.inv_ok;
+    }
     if (!kl->inv_ok) {
         be->ops->copy(be, kl->P, kl->D, (size_t)kl->s.groups * kl->s.M * kl->s.K);
         return;

@@ -37,6 +37,12 @@ static void alloc_layer(kfac_backend *be, kfac_layer *kl, const layer *l)
     kl->dG = be->ops->alloc(be, g * M);
     kl->Ainv = be->ops->alloc(be, nA);
     kl->Ginv = be->ops->alloc(be, g * M * M);
+    kl->next.EA = be->ops->alloc(be, nA);
+    kl->next.dA = be->ops->alloc(be, g * K);
+    kl->next.EG = be->ops->alloc(be, g * M * M);
+    kl->next.dG = be->ops->alloc(be, g * M);
+    kl->next.Ainv = be->ops->alloc(be, nA);
+    kl->next.Ginv = be->ops->alloc(be, g * M * M);
     kl->w_snap = be->ops->alloc(be, g * M * (size_t)kl->s.k_in);
     if (kl->s.has_bias) kl->b_snap = be->ops->alloc(be, g * M);
     kl->D = be->ops->alloc(be, g * M * K);
@@ -52,7 +58,8 @@ static void alloc_layer(kfac_backend *be, kfac_layer *kl, const layer *l)
 static void free_layer_state(kfac_backend *be, kfac_layer *kl)
 {
     float **bufs[] = {&kl->A, &kl->G, &kl->A_acc, &kl->G_acc, &kl->EA, &kl->dA, &kl->EG, &kl->dG, &kl->Ainv,
-                      &kl->Ginv, &kl->w_snap, &kl->b_snap, &kl->D, &kl->P, &kl->tmp};
+                      &kl->Ginv, &kl->next.EA, &kl->next.dA, &kl->next.EG, &kl->next.dG, &kl->next.Ainv,
+                      &kl->next.Ginv, &kl->w_snap, &kl->b_snap, &kl->D, &kl->P, &kl->tmp};
     size_t i;
     for (i = 0; i < sizeof bufs / sizeof bufs[0]; ++i) {
         be->ops->release(be, *bufs[i]);
@@ -149,22 +156,7 @@ void kfac_network_attach(network *net, void *cfgp)
     if (!k->be) k->be = kfac_backend_cpu_create(nslots);
     kfac_backend *be = k->be;
 
-    size_t eig = 1, eig_d = 1, max_groups = 1;
-    for (i = 0; i < k->nlayers; ++i) {
-        kfac_layer *kl = &k->layers[i];
-        const size_t nG = (size_t)kl->s.groups * kl->s.M * kl->s.M, na = (size_t)kfac_a_count(&kl->s);
-        alloc_layer(be, kl, &net->layers[kl->index]);
-        if (kfac_a_len(&kl->s) > eig) eig = kfac_a_len(&kl->s);
-        if (nG > eig) eig = nG;
-        if ((size_t)kl->s.groups * kl->s.K > eig_d) eig_d = (size_t)kl->s.groups * kl->s.K;
-        if ((size_t)kl->s.groups * kl->s.M > eig_d) eig_d = (size_t)kl->s.groups * kl->s.M;
-        if (na > max_groups) max_groups = na;
-    }
-    k->eig_E = be->ops->alloc(be, eig);
-    k->eig_d = be->ops->alloc(be, eig_d);
-    k->host_d = (float *)kfac_calloc(eig_d, sizeof(float));
-    k->lambda = (float *)kfac_calloc(max_groups, sizeof(float));
-    k->lambda_g = (float *)kfac_calloc(max_groups, sizeof(float));
+    for (i = 0; i < k->nlayers; ++i) alloc_layer(be, &k->layers[i], &net->layers[k->layers[i].index]);
     k->eta = net->decay;
     k->results = (double *)kfac_calloc((size_t)nslots, sizeof(double));
     k->mode = (int *)kfac_calloc((size_t)(k->nlayers > 0 ? k->nlayers : 1), sizeof(int));
@@ -195,6 +187,8 @@ void kfac_network_attach(network *net, void *cfgp)
             snprintf(step_note, sizeof step_note, "K-FAC: step=auto takes the KL-clipped step: %s\n", why);
         }
     }
+    kfac_schedule_init(k);
+    kfac_worker_attach(k);
     /* layer->kfac points into k->layers, filled now that the array no longer moves */
     for (i = 0; i < k->nlayers; ++i) net->layers[k->layers[i].index].kfac = &k->layers[i];
     net->kfac = k;
@@ -221,21 +215,17 @@ void kfac_network_free(network *net)
     int i;
     if (!k) return;
     kfac_backend *be = k->be;
+    kfac_worker_free(k); /* first: its thread works on the layers' buffers */
     be->ops->synchronize(be);
     kfac_adaptive_free(k);
     for (i = 0; i < k->nlayers; ++i) {
         net->layers[k->layers[i].index].kfac = NULL;
         free_layer_state(be, &k->layers[i]);
     }
-    be->ops->release(be, k->eig_E);
-    be->ops->release(be, k->eig_d);
     be->ops->release(be, k->sink);
     for (i = 0; i < k->nlosses; ++i) be->ops->release(be, k->losses[i].delta_save);
     be->ops->destroy(be);
     free(k->layers);
-    free(k->host_d);
-    free(k->lambda);
-    free(k->lambda_g);
     free(k->results);
     free(k->mode);
     free(k->uniforms);

@@ -1,13 +1,78 @@
 /* darknet-kfac: when K-FAC does what (statistics steps, decompositions) and where its
- * time goes (phases, timed by the backend).  Below the driver, the true-Fisher pass
- * and the adaptive step, which all ask it; it asks no one but the backend. */
+ * time goes (phases, timed by the backend).  Below the driver, the true-Fisher pass,
+ * the adaptive step and the worker, which all ask it; it asks no one but the backend.
+ *
+ * The intervals are the cfg's, or with `auto` (the default) chosen from what this run
+ * measures, so that K-FAC's extra work stays a small part of an update on any net and
+ * at any batch size:
+ *
+ *   stats_interval    the statistics (the true-Fisher pass, A and G) cost at most
+ *                     KFAC_STATS_BUDGET of an update: t_stats / stats_interval <=
+ *                     0.1 t_update;
+ *   inverse_interval  a decomposition of every layer costs at most KFAC_INVERSE_BUDGET
+ *                     of an update where it competes with training (on the GPU, on a
+ *                     one-core CPU), and keeps the worker busy at most half the time
+ *                     where it has a core of its own (Darknet's CPU training uses one);
+ *                     a multiple of stats_interval (new factors come no more often);
+ *   inverse_lag       the worker's measured time for one decomposition, in updates,
+ *                     with a quarter to spare, so that the driver rarely waits.
+ *
+ * t_update is the median wall time of the last KFAC_WALL_RING updates less K-FAC's
+ * statistics and decompositions in them (the median: an evaluation between two updates
+ * must not count as training).  A choice changes only when it moves by more than a
+ * quarter, so that the schedule does not flicker with the clock.  Measured times make
+ * an auto run depend on the machine's speed; a run with every interval set is a
+ * function of its cfg and data alone (the tests set them). */
+#include <math.h>
+#include <string.h>
 #include "kfac_internal.h"
+
+/* statistics: at most this fraction of an update.  With the preconditioning's few
+ * percent, it keeps K-FAC within the 1.2x SGD per update the project aims at; and
+ * the updates to a target barely change between statistics every update and every 10
+ * on the demo CNN (BENCHMARKS.md, the 2026-11-27 sweep of stats_interval) */
+#define KFAC_STATS_BUDGET 0.1
+/* decompositions that compete with training: at most this fraction of an update */
+#define KFAC_INVERSE_BUDGET 0.1
+/* the worker on a core of its own: busy at most this fraction of the time */
+#define KFAC_WORKER_DUTY 0.5
+/* the intervals auto may choose */
+#define KFAC_AUTO_MAX_STATS 100
+#define KFAC_AUTO_MAX_INVERSE 1000
 
 /* ---- schedule -------------------------------------------------------------------- */
 
+void kfac_schedule_init(kfac_net *k)
+{
+    struct kfac_sched *s = &k->sched;
+    s->auto_stats = k->cfg.stats_interval == 0;
+    s->auto_inverse = k->cfg.inverse_interval == 0;
+    s->auto_lag = k->cfg.inverse_lag < 0;
+    /* auto's first guesses, until an update has been measured: statistics and
+     * decompositions every update, used one update later */
+    s->stats_interval = s->auto_stats ? 1 : k->cfg.stats_interval;
+    s->inverse_interval = s->auto_inverse ? s->stats_interval : k->cfg.inverse_interval;
+    /* with both intervals set, a decomposition is used at the next statistics step,
+     * when new factors arrive anyway: a fixed lag, so the run stays a function of its
+     * cfg and data */
+    if (!s->auto_lag) {
+        s->inverse_lag = k->cfg.inverse_lag;
+    } else if (!s->auto_stats && !s->auto_inverse) {
+        s->inverse_lag = s->stats_interval;
+        s->auto_lag = 0;
+    } else {
+        s->inverse_lag = 1;
+    }
+}
+
+int kfac_stats_step_at(const kfac_net *k, int step)
+{
+    return step >= 0 && step % k->sched.stats_interval == 0;
+}
+
 int kfac_stats_step(const kfac_net *k)
 {
-    return k->step % k->cfg.stats_interval == 0;
+    return kfac_stats_step_at(k, k->step);
 }
 
 /* Inverses every inverse_interval updates; during the first inverse_interval updates
@@ -18,8 +83,101 @@ int kfac_inverse_due(const kfac_net *k)
 {
     int since = k->step - k->cfg.warmup;
     if (since < 0) return 0;
-    return since % k->cfg.inverse_interval == 0 ||
-           (since < k->cfg.inverse_interval && kfac_stats_step(k));
+    return since % k->sched.inverse_interval == 0 ||
+           (since < k->sched.inverse_interval && kfac_stats_step(k));
+}
+
+int kfac_inverse_lag(const kfac_net *k)
+{
+    return k->sched.inverse_lag;
+}
+
+/* `now` replaces `*cur` when it moved by more than a quarter; returns 1 on a change */
+static int settle(int *cur, int now)
+{
+    if (now == *cur || (now < *cur * 1.25 && now > *cur / 1.25)) return 0;
+    *cur = now;
+    return 1;
+}
+
+static int clamp_ceil(double x, int lo, int hi)
+{
+    if (!(x < hi)) return hi; /* also NaN */
+    int v = (int)ceil(x);
+    return v < lo ? lo : v;
+}
+
+/* median of the n (<= KFAC_WALL_RING) values in ring */
+static double median_of(const double *ring, int n)
+{
+    double v[KFAC_WALL_RING];
+    int i, j;
+    memcpy(v, ring, (size_t)n * sizeof(double));
+    for (i = 1; i < n; ++i)
+        for (j = i; j > 0 && v[j - 1] > v[j]; --j) {
+            double t = v[j];
+            v[j] = v[j - 1];
+            v[j - 1] = t;
+        }
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+static void choose(kfac_net *k)
+{
+    struct kfac_sched *s = &k->sched;
+    const double tu = s->t_update;
+    int changed = 0;
+    if (!(tu > 0)) return;
+    if (s->auto_stats && s->t_stats > 0)
+        changed |= settle(&s->stats_interval, clamp_ceil(s->t_stats / (KFAC_STATS_BUDGET * tu), 1, KFAC_AUTO_MAX_STATS));
+    if (s->auto_inverse && s->t_decomp > 0) {
+        const double share = k->worker && k->be->worker_free ? KFAC_WORKER_DUTY : KFAC_INVERSE_BUDGET;
+        int every = clamp_ceil(s->t_decomp / (share * tu), 1, KFAC_AUTO_MAX_INVERSE);
+        every = (every + s->stats_interval - 1) / s->stats_interval * s->stats_interval;
+        changed |= settle(&s->inverse_interval, every);
+    }
+    if (s->auto_lag && k->worker && s->t_decomp > 0) {
+        int lag = clamp_ceil(1.25 * s->t_decomp / tu, 1, s->inverse_interval);
+        changed |= settle(&s->inverse_lag, lag);
+    }
+    s->changes += changed;
+}
+
+void kfac_schedule_updated(kfac_net *k)
+{
+    struct kfac_sched *s = &k->sched;
+    double t[KFAC_NPHASES], stats, inverse, precond;
+    const double now = kfac_now();
+    kfac_network_timing_of(k, &stats, &inverse, &precond);
+    t[KFAC_PHASE_STATS] = stats;
+    t[KFAC_PHASE_INVERSE] = inverse;
+    t[KFAC_PHASE_PRECOND] = precond;
+    const double d_stats = t[KFAC_PHASE_STATS] - s->phase_mark[KFAC_PHASE_STATS];
+    const double d_inverse = t[KFAC_PHASE_INVERSE] - s->phase_mark[KFAC_PHASE_INVERSE];
+    /* the update just finished was step - 1 */
+    if (kfac_stats_step_at(k, k->step - 1) && d_stats > 0)
+        s->t_stats = s->t_stats > 0 ? 0.5 * (s->t_stats + d_stats) : d_stats;
+    if (s->last_updated > 0) {
+        s->wall[s->nwall++ % KFAC_WALL_RING] = now - s->last_updated - d_stats - d_inverse;
+        s->t_update = median_of(s->wall, s->nwall < KFAC_WALL_RING ? s->nwall : KFAC_WALL_RING);
+    }
+    s->last_updated = now;
+    memcpy(s->phase_mark, t, sizeof t);
+    choose(k);
+}
+
+void kfac_schedule_decomposed(kfac_net *k, double seconds)
+{
+    struct kfac_sched *s = &k->sched;
+    s->t_decomp = s->t_decomp > 0 ? 0.5 * (s->t_decomp + seconds) : seconds;
+}
+
+void kfac_schedule_describe(const kfac_net *k, char *buf, size_t len)
+{
+    const struct kfac_sched *s = &k->sched;
+    snprintf(buf, len, "statistics every %d%s, decompositions every %d%s used %d later%s", s->stats_interval,
+             s->auto_stats ? " (auto)" : "", s->inverse_interval, s->auto_inverse ? " (auto)" : "", s->inverse_lag,
+             s->auto_lag ? " (auto)" : "");
 }
 
 /* ---- timing ------------------------------------------------------------------------ */
@@ -38,12 +196,16 @@ void kfac_phase_end(kfac_net *k)
     if (--k->phase_depth == 0) k->be->ops->phase(k->be, k->phase_now, 0);
 }
 
-void kfac_network_timing(const network *net, double *stats, double *inverse, double *precond)
+void kfac_network_timing_of(const kfac_net *k, double *stats, double *inverse, double *precond)
 {
-    const kfac_net *k = kfac_of(net);
     double t[KFAC_NPHASES];
     k->be->ops->seconds(k->be, t);
     *stats = t[KFAC_PHASE_STATS] + k->sync_seconds[KFAC_PHASE_STATS];
     *inverse = t[KFAC_PHASE_INVERSE] + k->sync_seconds[KFAC_PHASE_INVERSE];
     *precond = t[KFAC_PHASE_PRECOND] + k->sync_seconds[KFAC_PHASE_PRECOND];
+}
+
+void kfac_network_timing(const network *net, double *stats, double *inverse, double *precond)
+{
+    kfac_network_timing_of(kfac_of(net), stats, inverse, precond);
 }

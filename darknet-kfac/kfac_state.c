@@ -13,6 +13,10 @@
  *   u32 step rule (0 kl_clip, 1 adaptive, 2 auto); adaptive and auto: f32 lambda,
  *   i32 have_prev, updates, active, low_ratios, per covered layer f32 delta_0
  *   (groups x M x K)
+ *   the schedule: i32 stats_interval, inverse_interval, inverse_lag in force; f64 the
+ *   measured t_update, t_stats, t_decomp; i32 the update the background job is
+ *   installed at (-1: none); per covered layer i32 in the job, and for those i32 its
+ *   status and f32 its EA, dA, EG, dG (the job finished, not yet installed)
  *   u64 FNV-1a hash of everything before it
  *
  * Written to <file>.tmp, flushed to disk and renamed, so a crash mid-write never
@@ -37,7 +41,7 @@
 #include "kfac_internal.h"
 
 #define KFAC_STATE_MAGIC 0x4341464bu /* "KFAC" */
-#define KFAC_STATE_VERSION 3u
+#define KFAC_STATE_VERSION 4u
 
 typedef struct {
     FILE *fp;
@@ -116,6 +120,16 @@ static void layer_arrays(kfac_layer *kl, float **p[KFAC_LAYER_ARRAYS], size_t n[
     p[7] = &kl->b_snap; n[7] = kl->s.has_bias ? g * M : 0;
 }
 
+/* lengths of a layer's next decomposition in the file: EA, dA, EG, dG */
+static void next_lengths(const kfac_layer *kl, size_t n[4])
+{
+    const size_t g = (size_t)kl->s.groups, M = (size_t)kl->s.M;
+    n[0] = kfac_a_len(&kl->s);
+    n[1] = g * (size_t)kl->s.K;
+    n[2] = g * M * M;
+    n[3] = g * M;
+}
+
 /* ---- save ----------------------------------------------------------------------- */
 
 void kfac_state_save(network *net, const char *weightfile)
@@ -127,6 +141,9 @@ void kfac_state_save(network *net, const char *weightfile)
     uint64_t identity[2] = {(uint64_t)*net->seen, 0}; /* seen, hash of the weights file */
     snprintf(path, sizeof path, "%s.kfac", weightfile);
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    /* a background job in flight is saved finished (not installed: it is used at its
+     * own update, after the resume too) */
+    kfac_worker_wait(k);
     if (hash_file(weightfile, &identity[1]) != 0) {
         kfac_log("cannot read back %s (%s): K-FAC state not saved", weightfile, strerror(errno));
         return;
@@ -208,6 +225,36 @@ void kfac_state_save(network *net, const char *weightfile)
             put(&s, host, sizeof(float), n);
         }
     }
+    {
+        const struct kfac_sched *sc = &k->sched;
+        int32_t ints[4] = {sc->stats_interval, sc->inverse_interval, sc->inverse_lag, k->job_install_at};
+        /* the measurements only where auto uses them: a run with a fixed schedule saves
+         * the same bytes whatever the clock said */
+        const int uses = sc->auto_stats || sc->auto_inverse || sc->auto_lag;
+        double times[3] = {uses ? sc->t_update : 0, uses ? sc->t_stats : 0, uses ? sc->t_decomp : 0};
+        put(&s, ints, sizeof(int32_t), 3);
+        put(&s, times, sizeof(double), 3);
+        put(&s, &ints[3], sizeof(int32_t), 1);
+        for (i = 0; i < k->nlayers; ++i) {
+            kfac_layer *kl = &k->layers[i];
+            float *arr[4] = {kl->next.EA, kl->next.dA, kl->next.EG, kl->next.dG};
+            size_t n[4];
+            int32_t job[2] = {kl->in_job, kl->next.status};
+            next_lengths(kl, n);
+            put(&s, job, sizeof(int32_t), 1);
+            if (!kl->in_job) continue;
+            put(&s, &job[1], sizeof(int32_t), 1);
+            for (j = 0; j < 4; ++j) {
+                if (n[j] > longest) {
+                    free(host);
+                    host = (float *)kfac_calloc(n[j], sizeof(float));
+                    longest = n[j];
+                }
+                be->ops->to_host(be, host, arr[j], n[j]);
+                put(&s, host, sizeof(float), n[j]);
+            }
+        }
+    }
     free(host);
     uint64_t h = s.hash;
     put(&s, &h, sizeof h, 1);
@@ -235,6 +282,10 @@ typedef struct {
     float lambda;           /* step=adaptive's state, when saved with it */
     int32_t adapt_ints[4];  /* have_prev, updates, active, low_ratios */
     float **prev;           /* per covered layer delta_0, when saved with step=adaptive */
+    int32_t sched[4];       /* stats_interval, inverse_interval, inverse_lag, job_install_at */
+    double times[3];        /* t_update, t_stats, t_decomp */
+    int32_t (*job)[2];      /* per covered layer: in the job, its status */
+    float **next;           /* per covered layer 4 host arrays (the job's layers only) */
     int n;                  /* net->n */
 } kfac_staged;
 
@@ -247,7 +298,11 @@ static void staged_free(kfac_staged *st)
         for (i = 0; i < st->n * 3; ++i) free(st->updates[i]);
     if (st->prev)
         for (i = 0; i < st->nlayers; ++i) free(st->prev[i]);
+    if (st->next)
+        for (i = 0; i < st->nlayers * 4; ++i) free(st->next[i]);
     free(st->prev);
+    free(st->next);
+    free(st->job);
     free(st->arrays);
     free(st->updates);
     free(st->flags);
@@ -368,6 +423,41 @@ static int state_read(network *net, const char *path, kfac_staged *st, char *err
             }
         }
     }
+    if (get(&s, st->sched, sizeof(int32_t), 3) || get(&s, st->times, sizeof(double), 3) ||
+        get(&s, &st->sched[3], sizeof(int32_t), 1)) {
+        fail(err, errlen, "%s: truncated K-FAC state file (schedule)", path);
+        goto done;
+    }
+    if (st->sched[0] < 1 || st->sched[1] < 1 || st->sched[2] < 0 || st->sched[3] < -1 ||
+        (st->sched[3] >= 0 && st->sched[3] < st->step)) {
+        fail(err, errlen, "%s: corrupt K-FAC state file (schedule %d %d %d %d at step %d)", path, st->sched[0],
+             st->sched[1], st->sched[2], st->sched[3], st->step);
+        goto done;
+    }
+    st->job = (int32_t(*)[2])kfac_calloc((size_t)(k->nlayers ? k->nlayers : 1), sizeof *st->job);
+    st->next = (float **)kfac_calloc((size_t)(k->nlayers ? k->nlayers : 1) * 4, sizeof(float *));
+    for (i = 0; i < k->nlayers; ++i) {
+        size_t n[4];
+        if (get(&s, &st->job[i][0], sizeof(int32_t), 1)) {
+            fail(err, errlen, "%s: truncated K-FAC state file (background job)", path);
+            goto done;
+        }
+        if (!st->job[i][0]) continue;
+        if (st->sched[3] < 0 || get(&s, &st->job[i][1], sizeof(int32_t), 1)) {
+            fail(err, errlen, "%s: truncated or corrupt K-FAC state file (background job of layer %d)", path,
+                 k->layers[i].index);
+            goto done;
+        }
+        next_lengths(&k->layers[i], n);
+        for (j = 0; j < 4; ++j) {
+            st->next[i * 4 + j] = (float *)kfac_calloc(n[j] ? n[j] : 1, sizeof(float));
+            if (get(&s, st->next[i * 4 + j], sizeof(float), n[j])) {
+                fail(err, errlen, "%s: truncated K-FAC state file (background job of layer %d)", path,
+                     k->layers[i].index);
+                goto done;
+            }
+        }
+    }
     uint64_t want = s.hash, h;
     if (fread(&h, sizeof h, 1, s.fp) != 1) { fail(err, errlen, "%s: truncated K-FAC state file (no checksum)", path); goto done; }
     if (h != want) { fail(err, errlen, "%s: K-FAC state file is corrupt (checksum mismatch)", path); goto done; }
@@ -420,6 +510,26 @@ static void state_commit(network *net, const kfac_staged *st)
     } else if (k->adapt || st->rule != 0) {
         kfac_log("the state was saved with another step rule than this cfg's: factors and momentum resumed, the "
                  "adaptive step's own state starts fresh");
+    }
+    /* the schedule: the cfg's values where it sets them, else auto's as it had chosen */
+    struct kfac_sched *sc = &k->sched;
+    if (sc->auto_stats) sc->stats_interval = st->sched[0];
+    if (sc->auto_inverse) sc->inverse_interval = st->sched[1];
+    if (sc->auto_lag) sc->inverse_lag = st->sched[2];
+    sc->t_update = st->times[0];
+    sc->t_stats = st->times[1];
+    sc->t_decomp = st->times[2];
+    k->job_install_at = st->sched[3];
+    for (i = 0; i < k->nlayers; ++i) {
+        kfac_layer *kl = &k->layers[i];
+        float *arr[4] = {kl->next.EA, kl->next.dA, kl->next.EG, kl->next.dG};
+        size_t n[4];
+        kl->in_job = st->job[i][0] != 0;
+        if (!kl->in_job) continue;
+        kl->next.status = st->job[i][1];
+        kl->next.damping = 0; /* its damped inverses are built when it is installed */
+        next_lengths(kl, n);
+        for (j = 0; j < 4; ++j) be->ops->from_host(be, arr[j], st->next[i * 4 + j], n[j]);
     }
     k->step = st->step;
     k->rng = st->rng;

@@ -33,6 +33,7 @@
 
 #include <float.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include "kfac_internal.h"
 
@@ -1251,6 +1252,74 @@ static void bc_case_timing(const bc_ctx *c)
 }
 
 /* Every case; the layers of `geom` (a net of tests/cfg/backend.cfg) give the shapes. */
+/* The twin (the background decompositions' backend, kfac_worker.c): from another
+ * thread, while this backend works on its own buffers, it decomposes a buffer of
+ * this backend in place and builds its damped inverse, giving the bits the backend
+ * itself gives (the same library on the same device: a decomposition used in the
+ * background is the one that would have been made at once). */
+typedef struct {
+    kfac_backend *twin;
+    float *X, *d, *inv;     /* the backend's buffers: X decomposed in place */
+    const float *lambda;
+    int dim, rc;
+} bc_twin_job;
+
+static void *bc_twin_main(void *p)
+{
+    bc_twin_job *j = (bc_twin_job *)p;
+    j->twin->ops->enter(j->twin);
+    j->rc = j->twin->ops->eigh(j->twin, j->X, j->dim, 1, j->X, j->d);
+    if (j->rc == 0) j->twin->ops->damped_inverse(j->twin, j->X, j->d, j->dim, 1, j->lambda, j->inv);
+    j->twin->ops->synchronize(j->twin);
+    return NULL;
+}
+
+static void bc_case_twin(const bc_ctx *c)
+{
+    const int dim = 129;
+    const size_t n = (size_t)dim * dim;
+    char name[160];
+    if (!c->be->ops->twin) {
+        printf("SKIP %s_twin: the backend has no twin\n", c->be->ops->name);
+        return;
+    }
+    kt_rng r = kt_rng_make(960, 0);
+    float *X = bc_f(n), *W = bc_f(n);
+    const float lambda = 0.25f;
+    bc_random_spd(&r, X, dim, 1);
+    bc_random_spd(&r, W, dim, 1);
+    kfac_backend *be = c->be, *twin = be->ops->twin(be, 2);
+    /* the reference: this backend, at once, out of place */
+    float *E0, *d0, *Xa;
+    int rc0 = bc_eigh_run(be, X, dim, 1, &E0, &d0, &Xa);
+    float *bX = bc_up(be, X, n), *bd = be->ops->alloc(be, (size_t)dim), *binv = be->ops->alloc(be, n);
+    float *ref_inv = be->ops->alloc(be, n), *bE0 = bc_up(be, E0, n), *bd0 = bc_up(be, d0, (size_t)dim);
+    be->ops->damped_inverse(be, bE0, bd0, dim, 1, &lambda, ref_inv);
+    /* meanwhile on this backend: a decomposition of another matrix, in this thread */
+    float *bW = bc_up(be, W, n), *bWE = be->ops->alloc(be, n), *bWd = be->ops->alloc(be, (size_t)dim);
+    be->ops->synchronize(be);
+    bc_twin_job job = {twin, bX, bd, binv, &lambda, dim, -1};
+    pthread_t t;
+    int started = pthread_create(&t, NULL, bc_twin_main, &job) == 0;
+    int rcw = be->ops->eigh(be, bW, dim, 1, bWE, bWd);
+    if (started) pthread_join(t, NULL);
+    kt_check(bc_name(name, sizeof name, be, NULL, "twin_ran"), started && job.rc == 0 && rc0 == 0 && rcw == 0,
+             "thread %d, twin eigh %d, backend eigh %d and %d", started, job.rc, rc0, rcw);
+    if (started && job.rc == 0 && rc0 == 0) {
+        float *E1 = bc_down(be, bX, n), *d1 = bc_down(be, bd, (size_t)dim), *inv1 = bc_down(be, binv, n);
+        float *inv0 = bc_down(be, ref_inv, n);
+        bc_same(bc_name(name, sizeof name, be, NULL, "twin_eigh_in_place_is_the_backends"), E1, E0, n);
+        bc_same(bc_name(name, sizeof name, be, NULL, "twin_eigenvalues_are_the_backends"), d1, d0, (size_t)dim);
+        bc_same(bc_name(name, sizeof name, be, NULL, "twin_damped_inverse_is_the_backends"), inv1, inv0, n);
+        free(E1); free(d1); free(inv1); free(inv0);
+    }
+    float *bufs[] = {bX, bd, binv, ref_inv, bE0, bd0, bW, bWE, bWd};
+    size_t i;
+    for (i = 0; i < sizeof bufs / sizeof bufs[0]; ++i) be->ops->release(be, bufs[i]);
+    twin->ops->destroy(twin);
+    free(X); free(W); free(E0); free(d0); free(Xa);
+}
+
 static void bc_run_all(const bc_ctx *c, const network *geom)
 {
     int i;
@@ -1271,6 +1340,7 @@ static void bc_run_all(const bc_ctx *c, const network *geom)
     bc_case_dot(c);
     bc_case_results(c);
     bc_case_eigh(c);
+    bc_case_twin(c);
     bc_case_damped_inverse(c);
     bc_case_sample(c);
     bc_case_replicas(c);

@@ -47,7 +47,7 @@ check cli_prints_kfac_summary "no 'K-FAC: 2 layers: 0 conv ..., 2 conn ...; ... 
 # decisions on both updates (each is preconditioned: update 0 decomposes the factors
 # of its own batch first)
 check cli_prints_kfac_progress "no 'K-FAC: update 2: seconds per update over the last 2: ...' line in $W/train.log" \
-    grep -qE '^K-FAC: update 2: seconds per update over the last 2: statistics [0-9.]+, decompositions [0-9.]+, preconditioning and step [0-9.]+; (KL clip scaled [0-2] of 2 steps|adaptive steps: mean alpha [-0-9.e+]+, mean mu [-0-9.e+]+; lambda [0-9.e+-]+, last rho)' "$W/train.log"
+    grep -qE '^K-FAC: update 2: seconds per update over the last 2: statistics [0-9.]+, decompositions [0-9.]+( \(of it waiting for the background [0-9.]+; background busy [0-9.]+\))?, preconditioning and step [0-9.]+; statistics every [0-9]+( \(auto\))?, decompositions every [0-9]+( \(auto\))? used [0-9]+ later( \(auto\))?; (KL clip scaled [0-2] of 2 steps|adaptive steps: mean alpha [-0-9.e+]+, mean mu [-0-9.e+]+; lambda [0-9.e+-]+, last rho)' "$W/train.log"
 check cli_trains_max_batches_updates "expected Darknet's progress lines for updates 1 to 3 and no 4th" \
     bash -c "grep -q '^1, ' '$W/train.log' && grep -q '^3, ' '$W/train.log' && ! grep -q '^4, ' '$W/train.log'"
 check cli_saves_weights_and_state "no $W/backup/cli.weights and cli.weights.kfac" \
@@ -150,6 +150,8 @@ bad_cfg damping_not_number "[kfac] damping=1e-3x: not a number" <<<'/^\[kfac\]$/
 bad_cfg damping_no_value "[kfac] damping: has no value" <<<'/^\[kfac\]$/a damping'
 bad_cfg decay_one "[kfac] decay=1: must be in [0, 1)" <<<'/^\[kfac\]$/a decay=1'
 bad_cfg stats_interval_zero "[kfac] stats_interval=0: must be in [1, 1e+06]" <<<'s/^stats_interval=1$/stats_interval=0/'
+bad_cfg stats_interval_word "[kfac] stats_interval=often: must be a whole number or auto" <<<'s/^stats_interval=1$/stats_interval=often/'
+bad_cfg inverse_lag_negative "[kfac] inverse_lag=-1: must be in [0, 1e+06]" <<<'/^\[kfac\]$/a inverse_lag=-1'
 bad_cfg inverse_interval_fraction "[kfac] inverse_interval=2.5: must be a whole number" <<<'s/^inverse_interval=2$/inverse_interval=2.5/'
 bad_cfg fisher_maybe "[kfac] fisher=maybe: must be true or empirical" <<<'/^\[kfac\]$/a fisher=maybe'
 bad_cfg two_kfac_sections "@: more than one [kfac] section" <<<'$a [kfac]'

@@ -29,13 +29,23 @@ int main(void)
     net = kt_net(kt_cfg_with("build/tests/config-empty.cfg", base, "[kfac]\n"), 1);
     const kfac_config *c = &kfac_of(net)->cfg;
     kt_check("empty_section_gives_defaults",
-             c->damping == 1e-2f && c->decay == 0.95f && c->stats_interval == 10 && c->inverse_interval == 100 &&
-             c->kl_clip == 1e-3f && c->fisher == KFAC_FISHER_TRUE && c->warmup == 0 && c->max_dim == 4096 && c->seed == 1 &&
-             c->step == KFAC_STEP_AUTO && c->lambda == 1.0f,
-             "got damping=%g decay=%g stats_interval=%d inverse_interval=%d kl_clip=%g fisher=%d warmup=%d max_dim=%d seed=%d "
-             "step=%d lambda=%g",
-             c->damping, c->decay, c->stats_interval, c->inverse_interval, c->kl_clip, (int)c->fisher, c->warmup,
-             c->max_dim, c->seed, (int)c->step, c->lambda);
+             c->damping == 1e-2f && c->decay == 0.95f && c->stats_interval == 0 && c->inverse_interval == 0 &&
+             c->inverse_lag == -1 && c->kl_clip == 1e-3f && c->fisher == KFAC_FISHER_TRUE && c->warmup == 0 &&
+             c->max_dim == 4096 && c->seed == 1 && c->step == KFAC_STEP_AUTO && c->lambda == 1.0f,
+             "got damping=%g decay=%g stats_interval=%d inverse_interval=%d inverse_lag=%d kl_clip=%g fisher=%d warmup=%d "
+             "max_dim=%d seed=%d step=%d lambda=%g",
+             c->damping, c->decay, c->stats_interval, c->inverse_interval, c->inverse_lag, c->kl_clip, (int)c->fisher,
+             c->warmup, c->max_dim, c->seed, (int)c->step, c->lambda);
+    /* auto (0, -1 above): chosen by the schedule, which starts from statistics and
+     * decompositions every update, used one update later, on the worker thread */
+    {
+        const struct kfac_sched *sc = &kfac_of(net)->sched;
+        kt_check("auto_schedule_starts_every_update",
+                 sc->auto_stats && sc->auto_inverse && sc->auto_lag && sc->stats_interval == 1 &&
+                     sc->inverse_interval == 1 && sc->inverse_lag == 1 && kfac_of(net)->worker != NULL,
+                 "auto %d %d %d, intervals %d %d lag %d, worker %p", sc->auto_stats, sc->auto_inverse, sc->auto_lag,
+                 sc->stats_interval, sc->inverse_interval, sc->inverse_lag, (void *)kfac_of(net)->worker);
+    }
     kt_check("default_covers_all_conv_and_connected",
              covered(net, 0) && covered(net, 1) && !covered(net, 2) && covered(net, 3) && covered(net, 4) && !covered(net, 5),
              "coverage of layers 0-5: %d %d %d %d %d %d", covered(net, 0), covered(net, 1), covered(net, 2),
@@ -47,22 +57,36 @@ int main(void)
     free_network(net);
 
     net = kt_net(kt_cfg_with("build/tests/config-all.cfg", base,
-                             "[kfac]\ndamping=0.25\ndecay=0.5\nstats_interval=3\ninverse_interval=7\nkl_clip=0.01\n"
+                             "[kfac]\ndamping=0.25\ndecay=0.5\nstats_interval=3\ninverse_interval=7\ninverse_lag=4\nkl_clip=0.01\n"
                              "fisher=empirical\nwarmup=11\nmax_dim=30\nseed=42\nstep=adaptive\nlambda=3.5\n"),
                  1);
     c = &kfac_of(net)->cfg;
     kt_check("every_key_arrives",
              c->damping == 0.25f && c->decay == 0.5f && c->stats_interval == 3 && c->inverse_interval == 7 &&
-             c->kl_clip == 0.01f && c->fisher == KFAC_FISHER_EMPIRICAL && c->warmup == 11 && c->max_dim == 30 && c->seed == 42 &&
-             c->step == KFAC_STEP_ADAPTIVE && c->lambda == 3.5f,
-             "got damping=%g decay=%g stats_interval=%d inverse_interval=%d kl_clip=%g fisher=%d warmup=%d max_dim=%d seed=%d "
-             "step=%d lambda=%g",
-             c->damping, c->decay, c->stats_interval, c->inverse_interval, c->kl_clip, (int)c->fisher, c->warmup,
-             c->max_dim, c->seed, (int)c->step, c->lambda);
+             c->inverse_lag == 4 && c->kl_clip == 0.01f && c->fisher == KFAC_FISHER_EMPIRICAL && c->warmup == 11 &&
+             c->max_dim == 30 && c->seed == 42 && c->step == KFAC_STEP_ADAPTIVE && c->lambda == 3.5f,
+             "got damping=%g decay=%g stats_interval=%d inverse_interval=%d inverse_lag=%d kl_clip=%g fisher=%d warmup=%d "
+             "max_dim=%d seed=%d step=%d lambda=%g",
+             c->damping, c->decay, c->stats_interval, c->inverse_interval, c->inverse_lag, c->kl_clip, (int)c->fisher,
+             c->warmup, c->max_dim, c->seed, (int)c->step, c->lambda);
+    kt_check("set_schedule_is_used", kfac_of(net)->sched.stats_interval == 3 && kfac_of(net)->sched.inverse_interval == 7 &&
+                 kfac_of(net)->sched.inverse_lag == 4 && !kfac_of(net)->sched.auto_lag,
+             "intervals %d %d lag %d", kfac_of(net)->sched.stats_interval, kfac_of(net)->sched.inverse_interval,
+             kfac_of(net)->sched.inverse_lag);
     /* layer 1 (conv 3x3x4 + bias: A is 37 > max_dim 30) stays on SGD; layer 0 (A 27) is covered */
     kt_check("max_dim_leaves_big_layers_on_sgd", covered(net, 0) && !covered(net, 1) && covered(net, 3) && covered(net, 4),
              "coverage of layers 0, 1, 3, 4: %d %d %d %d", covered(net, 0), covered(net, 1), covered(net, 3), covered(net, 4));
     kt_check("empirical_fisher_when_asked", kfac_of(net)->true_fisher == 0, "true_fisher %d", kfac_of(net)->true_fisher);
+    free_network(net);
+
+    /* `auto` spelled out; inverse_lag=0: the decompositions at once, no worker */
+    net = kt_net(kt_cfg_with("build/tests/config-auto.cfg", base,
+                             "[kfac]\nstats_interval=auto\ninverse_interval=auto\ninverse_lag=0\n"), 1);
+    c = &kfac_of(net)->cfg;
+    kt_check("auto_and_lag_0_parse", c->stats_interval == 0 && c->inverse_interval == 0 && c->inverse_lag == 0 &&
+                                        kfac_of(net)->worker == NULL && kfac_of(net)->sched.inverse_lag == 0,
+             "stats_interval=%d inverse_interval=%d inverse_lag=%d worker %p", c->stats_interval, c->inverse_interval,
+             c->inverse_lag, (void *)kfac_of(net)->worker);
     free_network(net);
 
     /* kfac=0 on layers 1 and 3, with the [kfac] section between the layer sections */

@@ -32,7 +32,7 @@
 #define OUT 6
 
 static const char *kfac_section =
-    "[kfac]\nstep=kl_clip\nstats_interval=1\ninverse_interval=1\ndecay=0\nfisher=empirical\nkl_clip=0\ndamping=1e-10\nwarmup=0\n";
+    "[kfac]\nstep=kl_clip\nstats_interval=1\ninverse_interval=1\ninverse_lag=0\ndecay=0\nfisher=empirical\nkl_clip=0\ndamping=1e-10\nwarmup=0\n";
 
 /* net T's parameters from net L's (the map in the file comment) */
 static void reparameterize(const network *L, network *T)

@@ -10,8 +10,13 @@
  *    nu = 1/2 (in every layer) and nu = 1.
  *  - warmup=W: the first W updates are Darknet's SGD bit for bit, the next is not.
  *  - schedules: with stats_interval=2, inverse_interval=3, warmup=1, the factors
- *    change exactly after updates 0, 2, 4, 6 and the eigendecompositions after
- *    updates 1, 4, 7 (k - warmup divisible by the interval).
+ *    change exactly after updates 0, 2, 4, 6 and, with inverse_lag=0, the
+ *    eigendecompositions after updates 1, 2, 4, 7 (k - warmup divisible by the
+ *    interval, and each statistics step of the first interval).  With the default
+ *    lag (the statistics interval, 2) the same decompositions are launched there but
+ *    installed 2 updates later (the first one, at 1, at once: there is nothing to use
+ *    meanwhile): after updates 1, 4 (launched at 2), 6 (launched at 4); what is
+ *    installed is bit for bit the decomposition of the factors of its launch.
  *  - a batch of NaN inputs: the statistics and the gradient of that update are
  *    dropped, weights and factors stay finite and training goes on. */
 #include "kt.h"
@@ -122,7 +127,7 @@ static void warmup_checks(void)
 
 static void schedule_checks(void)
 {
-    network *net = make("schedule", "[kfac]\nstep=kl_clip\nstats_interval=2\ninverse_interval=3\nwarmup=1\n");
+    network *net = make("schedule", "[kfac]\nstep=kl_clip\nstats_interval=2\ninverse_interval=3\ninverse_lag=0\nwarmup=1\n");
     kfac_net *k = kfac_of(net);
     const kfac_layer *kl = &k->layers[1];
     size_t nA = (size_t)kl->s.K * kl->s.K;
@@ -146,6 +151,43 @@ static void schedule_checks(void)
              "eigenvalues changed after updates %s(expected 1 2 4 7)", inverses);
     free(A_prev);
     free(d_prev);
+    free_network(net);
+}
+
+/* The same schedule with the default lag: decompositions made in the background. */
+static void lag_checks(void)
+{
+    network *net = make("lag", "[kfac]\nstep=kl_clip\nstats_interval=2\ninverse_interval=3\nwarmup=1\n");
+    kfac_net *k = kfac_of(net);
+    const kfac_layer *kl = &k->layers[1];
+    const size_t nA = (size_t)kl->s.K * kl->s.K;
+    float *d_prev = (float *)calloc((size_t)kl->s.K, sizeof(float));
+    float *A2 = (float *)calloc(nA, sizeof(float)), *E2 = (float *)calloc(nA, sizeof(float));
+    float *d2 = (float *)calloc((size_t)kl->s.K, sizeof(float));
+    char inverses[64] = "";
+    int u, same = 0;
+    kt_check("lag_defaults_to_the_statistics_interval", k->sched.inverse_lag == 2 && k->worker,
+             "inverse_lag %d, worker %p", k->sched.inverse_lag, (void *)k->worker);
+    for (u = 0; u < 8; ++u) {
+        kt_train_updates(net, 83, u, 1);
+        if (u == 2) memcpy(A2, kl->A, nA * sizeof(float)); /* the factors the launch at 2 copies */
+        if (memcmp(d_prev, kl->dA, (size_t)kl->s.K * sizeof(float)))
+            snprintf(inverses + strlen(inverses), sizeof inverses - strlen(inverses), "%d ", u);
+        if (u == 4) {
+            /* the reference: the CPU backend's own eigh of those factors, at once */
+            k->be->ops->eigh(k->be, A2, kl->s.K, 1, E2, d2);
+            same = !memcmp(d2, kl->dA, (size_t)kl->s.K * sizeof(float)) && !memcmp(E2, kl->EA, nA * sizeof(float));
+        }
+        memcpy(d_prev, kl->dA, (size_t)kl->s.K * sizeof(float));
+    }
+    kt_check("lagged_inverses_change_at_launch_plus_lag", !strcmp(inverses, "1 4 6 "),
+             "eigenvalues changed after updates %s(expected 1 4 6)", inverses);
+    kt_check("lagged_inverse_is_the_launch_factors_decomposition", same,
+             "the decomposition installed at update 4 differs from eigh of the factors after update 2");
+    free(d_prev);
+    free(A2);
+    free(E2);
+    free(d2);
     free_network(net);
 }
 
@@ -187,6 +229,7 @@ int main(void)
     kl_clip_checks();
     warmup_checks();
     schedule_checks();
+    lag_checks();
     nan_checks();
     return kt_exit();
 }

@@ -7,7 +7,7 @@
  * finiteness tests are not folded away and the write-back wu += scale*P - D is not
  * reassociated (with P == D it must add exact zeros: tests/test_identity.c). */
 #include <cblas.h>
-#include <dirent.h>
+#include <unistd.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -22,72 +22,20 @@
 /* Largest patch buffer, in floats (128 MiB): big layers are done in chunks of images. */
 #define KFAC_PATCH_BUDGET ((size_t)32 << 20)
 
-/* OpenBLAS's threads.  Its default, every core for every call, gains nothing on
- * K-FAC's many small factors, and on a busy CPU its threads, which wait for each
- * other spinning, stall: measured on 2 cores with a busy loop on each, an 801 x 801
- * eigendecomposition took 13.7 s on 2 threads and 0.09 s on one, a 76 x 76 one 0.49 s
- * against 0.3 ms (BENCHMARKS.md, "OpenBLAS threads").  So a call below
- * KFAC_BLAS_PARALLEL_FLOPS operations runs on one thread, and a larger one on the
- * cores no other process is running on at that moment (at least one).  A user's own
- * OPENBLAS_NUM_THREADS (or GOTO_NUM_THREADS, OMP_NUM_THREADS) wins: then the backend
- * never touches the thread count. */
-#define KFAC_BLAS_PARALLEL_FLOPS 2e8
-
-typedef struct {
-    int blas_threads;       /* threads for large calls; 0: the user chose (environment) */
-    double *slots;          /* nslots result slots (results()) */
-    int nslots;
-    float *patches;         /* K x (images*T) im2col buffer for A */
-    size_t patches_len;
-    double seconds[KFAC_NPHASES];
-    double phase_start;
-} cpu_impl;
-
-static cpu_impl *impl_of(kfac_backend *b) { return (cpu_impl *)b->impl; }
-
-/* Threads of other processes that are runnable now: /proc/loadavg's count of
- * runnable threads less this process's own (OpenBLAS's spinning workers among them).
- * -1 when it cannot be read. */
-static int others_running(void)
-{
-    int running = 0, total = 0, ours = 0;
-    FILE *f = fopen("/proc/loadavg", "r");
-    if (!f) return -1;
-    int got = fscanf(f, "%*f %*f %*f %d/%d", &running, &total);
-    fclose(f);
-    if (got != 2) return -1;
-    DIR *d = opendir("/proc/self/task");
-    if (!d) return -1;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        char path[300], buf[512];
-        if (e->d_name[0] == '.') continue;
-        snprintf(path, sizeof path, "/proc/self/task/%s/stat", e->d_name);
-        FILE *t = fopen(path, "r");
-        if (!t) continue;
-        size_t n = fread(buf, 1, sizeof buf - 1, t);
-        fclose(t);
-        buf[n] = '\0';
-        const char *state = strrchr(buf, ')'); /* the state follows the command name */
-        if (state && state[1] == ' ' && state[2] == 'R') ++ours;
-    }
-    closedir(d);
-    return running > ours ? running - ours : 0;
-}
-
-/* Sets OpenBLAS's thread count for a call of about `flops` operations. */
-static void blas_threads_for(const cpu_impl *c, double flops)
-{
-    if (!c->blas_threads) return;
-    int want = 1;
-    if (flops >= KFAC_BLAS_PARALLEL_FLOPS && c->blas_threads > 1) {
-        int others = others_running();
-        want = others < 0 ? 1 : c->blas_threads - others;
-        if (want < 1) want = 1;
-    }
-    if (openblas_get_num_threads() != want) openblas_set_num_threads(want);
-}
-
+/* OpenBLAS's threads: one for every call, for the whole run, unless the user sets
+ * OPENBLAS_NUM_THREADS (or GOTO_NUM_THREADS, OMP_NUM_THREADS), which then holds for
+ * every call.  Why one and why fixed:
+ *   - OpenBLAS's results depend on its thread count (measured: ssyrk, sgemm and ssyevd
+ *     of the same input give other bits on 1 and 2 threads), so a count chosen from
+ *     the machine's load, as this backend did before, made runs differ with the load;
+ *   - on a busy CPU OpenBLAS's threads, which wait for each other spinning, stall:
+ *     measured on 2 cores with a busy loop on each, an 801 x 801 eigendecomposition
+ *     took 13.7 s on 2 threads and 0.09 s on one (BENCHMARKS.md, "OpenBLAS threads");
+ *   - the large calls are the decompositions, and they run on the background worker
+ *     (kfac_worker.c), on a core of its own next to Darknet's one-threaded training.
+ * The count is set once, at the first backend's creation, and never touched again:
+ * the worker's and the training thread's calls run at the same time, and a count set
+ * for one would change the other's bits. */
 static int user_chose_threads(void)
 {
     static const char *vars[] = {"OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS"};
@@ -98,6 +46,17 @@ static int user_chose_threads(void)
     }
     return 0;
 }
+
+typedef struct {
+    double *slots;          /* nslots result slots (results()) */
+    int nslots;
+    float *patches;         /* K x (images*T) im2col buffer for A */
+    size_t patches_len;
+    double seconds[KFAC_NPHASES];
+    double phase_start;
+} cpu_impl;
+
+static cpu_impl *impl_of(kfac_backend *b) { return (cpu_impl *)b->impl; }
 
 static void cpu_darknet_buffers(const layer *l, kfac_darknet_buffers *out)
 {
@@ -199,7 +158,6 @@ static void cpu_capture_A(kfac_backend *b, const kfac_shape *s, const layer *l, 
             memcpy(X + (size_t)i * K, input + (size_t)i * l->inputs, (size_t)l->inputs * sizeof(float));
             if (s->has_bias) X[(size_t)i * K + l->inputs] = 1.0f;
         }
-        blas_threads_for(c, (double)Ka * Ka * B);
         for (blk = 0; blk < nb; ++blk)
             cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, Ka, B, 1.0f, X + (size_t)blk * Ka, K, 1.0f,
                         acc + (size_t)blk * Ka * Ka, Ka);
@@ -221,7 +179,6 @@ static void cpu_capture_A(kfac_backend *b, const kfac_shape *s, const layer *l, 
                 const float *im = input + ((size_t)(b0 + i) * s->groups + g) * group_in;
                 patches_one_image(l, im, s->has_bias, P, ld, (size_t)i * T);
             }
-            blas_threads_for(c, (double)Ka * Ka * ld);
             for (blk = 0; blk < nb; ++blk)
                 cblas_ssyrk(CblasRowMajor, CblasUpper, CblasNoTrans, Ka, (int)ld, 1.0f, P + (size_t)blk * Ka * ld,
                             (int)ld, 1.0f, Ag + (size_t)blk * Ka * Ka, Ka);
@@ -234,12 +191,10 @@ static void cpu_capture_G(kfac_backend *b, const kfac_shape *s, const layer *l, 
     const int M = s->M, T = s->T, B = l->batch;
     if (s->type == CONNECTED) {
         /* delta is B x M: acc += delta^T delta */
-        blas_threads_for(impl_of(b), (double)M * M * B);
         cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, M, B, 1.0f, delta, M, 1.0f, acc, M);
         return;
     }
     int g, i;
-    blas_threads_for(impl_of(b), (double)M * M * T);
     for (g = 0; g < s->groups; ++g) {
         float *Gg = acc + (size_t)g * M * M;
         for (i = 0; i < B; ++i) {
@@ -329,10 +284,9 @@ static int cpu_eigh(kfac_backend *b, const float *X, int dim, int groups, float 
     int g, i;
     /* ssyevd with vectors: about 9 n^3 operations (tridiagonal reduction, divide and
      * conquer, back-transformation) */
-    blas_threads_for(impl_of(b), 9.0 * dim * dim * dim);
     for (g = 0; g < groups; ++g) {
         float *e = E + g * dd, *w = d + (size_t)g * dim;
-        memcpy(e, X + g * dd, dd * sizeof(float));
+        if (e != X + g * dd) memcpy(e, X + g * dd, dd * sizeof(float));
         int info = eigh_one(e, w, dim);
         if (info != 0) return info;
         if (!kfac_all_finite(e, dd) || !kfac_all_finite(w, (size_t)dim)) return KFAC_EIGH_NONFINITE;
@@ -350,7 +304,6 @@ static void cpu_damped_inverse(kfac_backend *b, const float *E, const float *d, 
     const size_t nn = (size_t)n * n;
     float *S = (float *)kfac_calloc(nn, sizeof(float));
     int g, i, j;
-    blas_threads_for(impl_of(b), (double)n * n * n);
     for (g = 0; g < groups; ++g) {
         const float *e = E + g * nn, *dg = d + (size_t)g * n;
         float *out = inv + g * nn;
@@ -404,7 +357,6 @@ static void cpu_precondition(kfac_backend *b, const kfac_shape *s, const float *
 {
     const int M = s->M, K = s->K, nb = kfac_a_blocks(s), Ka = kfac_a_dim(s);
     int g, blk;
-    blas_threads_for(impl_of(b), 2.0 * M * K * ((double)M + Ka));
     for (g = 0; g < s->groups; ++g) {
         const float *Gi = Ginv + (size_t)g * M * M;
         float *t = tmp + (size_t)g * M * K;
@@ -468,7 +420,6 @@ static void lean_conv(const layer *l, network *lnet, const cpu_impl *c)
     gradient_array(l->output, l->outputs * l->batch, l->activation, l->delta);
     if (l->batch_normalize) backward_batchnorm_layer(*l, *lnet);
     if (!lnet->delta) return;
-    blas_threads_for(c, 2.0 * n * t * m);
     for (i = 0; i < l->batch; ++i)
         for (j = 0; j < l->groups; ++j) {
             const float *w = l->weights + (size_t)j * l->nweights / l->groups;
@@ -485,7 +436,6 @@ static void lean_connected(const layer *l, network *lnet, const cpu_impl *c)
 {
     gradient_array(l->output, l->outputs * l->batch, l->activation, l->delta);
     if (l->batch_normalize) backward_batchnorm_layer(*l, *lnet);
-    blas_threads_for(c, 2.0 * l->batch * l->inputs * l->outputs);
     if (lnet->delta)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, l->batch, l->inputs, l->outputs, 1.0f, l->delta,
                     l->outputs, l->weights, l->inputs, 1.0f, lnet->delta, l->inputs);
@@ -565,6 +515,12 @@ static void cpu_destroy(kfac_backend *b)
     free(b);
 }
 
+static kfac_backend *cpu_twin(kfac_backend *b, int nslots)
+{
+    (void)b;
+    return kfac_backend_cpu_create(nslots);
+}
+
 static const kfac_backend_ops cpu_ops = {
     .name = "cpu",
     .host_memory = 1,
@@ -596,6 +552,7 @@ static const kfac_backend_ops cpu_ops = {
     .enter = cpu_enter,
     .leave = cpu_leave,
     .synchronize = cpu_nothing,
+    .twin = cpu_twin,
     .average = cpu_average,
     .broadcast = cpu_broadcast,
     .destroy = cpu_destroy,
@@ -607,17 +564,18 @@ kfac_backend *kfac_backend_cpu_create(int nslots)
     cpu_impl *c = (cpu_impl *)kfac_calloc(1, sizeof *c);
     c->nslots = nslots > 0 ? nslots : 1;
     c->slots = (double *)kfac_calloc((size_t)c->nslots, sizeof(double));
-    c->blas_threads = user_chose_threads() ? 0 : openblas_get_num_procs();
-    if (c->blas_threads < 1 && !user_chose_threads()) c->blas_threads = 1;
     b->ops = &cpu_ops;
     b->impl = c;
-    if (c->blas_threads)
-        snprintf(b->description, sizeof b->description,
-                 "CPU: OpenBLAS factors and preconditioning, LAPACK ssyevd; 1 thread per call below %.0e operations, up to %d above (the cores not busy)",
-                 KFAC_BLAS_PARALLEL_FLOPS, c->blas_threads);
-    else
+    /* Darknet's CPU training runs on one core: a second one is the worker's */
+    b->worker_free = sysconf(_SC_NPROCESSORS_ONLN) > 1;
+    if (user_chose_threads()) {
         snprintf(b->description, sizeof b->description,
                  "CPU: OpenBLAS factors and preconditioning, LAPACK ssyevd; %d threads (set in the environment)",
                  openblas_get_num_threads());
+    } else {
+        if (openblas_get_num_threads() != 1) openblas_set_num_threads(1);
+        snprintf(b->description, sizeof b->description,
+                 "CPU: OpenBLAS factors and preconditioning, LAPACK ssyevd; one thread per call");
+    }
     return b;
 }

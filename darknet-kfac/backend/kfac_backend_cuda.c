@@ -2,9 +2,12 @@
  * products and the preconditioning, cuSOLVER's syevd for the eigendecompositions, the
  * kernels of kfac_backend_cuda_kernels.cu for the elementwise work.  GPU builds only.
  *
- * Everything runs on the legacy default stream (0), the one Darknet's own kernels,
- * cuBLAS handle and cuDNN calls use, so K-FAC's work is ordered with the forward and
- * backward passes without any extra synchronisation.  Row-major matrices (as on the
+ * Everything of a net's backend runs on the legacy default stream (0), the one
+ * Darknet's own kernels, cuBLAS handle and cuDNN calls use, so K-FAC's work is ordered
+ * with the forward and backward passes without any extra synchronisation.  A twin (the
+ * background decompositions, kfac_worker.c) has a non-blocking stream and handles of
+ * its own, so its syevd runs beside training; the worker hands buffers over only
+ * after synchronizing the stream that wrote them.  Row-major matrices (as on the
  * CPU) are handed to column-major cuBLAS/cuSOLVER as their transposes: a row-major
  * M x K matrix is a column-major K x M one with the same leading dimension.
  *
@@ -25,7 +28,6 @@
 #include <stddef.h>
 #include "kfac_backend_cuda.h"
 
-#define KFAC_STREAM ((cudaStream_t)0)
 
 /* Largest patch buffer, in floats (128 MiB), as on the CPU: big layers go in chunks. */
 #define KFAC_CUDA_PATCH_BUDGET ((size_t)32 << 20)
@@ -80,6 +82,7 @@ typedef struct {
 
 typedef struct {
     int device;             /* CUDA device of this net (net->gpu_index) */
+    cudaStream_t stream;    /* 0 (legacy default) for a net's backend, its own for a twin */
     cublasHandle_t blas;    /* FP32 math, default stream */
     cusolverDnHandle_t solver;
     /* scratch, grown on first use */
@@ -151,13 +154,13 @@ static void leave_device(int prev)
 /* ---- memory ------------------------------------------------------------------------------ */
 
 /* n floats of zeroed device memory (NULL for n == 0); the size product is checked. */
-static float *dev_floats(size_t n)
+static float *dev_floats(size_t n, cudaStream_t stream)
 {
     float *p = NULL;
     if (n == 0) return NULL;
     if (n > SIZE_MAX / sizeof(float)) kfac_die(__FILE__, __LINE__, "device allocation of %zu floats overflows", n);
     KFAC_CUDA_CHECK(cudaMalloc((void **)&p, n * sizeof(float)));
-    KFAC_CUDA_CHECK(cudaMemsetAsync(p, 0, n * sizeof(float), KFAC_STREAM));
+    KFAC_CUDA_CHECK(cudaMemsetAsync(p, 0, n * sizeof(float), stream));
     return p;
 }
 
@@ -182,7 +185,7 @@ static float *float_scratch(float **p, size_t *len, size_t n)
 static float *cuda_alloc(kfac_backend *b, size_t n)
 {
     int prev = enter_device(impl_of(b)->device);
-    float *p = dev_floats(n);
+    float *p = dev_floats(n, impl_of(b)->stream);
     leave_device(prev);
     return p;
 }
@@ -197,15 +200,13 @@ static void cuda_release(kfac_backend *b, float *p)
 
 static void cuda_zero(kfac_backend *b, float *p, size_t n)
 {
-    (void)b;
-    if (n) KFAC_CUDA_CHECK(cudaMemsetAsync(p, 0, n * sizeof(float), KFAC_STREAM));
+    if (n) KFAC_CUDA_CHECK(cudaMemsetAsync(p, 0, n * sizeof(float), impl_of(b)->stream));
 }
 
 static void cuda_copy(kfac_backend *b, float *dst, const float *src, size_t n)
 {
-    (void)b;
     if (n && dst != src)
-        KFAC_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, KFAC_STREAM));
+        KFAC_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, impl_of(b)->stream));
 }
 
 /* The state file and the tests' accessor may call these from a thread whose current
@@ -213,16 +214,20 @@ static void cuda_copy(kfac_backend *b, float *dst, const float *src, size_t n)
 static void cuda_to_host(kfac_backend *b, float *host, const float *p, size_t n)
 {
     if (!n) return;
-    int prev = enter_device(impl_of(b)->device);
-    KFAC_CUDA_CHECK(cudaMemcpy(host, p, n * sizeof(float), cudaMemcpyDeviceToHost));
+    cuda_impl *c = impl_of(b);
+    int prev = enter_device(c->device);
+    KFAC_CUDA_CHECK(cudaMemcpyAsync(host, p, n * sizeof(float), cudaMemcpyDeviceToHost, c->stream));
+    KFAC_CUDA_CHECK(cudaStreamSynchronize(c->stream));
     leave_device(prev);
 }
 
 static void cuda_from_host(kfac_backend *b, float *p, const float *host, size_t n)
 {
     if (!n) return;
-    int prev = enter_device(impl_of(b)->device);
-    KFAC_CUDA_CHECK(cudaMemcpy(p, host, n * sizeof(float), cudaMemcpyHostToDevice));
+    cuda_impl *c = impl_of(b);
+    int prev = enter_device(c->device);
+    KFAC_CUDA_CHECK(cudaMemcpyAsync(p, host, n * sizeof(float), cudaMemcpyHostToDevice, c->stream));
+    KFAC_CUDA_CHECK(cudaStreamSynchronize(c->stream));
     leave_device(prev);
 }
 
@@ -260,7 +265,7 @@ void kfac_cuda_factor_product(kfac_backend *b, int K, size_t n, const float *P, 
     if (rest)
         KFAC_CUBLAS_CHECK(cublasSsyrk(c->blas, CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_T, K, as_int(rest), &alpha,
                                       P + S * w, ld, &one, C, K));
-    kfac_cuda_sum_parts(part, as_int(S), (size_t)K * K, alpha, C, KFAC_STREAM);
+    kfac_cuda_sum_parts(part, as_int(S), (size_t)K * K, alpha, C, impl_of(b)->stream);
 }
 
 /* Images per chunk so that a chunk of rows x (nb*T) fits the patch budget. */
@@ -281,7 +286,7 @@ static void cuda_capture_A(kfac_backend *b, const kfac_shape *s, const layer *l,
         /* P is K x B: the inputs, transposed, with a row of ones; block j of acc +=
          * P_j P_j^T, P_j its rows [j Ka, (j+1) Ka) */
         float *P = float_scratch(&c->patches, &c->patches_len, (size_t)K * B);
-        kfac_cuda_rows(input, (size_t)l->inputs, B, l->inputs, 1, s->has_bias, P, KFAC_STREAM);
+        kfac_cuda_rows(input, (size_t)l->inputs, B, l->inputs, 1, s->has_bias, P, impl_of(b)->stream);
         for (blk = 0; blk < nb; ++blk)
             kfac_cuda_factor_product(b, Ka, (size_t)B, P + (size_t)blk * Ka * B, 1.0f, acc + (size_t)blk * Ka * Ka);
         return;
@@ -297,7 +302,7 @@ static void cuda_capture_A(kfac_backend *b, const kfac_shape *s, const layer *l,
             /* image b0+i, group g; P is K x (n*T), block j its rows [j Ka, (j+1) Ka) */
             const float *im = input + ((size_t)b0 * s->groups + g) * group_in;
             kfac_cuda_patches(im, group_in * s->groups, n, l->c / l->groups, l->h, l->w, l->size, l->stride, l->pad,
-                              l->out_h, l->out_w, s->has_bias, P, KFAC_STREAM);
+                              l->out_h, l->out_w, s->has_bias, P, impl_of(b)->stream);
             for (blk = 0; blk < nb; ++blk)
                 kfac_cuda_factor_product(b, Ka, (size_t)n * T, P + (size_t)blk * Ka * n * T, 1.0f,
                                          acc + ((size_t)g * nb + blk) * Ka * Ka);
@@ -312,7 +317,7 @@ static void cuda_capture_G(kfac_backend *b, const kfac_shape *s, const layer *l,
     if (s->type == CONNECTED) {
         /* delta is B x M: P = delta^T (M x B); acc += P P^T */
         float *P = float_scratch(&c->patches, &c->patches_len, (size_t)M * B);
-        kfac_cuda_rows(delta, (size_t)M, B, M, 1, 0, P, KFAC_STREAM);
+        kfac_cuda_rows(delta, (size_t)M, B, M, 1, 0, P, impl_of(b)->stream);
         kfac_cuda_factor_product(b, M, (size_t)B, P, 1.0f, acc);
         return;
     }
@@ -325,7 +330,7 @@ static void cuda_capture_G(kfac_backend *b, const kfac_shape *s, const layer *l,
         for (b0 = 0; b0 < B; b0 += nb) {
             int n = B - b0 < nb ? B - b0 : nb;
             const float *d = delta + ((size_t)b0 * s->groups + g) * M * T;
-            kfac_cuda_rows(d, (size_t)s->groups * M * T, n, M, (int)T, 0, P, KFAC_STREAM);
+            kfac_cuda_rows(d, (size_t)s->groups * M * T, n, M, (int)T, 0, P, impl_of(b)->stream);
             kfac_cuda_factor_product(b, M, (size_t)n * T, P, 1.0f / (float)T, acc + (size_t)g * M * M);
         }
     }
@@ -334,7 +339,7 @@ static void cuda_capture_G(kfac_backend *b, const kfac_shape *s, const layer *l,
 static void cuda_fold(kfac_backend *b, float *X, float *acc, int dim, int groups, float w_old, float w_new,
                       float inv_n)
 {
-    kfac_cuda_fold(X, acc, dim, groups, w_old, w_new, inv_n, KFAC_STREAM);
+    kfac_cuda_fold(X, acc, dim, groups, w_old, w_new, inv_n, impl_of(b)->stream);
     cuda_zero(b, acc, (size_t)groups * dim * dim);
 }
 
@@ -348,12 +353,12 @@ static double *slot(cuda_impl *c, int i)
 
 static void cuda_flag_nonfinite(kfac_backend *b, const float *x, size_t n, int i)
 {
-    kfac_cuda_nonfinite(x, n, slot(impl_of(b), i), KFAC_STREAM);
+    kfac_cuda_nonfinite(x, n, slot(impl_of(b), i), impl_of(b)->stream);
 }
 
 static void cuda_dot(kfac_backend *b, const float *x, const float *y, size_t n, int i)
 {
-    kfac_cuda_dot(x, y, n, slot(impl_of(b), i), KFAC_STREAM);
+    kfac_cuda_dot(x, y, n, slot(impl_of(b), i), impl_of(b)->stream);
 }
 
 static void timing_collect(cuda_impl *c);
@@ -364,8 +369,9 @@ static void cuda_results(kfac_backend *b, double *out, int n)
     cuda_impl *c = impl_of(b);
     KFAC_ASSERT(n >= 0 && n <= c->nslots);
     if (n == 0) return;
-    KFAC_CUDA_CHECK(cudaMemcpy(out, c->slots, (size_t)n * sizeof(double), cudaMemcpyDeviceToHost));
-    KFAC_CUDA_CHECK(cudaMemsetAsync(c->slots, 0, (size_t)n * sizeof(double), KFAC_STREAM));
+    KFAC_CUDA_CHECK(cudaMemcpyAsync(out, c->slots, (size_t)n * sizeof(double), cudaMemcpyDeviceToHost, c->stream));
+    KFAC_CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    KFAC_CUDA_CHECK(cudaMemsetAsync(c->slots, 0, (size_t)n * sizeof(double), impl_of(b)->stream));
     timing_collect(c);
 }
 
@@ -384,22 +390,24 @@ static int cuda_eigh(kfac_backend *b, const float *X, int dim, int groups, float
                                                     E, dim, d, &lwork));
     float *work = float_scratch(&c->eig_work, &c->eig_work_len, (size_t)(lwork > 0 ? lwork : 1));
     int *infos = (int *)dev_scratch((void **)&c->eig_info, &c->eig_info_len, (size_t)groups, sizeof(int));
-    cuda_copy(b, E, X, (size_t)groups * dd);
-    KFAC_CUDA_CHECK(cudaMemsetAsync(infos, 0, (size_t)groups * sizeof(int), KFAC_STREAM));
+    cuda_copy(b, E, X, (size_t)groups * dd); /* nothing when in place */
+    KFAC_CUDA_CHECK(cudaMemsetAsync(infos, 0, (size_t)groups * sizeof(int), impl_of(b)->stream));
     for (g = 0; g < groups; ++g)
         KFAC_CUSOLVER_CHECK(cusolverDnSsyevd(c->solver, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_UPPER, dim, E + g * dd,
                                              dim, d + (size_t)g * dim, work, lwork, infos + g));
     for (g = 0; g < groups; ++g) {
-        KFAC_CUDA_CHECK(cudaMemcpy(&info, infos + g, sizeof info, cudaMemcpyDeviceToHost));
+        KFAC_CUDA_CHECK(cudaMemcpyAsync(&info, infos + g, sizeof info, cudaMemcpyDeviceToHost, c->stream));
+        KFAC_CUDA_CHECK(cudaStreamSynchronize(c->stream));
         if (info != 0) return info;
     }
     /* the last slot is the backend's own, kept free of the driver's (create) */
-    kfac_cuda_nonfinite(E, (size_t)groups * dd, slot(c, c->nslots - 1), KFAC_STREAM);
-    kfac_cuda_nonfinite(d, (size_t)groups * dim, slot(c, c->nslots - 1), KFAC_STREAM);
-    KFAC_CUDA_CHECK(cudaMemcpy(&bad, slot(c, c->nslots - 1), sizeof bad, cudaMemcpyDeviceToHost));
-    KFAC_CUDA_CHECK(cudaMemsetAsync(slot(c, c->nslots - 1), 0, sizeof(double), KFAC_STREAM));
+    kfac_cuda_nonfinite(E, (size_t)groups * dd, slot(c, c->nslots - 1), impl_of(b)->stream);
+    kfac_cuda_nonfinite(d, (size_t)groups * dim, slot(c, c->nslots - 1), impl_of(b)->stream);
+    KFAC_CUDA_CHECK(cudaMemcpyAsync(&bad, slot(c, c->nslots - 1), sizeof bad, cudaMemcpyDeviceToHost, c->stream));
+    KFAC_CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    KFAC_CUDA_CHECK(cudaMemsetAsync(slot(c, c->nslots - 1), 0, sizeof(double), impl_of(b)->stream));
     if (bad != 0) return KFAC_EIGH_NONFINITE;
-    kfac_cuda_clamp(d, (size_t)groups * dim, KFAC_STREAM);
+    kfac_cuda_clamp(d, (size_t)groups * dim, impl_of(b)->stream);
     return 0;
 }
 
@@ -422,11 +430,11 @@ static void cuda_damped_inverse(kfac_backend *b, const float *E, const float *d,
     const long long nn = (long long)n * n;
     float *lam = float_scratch(&c->lambda, &c->lambda_len, (size_t)groups);
     float *S = float_scratch(&c->scratch, &c->scratch_len, (size_t)groups * nn);
-    KFAC_CUDA_CHECK(cudaMemcpyAsync(lam, lambda, (size_t)groups * sizeof(float), cudaMemcpyHostToDevice, KFAC_STREAM));
-    kfac_cuda_scale_rows(E, d, lam, groups, n, S, KFAC_STREAM);
+    KFAC_CUDA_CHECK(cudaMemcpyAsync(lam, lambda, (size_t)groups * sizeof(float), cudaMemcpyHostToDevice, impl_of(b)->stream));
+    kfac_cuda_scale_rows(E, d, lam, groups, n, S, impl_of(b)->stream);
     gemm_rm(c, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, E, n, nn, S, n, nn, inv, n, nn, groups);
     /* lambda is the driver's host array, reused at once: the copy must be done */
-    KFAC_CUDA_CHECK(cudaStreamSynchronize(KFAC_STREAM));
+    KFAC_CUDA_CHECK(cudaStreamSynchronize(impl_of(b)->stream));
 }
 
 /* ---- vector arithmetic --------------------------------------------------------------------------- */
@@ -461,7 +469,7 @@ static void cuda_gather(kfac_backend *b, const kfac_shape *s, const float *wu, c
                         const float *bs, float *D)
 {
     (void)b;
-    kfac_cuda_gather(wu, ws, bu, bs, s->groups, s->M, s->k_in, s->has_bias, D, KFAC_STREAM);
+    kfac_cuda_gather(wu, ws, bu, bs, s->groups, s->M, s->k_in, s->has_bias, D, impl_of(b)->stream);
 }
 
 /* tmp = Ginv D (M x K); P = tmp Ainv (M x K), all groups in one batched gemm each */
@@ -488,7 +496,7 @@ static void cuda_scatter(kfac_backend *b, const kfac_shape *s, float *wu, float 
                          float scale)
 {
     (void)b;
-    kfac_cuda_scatter(wu, bu, P, D, s->groups, s->M, s->k_in, s->has_bias, scale, KFAC_STREAM);
+    kfac_cuda_scatter(wu, bu, P, D, s->groups, s->M, s->k_in, s->has_bias, scale, impl_of(b)->stream);
 }
 
 /* ---- true Fisher ---------------------------------------------------------------------------------- */
@@ -497,10 +505,10 @@ static void cuda_sample(kfac_backend *b, const float *p, const float *u, int bat
 {
     cuda_impl *c = impl_of(b);
     float *du = float_scratch(&c->uniforms, &c->uniforms_len, (size_t)batch);
-    KFAC_CUDA_CHECK(cudaMemcpyAsync(du, u, (size_t)batch * sizeof(float), cudaMemcpyHostToDevice, KFAC_STREAM));
-    kfac_cuda_sample(p, du, batch, n, delta, KFAC_STREAM);
+    KFAC_CUDA_CHECK(cudaMemcpyAsync(du, u, (size_t)batch * sizeof(float), cudaMemcpyHostToDevice, impl_of(b)->stream));
+    kfac_cuda_sample(p, du, batch, n, delta, impl_of(b)->stream);
     /* u is the driver's host array, redrawn at the next pass */
-    KFAC_CUDA_CHECK(cudaStreamSynchronize(KFAC_STREAM));
+    KFAC_CUDA_CHECK(cudaStreamSynchronize(impl_of(b)->stream));
 }
 
 /* ---- timing ----------------------------------------------------------------------------------------- */
@@ -510,7 +518,7 @@ static void cuda_phase(kfac_backend *b, int phase, int begin)
     cuda_impl *c = impl_of(b);
     if (!begin) {
         KFAC_ASSERT(c->span_open);
-        KFAC_CUDA_CHECK(cudaEventRecord(c->spans[c->nspans - 1].end, KFAC_STREAM));
+        KFAC_CUDA_CHECK(cudaEventRecord(c->spans[c->nspans - 1].end, impl_of(b)->stream));
         c->span_open = 0;
         return;
     }
@@ -526,7 +534,7 @@ static void cuda_phase(kfac_backend *b, int phase, int begin)
         }
     }
     c->spans[c->nspans].phase = phase;
-    KFAC_CUDA_CHECK(cudaEventRecord(c->spans[c->nspans].start, KFAC_STREAM));
+    KFAC_CUDA_CHECK(cudaEventRecord(c->spans[c->nspans].start, impl_of(b)->stream));
     ++c->nspans;
     c->span_open = 1;
 }
@@ -576,8 +584,11 @@ static void cuda_leave(kfac_backend *b, int previous)
 
 static void cuda_synchronize(kfac_backend *b)
 {
-    int prev = enter_device(impl_of(b)->device);
-    KFAC_CUDA_CHECK(cudaDeviceSynchronize());
+    cuda_impl *c = impl_of(b);
+    int prev = enter_device(c->device);
+    /* a twin waits for its own stream only: the device would include training's */
+    if (c->stream) KFAC_CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    else KFAC_CUDA_CHECK(cudaDeviceSynchronize());
     leave_device(prev);
 }
 
@@ -627,10 +638,18 @@ static void cuda_destroy(kfac_backend *b)
     }
     KFAC_CUBLAS_CHECK(cublasDestroy(c->blas));
     KFAC_CUSOLVER_CHECK(cusolverDnDestroy(c->solver));
+    if (c->stream) KFAC_CUDA_CHECK(cudaStreamDestroy(c->stream));
     leave_device(prev);
     free(c->spans);
     free(c);
     free(b);
+}
+
+static kfac_backend *create_on(int device, int nslots, int own_stream);
+
+static kfac_backend *cuda_twin(kfac_backend *b, int nslots)
+{
+    return create_on(impl_of(b)->device, nslots, 1);
 }
 
 static const kfac_backend_ops cuda_ops = {
@@ -665,23 +684,26 @@ static const kfac_backend_ops cuda_ops = {
     .enter = cuda_enter,
     .leave = cuda_leave,
     .synchronize = cuda_synchronize,
+    .twin = cuda_twin,
     .average = cuda_average,
     .broadcast = cuda_broadcast,
     .destroy = cuda_destroy,
 };
 
-kfac_backend *kfac_backend_cuda_create(int device, int nslots)
+/* own_stream 0: the legacy default stream, training's; 1: a non-blocking one (a twin) */
+static kfac_backend *create_on(int device, int nslots, int own_stream)
 {
     kfac_backend *b = (kfac_backend *)kfac_calloc(1, sizeof *b);
     cuda_impl *c = (cuda_impl *)kfac_calloc(1, sizeof *c);
     int prev = enter_device(device);
     c->device = device;
+    if (own_stream) KFAC_CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
     KFAC_CUBLAS_CHECK(cublasCreate(&c->blas));
-    KFAC_CUBLAS_CHECK(cublasSetStream(c->blas, KFAC_STREAM));
+    KFAC_CUBLAS_CHECK(cublasSetStream(c->blas, c->stream));
     /* FP32 arithmetic: the default math mode never uses TF32 for S routines */
     KFAC_CUBLAS_CHECK(cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH));
     KFAC_CUSOLVER_CHECK(cusolverDnCreate(&c->solver));
-    KFAC_CUSOLVER_CHECK(cusolverDnSetStream(c->solver, KFAC_STREAM));
+    KFAC_CUSOLVER_CHECK(cusolverDnSetStream(c->solver, c->stream));
     /* one slot more than the driver asks for: eigh's own finiteness flag */
     c->nslots = (nslots > 0 ? nslots : 1) + 1;
     KFAC_CUDA_CHECK(cudaMalloc((void **)&c->slots, (size_t)c->nslots * sizeof(double)));
@@ -695,4 +717,10 @@ kfac_backend *kfac_backend_cuda_create(int device, int nslots)
     snprintf(b->description, sizeof b->description,
              "GPU %d (%.100s): cuBLAS FP32 factors and preconditioning, cuSOLVER syevd", device, prop.name);
     return b;
+}
+
+kfac_backend *kfac_backend_cuda_create(int device, int nslots)
+{
+    /* the decompositions' worker shares the GPU with training: not free */
+    return create_on(device, nslots, 0);
 }
