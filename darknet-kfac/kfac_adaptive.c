@@ -3,8 +3,9 @@
  *
  * With h the mini-batch loss (mean over images) plus the weight decay (eta/2)|theta|^2
  * (Darknet's `decay`), Delta the K-FAC direction (minus the preconditioned gradient,
- * factors damped by gamma = sqrt(lambda + eta) with the pi correction of section 6.3)
- * and delta_0 the previous update, the update is
+ * factors damped by gamma = sqrt(lambda + eta) with the pi correction of section 6.3,
+ * each factor at least sqrt(damping) times its mean eigenvalue: kfac_inverses.c says
+ * why) and delta_0 the previous update, the update is
  *
  *     delta = alpha Delta + mu delta_0
  *
@@ -12,14 +13,24 @@
  *
  *     M(delta) = 1/2 delta^T C delta + grad^T delta,    C = F + (lambda + eta) I
  *
- * where F is the exact Fisher (generalized Gauss-Newton) of the probe batch (the last
- * subdivision's images): v^T F w = (1/b) sum_i (J_i v)^T F_R,i (J_i w), J_i v the
- * change of image i's outputs (the loss layers' inputs: one, or a detector's [yolo]
- * heads) along v and F_R their output Fisher.  J v comes from finite differences of Darknet's own forward pass at
- * theta + eps v, so no layer needs new code; every buffer the probe's forward writes
- * is saved before and put back after, so the probes leave no trace.  Every
- * KFAC_ADAPT_T1 updates lambda follows the Levenberg-Marquardt rule on the reduction
- * ratio rho = (h(theta + delta) - h(theta)) / M(delta), measured on the same images.
+ * where F is the exact Fisher (generalized Gauss-Newton) of the probe batch: v^T F w =
+ * (1/b) sum_i (J_i v)^T F_R,i (J_i w), J_i v the change of image i's outputs (the loss
+ * layers' inputs: one, or a detector's [yolo] heads) along v and F_R their output
+ * Fisher.  The probe batch is the last subdivision's images (or its first probe_batch:
+ * probe_images).  J v comes from a
+ * one-sided difference of Darknet's own forward pass at theta + eps v against the
+ * outputs the training forward left at theta (on a net with batch norm, whose outputs
+ * couple the images, a forward pass at theta on the probe images first), so no layer
+ * needs new code; every buffer a probe's forward writes is saved before and put back
+ * after, so the probes leave no trace.
+ *
+ * Every KFAC_ADAPT_T1 updates lambda follows the Levenberg-Marquardt rule on the
+ * reduction ratio rho = (h(theta + delta) - h(theta)) / M(delta), measured on the probe
+ * images.  A step whose loss or model is not finite, or whose rho is negative (the
+ * loss rose on its own images), is not taken: lambda rises by 1/omega1^2, the next
+ * step has no momentum term and measures rho again (step_failed; logged once, counted
+ * on the progress line).  The losses are computed here from the outputs, never from
+ * Darknet's costs, which are NaN once a float sigmoid or softmax saturates.
  *
  * alpha and mu replace Darknet's learning rate and momentum for the layers K-FAC
  * covers (the others keep Darknet's SGD); the policy still scales the step by its
@@ -40,12 +51,16 @@
  * take it to 0 or to infinity */
 #define KFAC_LAMBDA_MIN 1e-8f
 #define KFAC_LAMBDA_MAX 1e8f
-/* Finite differences for J v: central, (f(theta + eps v) - f(theta - eps v)) / 2 eps,
- * with eps v of relative size KFAC_PROBE_REL against the weights: the truncation error
- * is O(eps^2) and float32's rounding in the forward pass, about 1e-7 |f|, becomes
- * 1e-7 |f| / eps in J v, so eps at the cube root of float32's precision (5e-3)
- * balances the two (tests/test_adaptive.c measures the error against exact J v). */
-#define KFAC_PROBE_REL 5e-3
+/* Finite differences for J v: one-sided, (f(theta + eps v) - f(theta)) / eps, with
+ * f(theta) the training forward's own outputs, so one forward pass per direction
+ * (central differences took two); eps v of relative size KFAC_PROBE_REL against the
+ * weights.  The truncation error is O(eps) and float32's rounding in the forward
+ * pass, about 1e-7 |f|, becomes 1e-7 |f| / eps in J v, so eps near the square root of
+ * float32's precision balances the two (tests/test_adaptive.c prints the error
+ * against an exact J v for several steps on a strongly nonlinear MLP: 4e-4 to 5.5e-4
+ * at this one, 1.4e-3 at 1e-3, 7e-3 at 1e-5; central differences at 5e-3 gave 3e-5,
+ * but the model's alpha and mu need a percent, not five digits). */
+#define KFAC_PROBE_REL 3e-4
 
 /* what a forward pass writes in a layer: output, delta, batch norm's x, x_norm, mean,
  * variance, rolling_mean, rolling_variance, a loss layer's loss */
@@ -96,11 +111,11 @@ static void fit_sizes(kfac_net *k, network *net)
         const layer *l = &net->layers[ad->loss[i].index];
         ad->loss[i].off = nout;
         nout += (size_t)l->inputs * l->batch;
-        if (ad->loss[i].kind == KFAC_LOSS_YOLO && (size_t)l->batch * l->n * l->w * l->h > yw)
-            yw = (size_t)l->batch * l->n * l->w * l->h;
+        ad->loss[i].yw_off = yw;
+        if (ad->loss[i].kind == KFAC_LOSS_YOLO) yw += (size_t)l->batch * l->n * l->w * l->h;
     }
     if (nout > ad->nout) {
-        float **host[] = {&ad->zp, &ad->zm, &ad->p, &ad->d, &ad->hp, &ad->hd, &ad->jv[0], &ad->jv[1]};
+        float **host[] = {&ad->zp, &ad->z0, &ad->p, &ad->d, &ad->hp, &ad->hd, &ad->jv[0], &ad->jv[1]};
         size_t h;
         for (h = 0; h < sizeof host / sizeof host[0]; ++h) {
             free(*host[h]);
@@ -208,9 +223,25 @@ static void loss_outputs(kfac_net *k, const network *net, float *p, float *d)
     }
 }
 
-/* J v on the probe batch into out, by central differences with eps; the weights and
- * every buffer are put back afterwards by the caller's probe_state and here. */
-static void jv_central(kfac_net *k, network *net, float *const *v, float eps, float *out)
+/* the loss layers' inputs as the last forward pass left them (the training forward
+ * at theta, on the probe batch), to the host: f(theta) of the one-sided differences */
+static void current_output(kfac_net *k, const network *net, float *out)
+{
+    const kfac_adaptive *ad = k->adapt;
+    int i;
+    for (i = 0; i < ad->nloss; ++i) {
+        const layer *l = &net->layers[ad->loss[i].index];
+        kfac_darknet_buffers b;
+        k->be->ops->darknet_buffers(&net->layers[ad->loss[i].index - 1], &b);
+        k->be->ops->to_host(k->be, out + ad->loss[i].off, b.output, (size_t)l->inputs * l->batch);
+    }
+}
+
+/* J v on the probe batch into out by a one-sided difference against z0 = f(theta):
+ * (f(theta + eps v) - f(theta)) / eps, one forward pass where central differences
+ * take two.  The caller's probe_state puts every buffer back; the weights are put
+ * back here. */
+static void jv_one_sided(kfac_net *k, network *net, float *const *v, float eps, const float *z0, float *out)
 {
     kfac_adaptive *ad = k->adapt;
     const size_t n = ad->nout;
@@ -218,10 +249,7 @@ static void jv_central(kfac_net *k, network *net, float *const *v, float eps, fl
     move_weights(k, net, v, eps);
     forward_output(k, net, ad->zp);
     restore_weights(k, net);
-    move_weights(k, net, v, -eps);
-    forward_output(k, net, ad->zm);
-    restore_weights(k, net);
-    for (j = 0; j < n; ++j) out[j] = (float)(((double)ad->zp[j] - ad->zm[j]) / (2.0 * eps));
+    for (j = 0; j < n; ++j) out[j] = (float)(((double)ad->zp[j] - z0[j]) / eps);
 }
 
 /* the step size of a probe along v: eps v of relative size KFAC_PROBE_REL against the
@@ -260,17 +288,27 @@ static double cross_entropy(double t, double p)
 }
 
 /* mode 0: sum over the layer's entries of F u w (u, w given); mode 1: the loss */
-static double yolo_terms(const kfac_adaptive *ad, const network *net, const layer *l, const float *p,
-                         const float *d, const float *u, const float *w, int mode)
+/* Each [yolo] layer's assigned-box weights for the batch now in the net
+ * (kfac_yolo_assignments: from the truth and the anchors alone, so the same for theta
+ * and every probe): once per update, not once per product. */
+static void yolo_assign(kfac_adaptive *ad, const network *net)
+{
+    int li;
+    for (li = 0; li < ad->nloss; ++li)
+        if (ad->loss[li].kind == KFAC_LOSS_YOLO)
+            kfac_yolo_assignments(&net->layers[ad->loss[li].index], net, ad->yw + ad->loss[li].yw_off);
+}
+
+static double yolo_terms(const kfac_adaptive *ad, const float *yw, const layer *l, const float *p, const float *d,
+                         const float *u, const float *w, int mode)
 {
     const int T = l->w * l->h, E = 4 + 1 + l->classes;
     double total = 0;
     int b, n, loc, e;
-    kfac_yolo_assignments(l, net, ad->yw);
     for (b = 0; b < l->batch; ++b)
         for (n = 0; n < l->n; ++n)
             for (loc = 0; loc < T; ++loc) {
-                const double s = ad->yw[((size_t)b * l->n + n) * T + loc];
+                const double s = yw[((size_t)b * l->n + n) * T + loc];
                 const int obj_term = d[kfac_yolo_index(l, b, n, loc, 4)] != 0 || s > 0;
                 for (e = 0; e < E; ++e) {
                     const size_t x = kfac_yolo_index(l, b, n, loc, e);
@@ -301,7 +339,7 @@ static double fisher_dot(const kfac_adaptive *ad, const network *net, const floa
         const size_t off = ad->loss[li].off;
         const int n = l->inputs, B = l->batch;
         if (ad->loss[li].kind == KFAC_LOSS_YOLO) {
-            total += yolo_terms(ad, net, l, ad->p + off, ad->d + off, u + off, w + off, 0) / B;
+            total += yolo_terms(ad, ad->yw + ad->loss[li].yw_off, l, ad->p + off, ad->d + off, u + off, w + off, 0) / B;
             continue;
         }
         for (i = 0; i < B; ++i) {
@@ -330,9 +368,12 @@ static double fisher_dot(const kfac_adaptive *ad, const network *net, const floa
 }
 
 /* h on the probe batch after a forward pass: the losses their deltas differentiate,
- * mean over images (Darknet's cost for softmax and logistic; for [cost] the
+ * mean over images, each computed here from the outputs p and the targets p + delta
+ * with the logarithms bounded at float resolution (Darknet's own softmax and logistic
+ * costs are NaN or infinite once a float output saturates at exactly 0 or 1: a
+ * confident right answer, 1 log 1 + 0 log 0, gives NaN); for [cost] the
  * (s/2)|t - x|^2 its delta belongs to, not the sum of squares it reports; for [yolo]
- * the loss of yolo_terms, not the squared delta Darknet reports) */
+ * the loss of yolo_terms, not the squared delta Darknet reports */
 static double loss_value(kfac_net *k, const network *net)
 {
     kfac_adaptive *ad = k->adapt;
@@ -343,15 +384,22 @@ static double loss_value(kfac_net *k, const network *net)
     for (li = 0; li < ad->nloss; ++li) {
         const layer *l = &net->layers[ad->loss[li].index];
         const size_t off = ad->loss[li].off, n = (size_t)l->outputs * l->batch;
-        if (ad->loss[li].kind == KFAC_LOSS_SOFTMAX || ad->loss[li].kind == KFAC_LOSS_LOGISTIC) {
-            total += (double)l->cost[0] / l->batch;
+        const float *p = ad->hp + off, *d = ad->hd + off;
+        double q = 0;
+        if (ad->loss[li].kind == KFAC_LOSS_SOFTMAX) {
+            for (j = 0; j < n; ++j) {
+                const double t = (double)p[j] + d[j];
+                if (t != 0) q -= t * log(p[j] > 1e-7f ? p[j] : 1e-7);
+            }
+        } else if (ad->loss[li].kind == KFAC_LOSS_LOGISTIC) {
+            for (j = 0; j < n; ++j) q += cross_entropy((double)p[j] + d[j], p[j]);
         } else if (ad->loss[li].kind == KFAC_LOSS_YOLO) {
-            total += yolo_terms(ad, net, l, ad->hp + off, ad->hd + off, NULL, NULL, 1) / l->batch;
+            q = yolo_terms(ad, ad->yw + ad->loss[li].yw_off, l, p, d, NULL, NULL, 1);
         } else {
-            double q = 0;
-            for (j = 0; j < n; ++j) q += (double)ad->hd[off + j] * ad->hd[off + j];
-            total += 0.5 * l->scale * q / l->batch;
+            for (j = 0; j < n; ++j) q += (double)d[j] * d[j];
+            q *= 0.5 * l->scale;
         }
+        total += q / l->batch;
     }
     return total;
 }
@@ -361,6 +409,7 @@ static double loss_value(kfac_net *k, const network *net)
 /* slots of the per-layer results */
 enum { S_GD, S_GP, S_DD, S_DP, S_PP, S_TT, S_BAD_D, S_BAD_P };
 enum { S_TDELTA, S_DELTA2 };
+
 
 void kfac_adaptive_jv(kfac_net *k, network *net, float *const *v, double rel, float *out)
 {
@@ -388,14 +437,17 @@ void kfac_adaptive_jv(kfac_net *k, network *net, float *const *v, double rel, fl
     }
     float eps = probe_eps(theta_sq, v_sq);
     if (rel > 0) eps = (float)(eps * rel / KFAC_PROBE_REL);
+    fit_sizes(k, net);
+    current_output(k, net, ad->z0);
     probe_state(k, net, 1);
-    jv_central(k, net, v, eps, out);
+    jv_one_sided(k, net, v, eps, ad->z0, out);
     probe_state(k, net, 0);
 }
 
 double kfac_adaptive_fisher_dot(kfac_net *k, const network *net, const float *u, const float *w)
 {
     fit_sizes(k, (network *)net);
+    yolo_assign(k->adapt, net);
     loss_outputs(k, net, k->adapt->p, k->adapt->d);
     return fisher_dot(k->adapt, net, u, w);
 }
@@ -403,6 +455,7 @@ double kfac_adaptive_fisher_dot(kfac_net *k, const network *net, const float *u,
 double kfac_adaptive_loss(kfac_net *k, const network *net)
 {
     fit_sizes(k, (network *)net);
+    yolo_assign(k->adapt, net);
     return loss_value(k, net);
 }
 
@@ -445,6 +498,216 @@ int kfac_adaptive_solve(double cdd, double cdp, double cpp, double gd, double gp
 
 static void rho_next_batch(kfac_net *k, network *net);
 
+/* The sums over the adaptive layers of the step's dot products: with grad = -D/B,
+ * Delta = P the direction and delta_0 = prev */
+typedef struct {
+    double gd, gp, dd, dp, pp, tt;
+} kfac_sums;
+
+/* Delta = -(F^ + damping)^-1 grad h into each adaptive layer's P, D already holding the
+ * gradient with the decay, and the dot products; a layer whose Delta is not finite
+ * falls back to plain SGD and leaves the model. */
+static void direction(kfac_net *k, double B, kfac_sums *sm)
+{
+    kfac_backend *be = k->be;
+    int i;
+    memset(sm, 0, sizeof *sm);
+    for (i = 0; i < k->nlayers; ++i) {
+        kfac_layer *kl = &k->layers[i];
+        const size_t len = (size_t)kl->s.groups * kl->s.M * kl->s.K;
+        const int slot = KFAC_SLOTS_PER_LAYER * i;
+        if (!kl->adaptive) continue;
+        kfac_precondition_layer(k, kl);
+        be->ops->scale(be, (float)(1.0 / B), kl->P, len); /* P is now Delta */
+        be->ops->flag_nonfinite(be, kl->P, len, slot + S_BAD_P);
+        be->ops->dot(be, kl->D, kl->P, len, slot + S_GD);
+        be->ops->dot(be, kl->D, kl->prev, len, slot + S_GP);
+        be->ops->dot(be, kl->P, kl->P, len, slot + S_DD);
+        be->ops->dot(be, kl->P, kl->prev, len, slot + S_DP);
+        be->ops->dot(be, kl->prev, kl->prev, len, slot + S_PP);
+        be->ops->dot(be, kl->theta, kl->theta, len, slot + S_TT);
+    }
+    be->ops->results(be, k->results, KFAC_SLOTS_PER_LAYER * k->nlayers);
+    for (i = 0; i < k->nlayers; ++i) {
+        kfac_layer *kl = &k->layers[i];
+        const double *r = k->results + KFAC_SLOTS_PER_LAYER * i;
+        if (!kl->adaptive) continue;
+        if (r[S_BAD_P] != 0) {
+            if (!kl->bad_grad_logged++)
+                kfac_log("layer %d: non-finite preconditioned gradient, plain SGD for this update (logged once)", kl->index);
+            be->ops->copy(be, kl->P, kl->D, (size_t)kl->s.groups * kl->s.M * kl->s.K);
+            k->mode[i] = KFAC_MODE_PLAIN;
+            kl->adaptive = 0;
+            continue;
+        }
+        /* grad = -D/B */
+        sm->gd -= r[S_GD] / B;
+        sm->gp -= r[S_GP] / B;
+        sm->dd += r[S_DD];
+        sm->dp += r[S_DP];
+        sm->pp += r[S_PP];
+        sm->tt += r[S_TT];
+    }
+}
+
+/* the adaptive layers of the model, as the probes take them: Delta (what 0) or
+ * delta_0 (1) */
+static void adaptive_dirs(const kfac_net *k, float **dir, int what)
+{
+    int i;
+    for (i = 0; i < k->nlayers; ++i) {
+        const kfac_layer *kl = &k->layers[i];
+        dir[i] = !kl->adaptive ? NULL : what == 0 ? kl->P : kl->prev;
+    }
+}
+
+/* The model along a direction whose J Delta is jd: alpha, mu and the model's value at
+ * them (M&G 7: M = (alpha grad^T Delta + mu grad^T delta_0) / 2); 0 when unusable. */
+static int model_fit(const kfac_adaptive *ad, const network *net, const kfac_sums *sm, const float *jd, int have_prev,
+                     double ld, double *alpha, double *mu, double *m)
+{
+    const double cdd = fisher_dot(ad, net, jd, jd) + ld * sm->dd;
+    const double cdp = have_prev ? fisher_dot(ad, net, jd, ad->jv[1]) + ld * sm->dp : 0;
+    const double cpp = have_prev ? fisher_dot(ad, net, ad->jv[1], ad->jv[1]) + ld * sm->pp : 0;
+    if (!kfac_adaptive_solve(cdd, cdp, cpp, sm->gd, sm->gp, have_prev, alpha, mu)) return 0;
+    *m = 0.5 * (*alpha * sm->gd + *mu * sm->gp);
+    return isfinite(*m);
+}
+
+/* A failed step (a non-finite loss or model, or the loss rising on its own batch where
+ * the model promised a fall): no step, no momentum into the next one, lambda up by a
+ * factor 1/omega1^2 and rho measured again at the next update, so that a run of
+ * failures raises lambda quickly; said once, counted on the progress line. */
+static void step_failed(kfac_net *k, const char *why)
+{
+    kfac_adaptive *ad = k->adapt;
+    const float omega1 = powf(19.0f / 20.0f, (float)KFAC_ADAPT_T1);
+    int i;
+    for (i = 0; i < k->nlayers; ++i)
+        if (k->layers[i].adaptive)
+            k->be->ops->zero(k->be, k->layers[i].prev, (size_t)k->layers[i].s.groups * k->layers[i].s.M * k->layers[i].s.K);
+    ad->have_prev = 0;
+    ad->lambda = fminf(ad->lambda / (omega1 * omega1), KFAC_LAMBDA_MAX);
+    ad->check_next = 1;
+    ++ad->failed;
+    if (!ad->failed_logged++)
+        kfac_log("update %d: %s: the step is not taken, lambda raised to %.3g (logged once; the progress line counts "
+                 "failed steps)", k->step, why, ad->lambda);
+}
+
+/* the images the probes run on: the first probe_batch of the last subdivision's (its
+ * own forward pass left their outputs at theta), all of them by default and on the
+ * GPU, where cuDNN's descriptors are made for the whole batch.  Fewer cost less but
+ * constrain the step less: on digits autoencoders with decay=0 half of a batch of 32
+ * ended 1000 updates at an error of 7.7 against 5.9 with all of it, half of 16 rose
+ * back from 15 to 20 where all of it went on to 8.2 */
+static int probe_images(const kfac_net *k, const network *net)
+{
+    int pb = k->cfg.probe_batch > 0 ? k->cfg.probe_batch : net->batch;
+    if (!k->be->ops->host_memory || pb > net->batch) pb = net->batch;
+    return pb;
+}
+
+/* every layer's batch (and the net's) set to b: Darknet's forward passes run over
+ * l.batch images, the first b of its buffers */
+static void set_batch(network *net, int b)
+{
+    int i;
+    net->batch = b;
+    for (i = 0; i < net->n; ++i) net->layers[i].batch = b;
+}
+
+/* Between probe_state's save and restore, with the net on the probe batch: the loss at
+ * theta, J Delta and J delta_0, alpha and mu, delta = r (alpha Delta + mu delta_0)
+ * formed in prev, and every T1 updates (and after a failed step) the reduction ratio
+ * on the same images and lambda.  Returns NULL, or why the step failed. */
+static const char *model_step(kfac_net *k, network *net, const update_args *a, const kfac_sums *sm, double *alpha,
+                              double *mu, double *m_step, double *r, double *td, double *d2)
+{
+    kfac_adaptive *ad = k->adapt;
+    kfac_backend *be = k->be;
+    const double eta = a->decay;
+    float **dirs = ad->dirs;
+    double m;
+    int i;
+    loss_outputs(k, net, ad->p, ad->d);
+    current_output(k, net, ad->z0);
+    const double h0 = loss_value(k, net);
+    if (!isfinite(h0)) return "the loss on this batch is not finite";
+    const int have_prev = ad->have_prev && sm->pp > 0;
+    const double ld = (double)ad->lambda + eta;
+    adaptive_dirs(k, dirs, 0);
+    jv_one_sided(k, net, dirs, probe_eps(sm->tt, sm->dd), ad->z0, ad->jv[0]);
+    if (have_prev) {
+        adaptive_dirs(k, dirs, 1);
+        jv_one_sided(k, net, dirs, probe_eps(sm->tt, sm->pp), ad->z0, ad->jv[1]);
+    }
+    if (!model_fit(ad, net, sm, ad->jv[0], have_prev, ld, alpha, mu, &m))
+        return "the quadratic model is not usable (not positive or not finite along the direction)";
+    /* the policy's rate relative to the cfg's scales the step: r delta* has the model
+     * value M(delta*) (2r - r^2), since delta*^T C delta* = -grad^T delta* */
+    *r = net->learning_rate > 0 ? a->learning_rate / net->learning_rate : 1.0;
+    if (!(*r >= 0)) *r = 0;
+    *m_step = m * (2 * *r - *r * *r);
+
+    /* delta = r (alpha Delta + mu delta_0), formed in prev */
+    for (i = 0; i < k->nlayers; ++i) {
+        kfac_layer *kl = &k->layers[i];
+        const size_t len = (size_t)kl->s.groups * kl->s.M * kl->s.K;
+        if (!kl->adaptive) continue;
+        be->ops->scale(be, (float)(*r * *mu), kl->prev, len);
+        be->ops->axpy(be, (float)(*r * *alpha), kl->P, kl->prev, len);
+    }
+    ad->have_prev = *r > 0;
+
+    /* every T1 updates, and after a failed step: the reduction ratio on the same
+     * images, lambda, and a step that makes the loss rise or not finite is not taken */
+    const int check = ad->check_next || ad->updates % KFAC_ADAPT_T1 == 0;
+    ++ad->updates;
+    ad->rho_checked = 0;
+    if (!check || !(*m_step < 0)) return NULL;
+    for (i = 0; i < k->nlayers; ++i) {
+        kfac_layer *kl = &k->layers[i];
+        const size_t len = (size_t)kl->s.groups * kl->s.M * kl->s.K;
+        if (!kl->adaptive) continue;
+        be->ops->dot(be, kl->theta, kl->prev, len, KFAC_SLOTS_PER_LAYER * i + S_TDELTA);
+        be->ops->dot(be, kl->prev, kl->prev, len, KFAC_SLOTS_PER_LAYER * i + S_DELTA2);
+    }
+    be->ops->results(be, k->results, KFAC_SLOTS_PER_LAYER * k->nlayers);
+    for (i = 0; i < k->nlayers; ++i) {
+        *td += k->results[KFAC_SLOTS_PER_LAYER * i + S_TDELTA];
+        *d2 += k->results[KFAC_SLOTS_PER_LAYER * i + S_DELTA2];
+    }
+    /* the model's value on the probe images: with all of the batch, m_step (the
+     * batch's own gradient); with fewer, their gradient -(1/b) delta . J delta from
+     * the loss layers' deltas, since the batch's would not belong to these images'
+     * losses (a quadratic would not give rho = 1) */
+    double m_probe = *m_step;
+    if (net->batch < ad->batch_full) {
+        double gj = 0;
+        size_t j;
+        for (j = 0; j < ad->nout; ++j) {
+            ad->zp[j] = (float)(*r * (*alpha * ad->jv[0][j] + (have_prev ? *mu * ad->jv[1][j] : 0)));
+            gj -= (double)ad->d[j] * ad->zp[j];
+        }
+        gj /= net->batch; /* the loss layers' deltas are summed over their images */
+        m_probe = gj + eta * *td + 0.5 * (fisher_dot(ad, net, ad->zp, ad->zp) + ld * *d2);
+    }
+    adaptive_dirs(k, dirs, 1);
+    move_weights(k, net, dirs, 1.0f);
+    forward_network(net);
+    const double h1 = loss_value(k, net);
+    restore_weights(k, net);
+    const double rho = (h1 - h0 + eta * (*td + 0.5 * *d2)) / m_probe;
+    ad->rho_last = rho;
+    ad->check_next = 0;
+    ad->rho_checked = 1;
+    if (!isfinite(rho)) return "the loss after the step is not finite";
+    if (rho < 0) return "the loss rose on its own batch (rho < 0)";
+    ad->lambda = kfac_adaptive_lambda_rule(ad->lambda, rho);
+    return NULL;
+}
+
 void kfac_adaptive_step(kfac_net *k, network *net, const update_args *a)
 {
     kfac_adaptive *ad = k->adapt;
@@ -459,17 +722,16 @@ void kfac_adaptive_step(kfac_net *k, network *net, const update_args *a)
         return;
     }
 
-    /* the direction: Delta = (F^ + damping)^-1 (-grad h), grad h with the decay */
+    /* the gradient with the decay, D - B eta theta (D holds -B grad of the data loss) */
     for (i = 0; i < k->nlayers; ++i) {
         kfac_layer *kl = &k->layers[i];
         const layer *l = &net->layers[kl->index];
         const size_t len = (size_t)kl->s.groups * kl->s.M * kl->s.K;
-        const int slot = KFAC_SLOTS_PER_LAYER * i;
         kfac_darknet_buffers b;
         be->ops->darknet_buffers(l, &b);
         be->ops->gather(be, &kl->s, b.weight_updates, kl->w_snap, b.bias_updates, kl->b_snap, kl->D);
         kl->adaptive = on && kl->have_inverse;
-        be->ops->flag_nonfinite(be, kl->D, len, slot + S_BAD_D);
+        be->ops->flag_nonfinite(be, kl->D, len, KFAC_SLOTS_PER_LAYER * i + S_BAD_D);
         if (!kl->adaptive) {
             be->ops->copy(be, kl->P, kl->D, len);
             continue;
@@ -478,135 +740,58 @@ void kfac_adaptive_step(kfac_net *k, network *net, const update_args *a)
         if (kl->s.has_bias) be->ops->copy(be, kl->b_save, b.biases, (size_t)kl->s.groups * kl->s.M);
         /* theta with a zero bias column: Darknet decays weights only */
         be->ops->gather(be, &kl->s, b.weights, ad->zeros, kl->s.has_bias ? ad->zeros : NULL, ad->zeros, kl->theta);
-        /* D holds -B grad of the data loss: with the decay, D - B eta theta */
         be->ops->axpy(be, (float)(-B * eta), kl->theta, kl->D, len);
-        kfac_precondition_layer(k, kl);
-        be->ops->scale(be, (float)(1.0 / B), kl->P, len); /* P is now Delta */
-        be->ops->flag_nonfinite(be, kl->P, len, slot + S_BAD_P);
-        be->ops->dot(be, kl->D, kl->P, len, slot + S_GD);
-        be->ops->dot(be, kl->D, kl->prev, len, slot + S_GP);
-        be->ops->dot(be, kl->P, kl->P, len, slot + S_DD);
-        be->ops->dot(be, kl->P, kl->prev, len, slot + S_DP);
-        be->ops->dot(be, kl->prev, kl->prev, len, slot + S_PP);
-        be->ops->dot(be, kl->theta, kl->theta, len, slot + S_TT);
     }
     be->ops->results(be, k->results, KFAC_SLOTS_PER_LAYER * k->nlayers);
-
-    double gd = 0, gp = 0, dd = 0, dp = 0, pp = 0, tt = 0;
     for (i = 0; i < k->nlayers; ++i) {
         kfac_layer *kl = &k->layers[i];
-        const double *r = k->results + KFAC_SLOTS_PER_LAYER * i;
-        if (r[S_BAD_D] != 0) {
+        if (k->results[KFAC_SLOTS_PER_LAYER * i + S_BAD_D] != 0) {
             if (!kl->bad_grad_logged++)
                 kfac_log("layer %d: non-finite gradient, this update's gradient dropped for the layer (logged once)", kl->index);
             k->mode[i] = KFAC_MODE_SNAPSHOT;
             kl->adaptive = 0;
             continue;
         }
-        if (!kl->adaptive) {
-            k->mode[i] = KFAC_MODE_PLAIN;
-            continue;
-        }
-        if (r[S_BAD_P] != 0) {
-            if (!kl->bad_grad_logged++)
-                kfac_log("layer %d: non-finite preconditioned gradient, plain SGD for this update (logged once)", kl->index);
-            be->ops->copy(be, kl->P, kl->D, (size_t)kl->s.groups * kl->s.M * kl->s.K);
-            k->mode[i] = KFAC_MODE_PLAIN;
-            kl->adaptive = 0;
-            continue;
-        }
-        k->mode[i] = KFAC_MODE_ADAPTIVE;
-        any = 1;
-        /* grad = -D/B */
-        gd -= r[S_GD] / B;
-        gp -= r[S_GP] / B;
-        dd += r[S_DD];
-        dp += r[S_DP];
-        pp += r[S_PP];
-        tt += r[S_TT];
+        k->mode[i] = kl->adaptive ? KFAC_MODE_ADAPTIVE : KFAC_MODE_PLAIN;
+        any |= kl->adaptive;
     }
     if (!any) return;
 
-    /* the curvature along Delta and delta_0, on the probe batch */
+    kfac_sums sm;
+    direction(k, B, &sm);
+    for (i = 0, any = 0; i < k->nlayers; ++i) any |= k->layers[i].adaptive;
+    if (!any) return;
+
+    /* the model on the probe batch, every buffer a forward pass writes saved first and
+     * put back at the end */
     fit_sizes(k, net);
-    loss_outputs(k, net, ad->p, ad->d);
-    const double h0 = loss_value(k, net);
-    const int have_prev = ad->have_prev && pp > 0;
-    float **dir = (float **)kfac_calloc((size_t)k->nlayers, sizeof(float *));
+    yolo_assign(ad, net);
     probe_state(k, net, 1);
-    for (i = 0; i < k->nlayers; ++i) dir[i] = k->layers[i].adaptive ? k->layers[i].P : NULL;
-    jv_central(k, net, dir, probe_eps(tt, dd), ad->jv[0]);
-    if (have_prev) {
-        for (i = 0; i < k->nlayers; ++i) dir[i] = k->layers[i].adaptive ? k->layers[i].prev : NULL;
-        jv_central(k, net, dir, probe_eps(tt, pp), ad->jv[1]);
+    const int B0 = net->batch, pb = probe_images(k, net);
+    ad->batch_full = B0;
+    if (pb < B0) {
+        set_batch(net, pb);
+        /* batch norm makes each image's outputs depend on the others: theta's own
+         * outputs on the probe images need a forward pass of their own */
+        if (ad->coupled) forward_network(net);
     }
+    double alpha = 0, mu = 0, td = 0, d2 = 0, m_step = 0, r = 0;
+    const char *failure = model_step(k, net, a, &sm, &alpha, &mu, &m_step, &r, &td, &d2);
+    if (pb < B0) set_batch(net, B0);
     probe_state(k, net, 0);
-    const double ld = (double)ad->lambda + eta;
-    const double cdd = fisher_dot(ad, net, ad->jv[0], ad->jv[0]) + ld * dd;
-    const double cdp = have_prev ? fisher_dot(ad, net, ad->jv[0], ad->jv[1]) + ld * dp : 0;
-    const double cpp = have_prev ? fisher_dot(ad, net, ad->jv[1], ad->jv[1]) + ld * pp : 0;
-    double alpha, mu;
-    if (!kfac_adaptive_solve(cdd, cdp, cpp, gd, gp, have_prev, &alpha, &mu)) {
-        kfac_log("update %d: the quadratic model is not usable (curvature %g along Delta), no K-FAC step", k->step, cdd);
-        for (i = 0; i < k->nlayers; ++i)
-            if (k->layers[i].adaptive) be->ops->zero(be, k->layers[i].prev, (size_t)k->layers[i].s.groups * k->layers[i].s.M * k->layers[i].s.K);
-        ad->have_prev = 0;
-        free(dir);
+    if (failure) {
+        step_failed(k, failure);
         return;
     }
-    /* the policy's rate relative to the cfg's scales the step: r delta* has the model
-     * value M(delta*) (2r - r^2), since delta*^T C delta* = -grad^T delta* */
-    double r = net->learning_rate > 0 ? a->learning_rate / net->learning_rate : 1.0;
-    if (!(r >= 0)) r = 0;
-    const double m_opt = 0.5 * (alpha * gd + mu * gp);
-    const double m_step = m_opt * (2 * r - r * r);
-
-    /* delta = r (alpha Delta + mu delta_0), formed in prev */
-    for (i = 0; i < k->nlayers; ++i) {
-        kfac_layer *kl = &k->layers[i];
-        const size_t len = (size_t)kl->s.groups * kl->s.M * kl->s.K;
-        if (!kl->adaptive) continue;
-        be->ops->scale(be, (float)(r * mu), kl->prev, len);
-        be->ops->axpy(be, (float)(r * alpha), kl->P, kl->prev, len);
+    if (ad->may_switch && m_step < 0 && ad->rho_checked) {
+        ad->pending = 1;
+        ad->pend_m = m_step;
+        ad->pend_decay = eta * (td + 0.5 * d2);
+        for (i = 0; i < k->nlayers; ++i) k->layers[i].pend = k->layers[i].adaptive;
     }
-    ad->have_prev = r > 0;
     ad->alpha_sum += alpha;
-    ad->mu_sum += mu;
+    ad->mus[ad->steps % KFAC_MU_RING] = (float)mu;
     ++ad->steps;
-
-    /* every T1 updates: the reduction ratio on the same images, and lambda */
-    if (ad->updates++ % KFAC_ADAPT_T1 == 0 && m_step < 0) {
-        double td = 0, d2 = 0;
-        for (i = 0; i < k->nlayers; ++i) {
-            kfac_layer *kl = &k->layers[i];
-            const size_t len = (size_t)kl->s.groups * kl->s.M * kl->s.K;
-            if (!kl->adaptive) continue;
-            be->ops->dot(be, kl->theta, kl->prev, len, KFAC_SLOTS_PER_LAYER * i + S_TDELTA);
-            be->ops->dot(be, kl->prev, kl->prev, len, KFAC_SLOTS_PER_LAYER * i + S_DELTA2);
-        }
-        be->ops->results(be, k->results, KFAC_SLOTS_PER_LAYER * k->nlayers);
-        for (i = 0; i < k->nlayers; ++i) {
-            td += k->results[KFAC_SLOTS_PER_LAYER * i + S_TDELTA];
-            d2 += k->results[KFAC_SLOTS_PER_LAYER * i + S_DELTA2];
-        }
-        if (ad->may_switch) {
-            ad->pending = 1;
-            ad->pend_m = m_step;
-            ad->pend_decay = eta * (td + 0.5 * d2);
-            for (i = 0; i < k->nlayers; ++i) k->layers[i].pend = k->layers[i].adaptive;
-        }
-        probe_state(k, net, 1);
-        for (i = 0; i < k->nlayers; ++i) dir[i] = k->layers[i].adaptive ? k->layers[i].prev : NULL;
-        move_weights(k, net, dir, 1.0f);
-        forward_network(net);
-        const double h1 = loss_value(k, net);
-        restore_weights(k, net);
-        probe_state(k, net, 0);
-        const double rho = (h1 - h0 + eta * (td + 0.5 * d2)) / m_step;
-        ad->rho_last = rho;
-        ad->lambda = kfac_adaptive_lambda_rule(ad->lambda, rho);
-    }
-    free(dir);
 }
 
 /* the reduction ratio of the last T1 update's step, measured on this update's batch */
@@ -616,6 +801,7 @@ static void rho_next_batch(kfac_net *k, network *net)
     kfac_backend *be = k->be;
     int i;
     fit_sizes(k, net);
+    yolo_assign(ad, net);
     const double h1 = loss_value(k, net);
     probe_state(k, net, 1);
     for (i = 0; i < k->nlayers; ++i) {
@@ -679,17 +865,34 @@ void kfac_adaptive_updated(kfac_net *k, network *net)
     }
 }
 
+static int cmp_float(const void *a, const void *b)
+{
+    const float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
 void kfac_adaptive_report(kfac_net *k, char *buf, size_t len)
 {
     kfac_adaptive *ad = k->adapt;
+    char failed[48] = "";
+    if (ad->failed) snprintf(failed, sizeof failed, "; %d failed step%s", ad->failed, ad->failed > 1 ? "s" : "");
     if (!ad->steps) {
-        snprintf(buf, len, "no adaptive step yet; lambda %.3g", ad->lambda);
+        snprintf(buf, len, "no adaptive step yet; lambda %.3g%s", ad->lambda, failed);
+        ad->failed = 0;
         return;
     }
-    snprintf(buf, len, "adaptive steps: mean alpha %.3g, mean mu %.3g; lambda %.3g, last rho %.3g", ad->alpha_sum / ad->steps,
-             ad->mu_sum / ad->steps, ad->lambda, ad->rho_last);
-    ad->alpha_sum = ad->mu_sum = 0;
+    /* the median mu of the last steps: burn_in's first steps, where the policy's tiny
+     * rate makes the best mu about 1/rate, dominate a mean */
+    const int n = ad->steps < KFAC_MU_RING ? ad->steps : KFAC_MU_RING;
+    float sorted[KFAC_MU_RING];
+    memcpy(sorted, ad->mus, (size_t)n * sizeof(float));
+    qsort(sorted, (size_t)n, sizeof(float), cmp_float);
+    const double med = n % 2 ? sorted[n / 2] : 0.5 * ((double)sorted[n / 2 - 1] + sorted[n / 2]);
+    snprintf(buf, len, "adaptive steps: mean alpha %.3g, median mu %.3g; lambda %.3g, last rho %.3g%s",
+             ad->alpha_sum / ad->steps, med, ad->lambda, ad->rho_last, failed);
+    ad->alpha_sum = 0;
     ad->steps = 0;
+    ad->failed = 0;
 }
 
 /* ---- attach ------------------------------------------------------------------------------ */
@@ -770,7 +973,12 @@ int kfac_adaptive_attach(kfac_net *k, network *net, char *why, size_t why_len)
      * plateau is left, and switching there cost a factor 20 in the error after 1000
      * updates (15.5 against 0.66; BENCHMARKS.md, "The step rule") */
     ad->may_switch = k->cfg.step == KFAC_STEP_AUTO && nloss == 1 && loss[0].kind == KFAC_LOSS_SOFTMAX;
+    for (i = 0; i < net->n; ++i) {
+        const layer *l = &net->layers[i];
+        ad->coupled |= l->type == BATCHNORM || (l->batch_normalize && (l->type == CONVOLUTIONAL || l->type == CONNECTED));
+    }
     ad->lambda = k->cfg.lambda;
+    ad->dirs = (float **)kfac_calloc((size_t)(k->nlayers > 0 ? k->nlayers : 1), sizeof(float *));
     ad->loss = loss;
     ad->nloss = nloss;
     ad->rho_last = NAN;
@@ -827,13 +1035,14 @@ void kfac_adaptive_free(kfac_net *k)
     free(ad->saved_len);
     free(ad->costs);
     free(ad->zp);
-    free(ad->zm);
+    free(ad->z0);
     free(ad->p);
     free(ad->d);
     free(ad->hp);
     free(ad->hd);
     free(ad->jv[0]);
     free(ad->jv[1]);
+    free(ad->dirs);
     free(ad->yw);
     free(ad->loss);
     free(ad);

@@ -34,10 +34,12 @@ static const kfac_config kfac_defaults = {
     .seed = 1,
     .step = KFAC_STEP_AUTO,
     .lambda = 1.0f,
+    .probe_batch = 0,       /* all: the whole last subdivision */
 };
 
 static const char *kfac_known_keys =
-    "damping, decay, stats_interval, inverse_interval, inverse_lag, kl_clip, fisher, warmup, max_dim, seed, step, lambda";
+    "damping, decay, stats_interval, inverse_interval, inverse_lag, kl_clip, fisher, warmup, max_dim, seed, step, lambda, "
+    "probe_batch";
 
 /* A parse error: the message goes to err, the return value is -1. */
 typedef struct {
@@ -108,6 +110,7 @@ static const kfac_numeric kfac_numerics[] = {
     {"max_dim", 1, 1, 65536, 0, 0, offsetof(kfac_config, max_dim)},
     {"seed", 1, -2147483647.0, 2147483647.0, 0, 0, offsetof(kfac_config, seed)},
     {"lambda", 0, 0, 1e8, 1, 0, offsetof(kfac_config, lambda)},
+    {"probe_batch", 1, 1, 1e6, 0, 0, offsetof(kfac_config, probe_batch)},
 };
 
 static int parse_kfac_section(kfac_err *e, kfac_config *c, const char *file, list *options)
@@ -137,6 +140,10 @@ static int parse_kfac_section(kfac_err *e, kfac_config *c, const char *file, lis
             if (!strcmp(k, "stats_interval")) c->stats_interval = 0;
             else if (!strcmp(k, "inverse_interval")) c->inverse_interval = 0;
             else c->inverse_lag = -1;
+            continue;
+        }
+        if (!strcmp(k, "probe_batch") && !strcmp(v, "all")) {
+            c->probe_batch = 0;
             continue;
         }
         if (sched) {
@@ -298,7 +305,11 @@ void kfac_config_print(const kfac_config *c, FILE *out)
 {
     static const char *names[] = {"kl_clip", "adaptive", "auto"};
     fprintf(out, "step=%s ", names[c->step]);
-    if (c->step != KFAC_STEP_KL_CLIP) fprintf(out, "lambda=%g ", c->lambda);
+    if (c->step != KFAC_STEP_KL_CLIP) {
+        fprintf(out, "lambda=%g ", c->lambda);
+        if (c->probe_batch > 0) fprintf(out, "probe_batch=%d ", c->probe_batch);
+        else fprintf(out, "probe_batch=all ");
+    }
     if (c->step != KFAC_STEP_ADAPTIVE) fprintf(out, "damping=%g kl_clip=%g ", c->damping, c->kl_clip);
     char si[16] = "auto", ii[16] = "auto", il[16] = "auto";
     if (c->stats_interval > 0) snprintf(si, sizeof si, "%d", c->stats_interval);

@@ -50,6 +50,7 @@ typedef struct {
     int seed;               /* true-Fisher sampler seed */
     kfac_step_kind step;    /* step= */
     float lambda;           /* step=adaptive: the initial Levenberg-Marquardt damping */
+    int probe_batch;        /* step=adaptive: images of the model's probe batch; 0 = all */
     int *layer_on;          /* per layer (index in net->layers): 0 after kfac=0 */
     int nlayers;            /* entries in layer_on */
 } kfac_config;
@@ -81,6 +82,8 @@ typedef struct {
 typedef struct {
     int tikhonov;           /* 1: gamma with pi (step=adaptive); 0: relative to the eigenvalues */
     float key;              /* gamma, or the relative damping */
+    float floor;            /* tikhonov: each factor's damping at least sqrt(floor) times its
+                               mean eigenvalue (the cfg's relative damping) */
 } kfac_damping;
 /* host scratch the damping needs, one per thread that builds inverses */
 typedef struct {
@@ -293,8 +296,9 @@ int kfac_inverse_install(kfac_net *k, kfac_layer *kl);
  * success, -1 on failure (logged once per layer). */
 int kfac_inverse_refresh(kfac_net *k, kfac_layer *kl);
 /* P = damped (A (x) G)^-1 D for one layer, building the damped inverses first when
- * they are stale; P = D when a factor is all zeros. */
+ * they are stale; P = D when a factor is all zeros.  _to: into out instead of P. */
 void kfac_precondition_layer(kfac_net *k, kfac_layer *kl);
+void kfac_precondition_layer_to(kfac_net *k, kfac_layer *kl, float *out);
 
 /* ---- kfac_fisher.c ---------------------------------------------------------------- */
 
@@ -318,7 +322,11 @@ typedef struct kfac_model_loss {
     int index;
     kfac_loss_kind kind;
     size_t off;
+    size_t yw_off;          /* [yolo]: where its assigned-box weights start in kfac_adaptive.yw */
 } kfac_model_loss;
+
+/* steps whose mu the progress line's median is taken over */
+#define KFAC_MU_RING 256
 
 typedef struct kfac_adaptive {
     int active;             /* adaptive steps are taken (saved; step=auto turns it off) */
@@ -329,6 +337,10 @@ typedef struct kfac_adaptive {
     float lambda;           /* Levenberg-Marquardt damping (saved) */
     int have_prev;          /* a previous update exists for the momentum term (saved) */
     int updates;            /* adaptive updates so far, for the every-T1 rule (saved) */
+    int check_next;         /* 1: the next update measures rho, whatever T1 says (saved) */
+    int rho_checked;        /* this update measured rho */
+    int coupled;            /* a layer couples the images of a batch (batch norm) */
+    int batch_full;         /* the net's batch while the model runs on fewer images */
     struct kfac_model_loss *loss; /* the loss layers whose output Fisher the model uses */
     int nloss;
     float *zeros;           /* backend: the largest groups x M x K, all zero */
@@ -338,15 +350,21 @@ typedef struct kfac_adaptive {
     int nsaved;
     size_t nout;            /* length of the host arrays below: the loss layers' inputs */
     float *costs;           /* host: every layer's cost[0], then *net->cost */
-    /* host, the loss layers one after the other: their inputs at a probe, their
-     * outputs and deltas at theta (p, d) and at the last forward (hp, hd) */
-    float *zp, *zm, *p, *d, *hp, *hd;
+    /* host, the loss layers one after the other: their inputs at a probe (zp) and at
+     * theta (z0), their outputs and deltas at theta (p, d) and at the last forward
+     * (hp, hd) */
+    float *zp, *z0, *p, *d, *hp, *hd;
     float *jv[2];           /* host: J Delta, J delta_0 on the probe batch */
-    float *yw;              /* host: a [yolo] layer's assigned-box weights (yw_len) */
+    float **dirs;           /* nlayers: the directions a probe moves the layers along */
+    float *yw;              /* host: the [yolo] layers' assigned-box weights, one after the
+                               other (yw_len), for the batch of this update */
     size_t yw_len;
     /* the progress line */
-    double alpha_sum, mu_sum;
+    double alpha_sum;
+    float mus[KFAC_MU_RING]; /* the last steps' mu, for their median */
     int steps;              /* adaptive steps taken since the last line */
+    int failed;             /* steps failed since the last line (non-finite or rho < 0) */
+    int failed_logged;      /* the first failure was said */
     double rho_last;        /* the last reduction ratio (NAN before the first) */
     int pending;            /* a ratio to measure on the next update's batch */
     double pend_m, pend_decay; /* its model value and decay term */

@@ -14,6 +14,7 @@ kfac_damping kfac_damping_now(const kfac_net *k)
     kfac_damping d;
     d.tikhonov = kfac_adaptive_on(k);
     d.key = d.tikhonov ? kfac_adaptive_gamma(k) : k->cfg.damping;
+    d.floor = k->cfg.damping;
     return d;
 }
 
@@ -52,11 +53,29 @@ static int relative_of(kfac_backend *be, kfac_scratch *sc, const float *d, int d
     return ok;
 }
 
-/* step=adaptive: M&G's factored Tikhonov damping (section 6.3), lA = pi gamma and
- * lG = gamma / pi with pi = sqrt((tr A / dim A) / (tr G / dim G)) per group, into
- * sc->lambda (A's blocks) and sc->lambda_g (G's groups).  Returns 0 when a group's
- * factor is all zeros. */
-static int tikhonov_of(kfac_backend *be, kfac_scratch *sc, const kfac_shape *s, const kfac_eigs *e, float gamma)
+/* step=adaptive: M&G's factored Tikhonov damping (section 6.3), lA = pi g and
+ * lG = g / pi with pi = sqrt((tr A / dim A) / (tr G / dim G)) per group and
+ * g = max(gamma, sqrt(damping) sqrt((tr A / dim A) (tr G / dim G))): each factor's
+ * damping at least sqrt(damping) times its mean eigenvalue, into sc->lambda (A's
+ * blocks) and sc->lambda_g (G's groups).
+ *
+ * The floor: gamma = sqrt(lambda + eta) falls with lambda, and lambda, set by the
+ * reduction ratio on the step's own batch, falls to its bound when the model fits that
+ * batch well.  With no weight decay (eta = 0) gamma then reached 1e-4, a factor damping
+ * of 1e-3 of the mean eigenvalue on some layers, and the direction grew into what no
+ * image of the batch constrains: measured on digits autoencoders with decay=0, the error
+ * rose from its best 4.7 to 56 at update 1450 (batch 64) and from 7.5 to 73 at update
+ * 1150 (a smaller one, batch 32), and never came back.  With the floor at the default
+ * damping (0.1 of the mean) the same runs keep falling, and leave the plateau as fast
+ * (BENCHMARKS.md, "The adaptive step with decay=0").  The mean over all eigenvalues,
+ * not over the numerically nonzero ones as relative_of takes it: on factors of fewer
+ * samples than their dimension that mean is several times larger, and it slowed the
+ * small autoencoder (error 8.2 against 5.9 at update 1000).  M&G's own remedy, gamma
+ * adapted on its own by the model's value (section 6.6), kept gamma near 1 there and
+ * left the plateau at update 1200 instead of 250.  Returns 0 when a group's factor is
+ * all zeros. */
+static int tikhonov_of(kfac_backend *be, kfac_scratch *sc, const kfac_shape *s, const kfac_eigs *e, float gamma,
+                       float sd)
 {
     const int nb = kfac_a_blocks(s);
     int g, i, ok = 1;
@@ -77,9 +96,9 @@ static int tikhonov_of(kfac_backend *be, kfac_scratch *sc, const kfac_shape *s, 
             ok = 0;
             continue;
         }
-        const double pi = sqrt(mean_a / mean_g);
-        for (i = 0; i < nb; ++i) sc->lambda[g * nb + i] = (float)(pi * gamma);
-        sc->lambda_g[g] = (float)(gamma / pi);
+        const double pi = sqrt(mean_a / mean_g), gf = fmax(gamma, sd * sqrt(mean_a * mean_g));
+        for (i = 0; i < nb; ++i) sc->lambda[g * nb + i] = (float)(pi * gf);
+        sc->lambda_g[g] = (float)(gf / pi);
     }
     return ok;
 }
@@ -91,7 +110,7 @@ static void damped_inverses(kfac_backend *be, kfac_scratch *sc, const kfac_shape
 {
     int ok;
     if (dmp.tikhonov) {
-        ok = tikhonov_of(be, sc, s, e, dmp.key);
+        ok = tikhonov_of(be, sc, s, e, dmp.key, sqrtf(dmp.floor));
     } else {
         const float sd = sqrtf(dmp.key);
         ok = relative_of(be, sc, e->dA, kfac_a_dim(s), kfac_a_count(s), sd, sc->lambda) &&
@@ -180,6 +199,11 @@ int kfac_inverse_refresh(kfac_net *k, kfac_layer *kl)
  *   = Q_G [ (Q_G^T D Q_A) / ((d_G + lG) (d_A + lA)^T) ] Q_A^T   (DESIGN.md 4) */
 void kfac_precondition_layer(kfac_net *k, kfac_layer *kl)
 {
+    kfac_precondition_layer_to(k, kl, kl->P);
+}
+
+void kfac_precondition_layer_to(kfac_net *k, kfac_layer *kl, float *out)
+{
     kfac_backend *be = k->be;
     const kfac_damping dmp = kfac_damping_now(k);
     if (kl->inv_damping != dmp.key) {
@@ -189,8 +213,8 @@ void kfac_precondition_layer(kfac_net *k, kfac_layer *kl)
         kl->inv_ok = cur.inv_ok;
     }
     if (!kl->inv_ok) {
-        be->ops->copy(be, kl->P, kl->D, (size_t)kl->s.groups * kl->s.M * kl->s.K);
+        be->ops->copy(be, out, kl->D, (size_t)kl->s.groups * kl->s.M * kl->s.K);
         return;
     }
-    be->ops->precondition(be, &kl->s, kl->Ginv, kl->Ainv, kl->D, kl->tmp, kl->P);
+    be->ops->precondition(be, &kl->s, kl->Ginv, kl->Ainv, kl->D, kl->tmp, out);
 }

@@ -11,7 +11,8 @@
  *                      w_snap, b_snap (A and EA: the blocks, one after another)
  *   per conv/connected layer: i32 index, u32 counts; f32 weight, bias, scale updates
  *   u32 step rule (0 kl_clip, 1 adaptive, 2 auto); adaptive and auto: f32 lambda,
- *   i32 have_prev, updates, active, low_ratios, per covered layer f32 delta_0
+ *   i32 have_prev, updates, active, low_ratios, check_next, per covered layer f32
+ *   delta_0
  *   (groups x M x K)
  *   the schedule: i32 stats_interval, inverse_interval, inverse_lag in force; f64 the
  *   measured t_update, t_stats, t_decomp; i32 the update the background job is
@@ -210,9 +211,10 @@ void kfac_state_save(network *net, const char *weightfile)
     uint32_t rule = k->adapt ? (uint32_t)k->cfg.step : 0u;
     put(&s, &rule, sizeof rule, 1);
     if (k->adapt) {
-        int32_t ints[4] = {k->adapt->have_prev, k->adapt->updates, k->adapt->active, k->adapt->low_ratios};
+        int32_t ints[5] = {k->adapt->have_prev, k->adapt->updates, k->adapt->active, k->adapt->low_ratios,
+                           k->adapt->check_next};
         put(&s, &k->adapt->lambda, sizeof(float), 1);
-        put(&s, ints, sizeof(int32_t), 4);
+        put(&s, ints, sizeof(int32_t), 5);
         for (i = 0; i < k->nlayers; ++i) {
             kfac_layer *kl = &k->layers[i];
             const size_t n = (size_t)kl->s.groups * kl->s.M * kl->s.K;
@@ -280,7 +282,7 @@ typedef struct {
     float **updates;        /* per net layer 3 host arrays (NULL for other layer types) */
     uint32_t rule;          /* the step rule it was saved with */
     float lambda;           /* step=adaptive's state, when saved with it */
-    int32_t adapt_ints[4];  /* have_prev, updates, active, low_ratios */
+    int32_t adapt_ints[5];  /* have_prev, updates, active, low_ratios, check_next */
     float **prev;           /* per covered layer delta_0, when saved with step=adaptive */
     int32_t sched[4];       /* stats_interval, inverse_interval, inverse_lag, job_install_at */
     double times[3];        /* t_update, t_stats, t_decomp */
@@ -408,7 +410,7 @@ static int state_read(network *net, const char *path, kfac_staged *st, char *err
         goto done;
     }
     if (st->rule != 0) {
-        if (get(&s, &st->lambda, sizeof(float), 1) || get(&s, st->adapt_ints, sizeof(int32_t), 4)) {
+        if (get(&s, &st->lambda, sizeof(float), 1) || get(&s, st->adapt_ints, sizeof(int32_t), 5)) {
             fail(err, errlen, "%s: truncated K-FAC state file (adaptive step)", path);
             goto done;
         }
@@ -498,6 +500,7 @@ static void state_commit(network *net, const kfac_staged *st)
     }
     if (k->adapt && st->rule != 0) {
         k->adapt->lambda = st->lambda;
+        k->adapt->check_next = st->adapt_ints[4];
         k->adapt->have_prev = st->adapt_ints[0];
         k->adapt->updates = st->adapt_ints[1];
         /* step=auto resumes where it was (adaptive or given up); step=adaptive always steps */

@@ -1,6 +1,6 @@
 /* test_adaptive: Martens & Grosse's adaptive step (darknet-kfac/kfac_adaptive.c).
  *
- *   jv        J v by finite differences of Darknet's forward pass against the exact
+ *   jv        J v by one-sided differences of Darknet's forward pass against the exact
  *             J v of a 4 -> 6 (logistic) -> 3 MLP, written out by hand in double,
  *             for a softmax, a logistic and a sum-of-squares loss; the error of
  *             several step sizes is printed, the step's own must be within 1e-3
@@ -141,8 +141,8 @@ static void mlp_checks(const char *name, const char *loss)
 
     /* jv: finite differences against the exact product */
     float *fd = (float *)calloc((size_t)B * NO, sizeof(float));
-    static const double rels[] = {1e-1, 3e-2, 1e-2, 5e-3, 1e-3, 1e-4, 1e-5};
-    printf("  %s: relative error of J v by central differences, by relative step:", name);
+    static const double rels[] = {1e-1, 1e-2, 1e-3, 3e-4, 1e-4, 1e-5};
+    printf("  %s: relative error of J v by one-sided differences, by relative step:", name);
     for (i = 0; i < (int)(sizeof rels / sizeof rels[0]); ++i) {
         kfac_adaptive_jv(k, net, vb, rels[i], fd);
         printf(" %.0e: %.1e", rels[i], rel_err(fd, jv, (size_t)B * NO));
@@ -150,8 +150,9 @@ static void mlp_checks(const char *name, const char *loss)
     printf("\n");
     kfac_adaptive_jv(k, net, vb, 0, fd);
     double e = rel_err(fd, jv, (size_t)B * NO);
-    /* float32 forward passes: rounding of about 1e-7 |z| divided by a step of 5e-3 of
-     * the weights' size, plus a truncation of O(step^2): 1e-4 and below are measured;
+    /* one-sided differences of float32 forward passes: a truncation of O(step) (1.4e-3
+     * at a step of 1e-3 on this deliberately nonlinear net) and a rounding of about
+     * 1e-7 |z| / step (7e-3 at 1e-5); the step's own 3e-4 measures 4e-4 to 5.5e-4;
      * 1e-3 leaves room while a wrong sign, scale or missed layer is O(1) */
     snprintf(nm, sizeof nm, "%s_jv_matches_exact", name);
     kt_check(nm, e < 1e-3, "relative error %.2e", e);
@@ -362,13 +363,15 @@ static void lambda_rule(void)
 
 /* least squares: z = W x + b, loss (1/2)|t - z|^2: h is exactly quadratic in (W, b),
  * its Gauss-Newton matrix is its Hessian, so rho is 1 up to lambda's share of the model */
-static void known_quadratic(void)
+static void known_quadratic(int probe_batch)
 {
-    const char *cfg = "build/tests/adaptive-lsq.cfg";
+    char cfg[96], name[96];
+    snprintf(cfg, sizeof cfg, "build/tests/adaptive-lsq-%d.cfg", probe_batch);
     FILE *f = fopen(cfg, "w");
-    fputs("[net]\nbatch=16\nsubdivisions=1\ninputs=4\nlearning_rate=0.1\nmomentum=0\ndecay=0\n\n"
-          "[connected]\noutput=3\nactivation=linear\n\n[cost]\ntype=sse\n\n"
-          "[kfac]\nstep=adaptive\nlambda=0.001\nstats_interval=1\ninverse_interval=1\n", f);
+    fprintf(f, "[net]\nbatch=16\nsubdivisions=1\ninputs=4\nlearning_rate=0.1\nmomentum=0\ndecay=0\n\n"
+               "[connected]\noutput=3\nactivation=linear\n\n[cost]\ntype=sse\n\n"
+               "[kfac]\nstep=adaptive\nlambda=0.001\nstats_interval=1\ninverse_interval=1\nprobe_batch=%d\n",
+            probe_batch);
     fclose(f);
     network *net = kt_net(cfg, 9);
     kfac_net *k = kfac_of(net);
@@ -392,15 +395,21 @@ static void known_quadratic(void)
         last = *net->cost;
     }
     const float w1 = powf(19.0f / 20.0f, 5);
-    printf("  least squares: cost %.6g -> %.6g; rho in [%.6f, %.6f]; lambda %g -> %g\n", first, last, rho_min, rho_max,
-           lambda0, k->adapt->lambda);
+    printf("  least squares, probe batch %d of 16: cost %.6g -> %.6g; rho in [%.6f, %.6f]; lambda %g -> %g\n",
+           probe_batch, first, last, rho_min, rho_max, lambda0, k->adapt->lambda);
     /* on an exact quadratic rho = 1 + lambda |delta|^2 / |grad^T delta| >= 1: with
      * lambda 1e-3 against Hessian eigenvalues of about 1/3 (inputs uniform in [-1, 1)),
-     * within 1% of 1, plus the finite differences' 3e-5 */
-    kt_check("known_quadratic_rho_near_1", rho_min > 0.99 && rho_max < 1.01, "rho in [%.6f, %.6f]", rho_min, rho_max);
-    kt_check("known_quadratic_lambda_falls_each_T1", fabsf(k->adapt->lambda - lambda0 * w1 * w1 * w1 * w1) <= 1e-6f * lambda0,
+     * within 1% of 1, plus the finite differences' 3e-4.  On half the batch the step
+     * (chosen with the whole batch's gradient) is not the half's own optimum, so its
+     * model value is smaller and lambda's share larger: measured 1.3% above 1; 3% */
+    const double tol = probe_batch == 16 ? 0.01 : 0.03;
+    snprintf(name, sizeof name, "known_quadratic_rho_near_1_probe_%d", probe_batch);
+    kt_check(name, rho_min > 1 - tol && rho_max < 1 + tol, "rho in [%.6f, %.6f]", rho_min, rho_max);
+    snprintf(name, sizeof name, "known_quadratic_lambda_falls_each_T1_probe_%d", probe_batch);
+    kt_check(name, fabsf(k->adapt->lambda - lambda0 * w1 * w1 * w1 * w1) <= 1e-6f * lambda0,
              "lambda %g, expected %g", k->adapt->lambda, lambda0 * w1 * w1 * w1 * w1);
-    kt_check("known_quadratic_converges", last < 0.1 * first, "cost %g -> %g", first, last);
+    snprintf(name, sizeof name, "known_quadratic_converges_probe_%d", probe_batch);
+    kt_check(name, last < 0.1 * first, "cost %g -> %g", first, last);
     free_network(net);
 }
 
@@ -543,10 +552,10 @@ static void yolo_checks(void)
     double g_fd = (h_along(net, k, v, eps) - h_along(net, k, v, -eps)) / (2 * eps);
     double rel = fabs(g_fd - g_model) / fabs(g_model);
     printf("yolo: h's derivative along v %.6g, -(1/b) delta . J v %.6g, relative difference %.2e\n", g_fd, g_model, rel);
-    /* 1e-3: ten times the rounding estimate above (measured when the test was written:
-     * 3e-6); a misweighted term fails it (x and y without their weight s: 5e-2; w and h
-     * as a cross-entropy: 1.1) */
-    kt_check("yolo_loss_gradient_is_darknets_delta", rel < 1e-3, "relative difference %.3g", rel);
+    /* 5e-3: J v is a one-sided difference (issue 11), whose truncation is most of the
+     * difference (7e-4 measured; 3e-6 with central differences); a misweighted term
+     * fails it (x and y without their weight s: 5e-2; w and h as a cross-entropy: 1.1) */
+    kt_check("yolo_loss_gradient_is_darknets_delta", rel < 5e-3, "relative difference %.3g", rel);
 
     /* the curvature: only the 1x1 convolutions (layers 1 and 5) move, so the heads'
      * inputs are linear along v and h's second difference is v^T F v exactly */
@@ -593,7 +602,8 @@ int main(void)
     mlp_checks("logistic", "[logistic]");
     mlp_checks("sse", "[cost]\ntype=sse\nscale=2");
     lambda_rule();
-    known_quadratic();
+    known_quadratic(16);
+    known_quadratic(8);
     no_trace();
     yolo_checks();
     return kt_exit();

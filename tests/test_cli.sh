@@ -47,7 +47,7 @@ check cli_prints_kfac_summary "no 'K-FAC: 2 layers: 0 conv ..., 2 conn ...; ... 
 # decisions on both updates (each is preconditioned: update 0 decomposes the factors
 # of its own batch first)
 check cli_prints_kfac_progress "no 'K-FAC: update 2: seconds per update over the last 2: ...' line in $W/train.log" \
-    grep -qE '^K-FAC: update 2: seconds per update over the last 2: statistics [0-9.]+, decompositions [0-9.]+( \(of it waiting for the background [0-9.]+; background busy [0-9.]+\))?, preconditioning and step [0-9.]+; statistics every [0-9]+( \(auto\))?, decompositions every [0-9]+( \(auto\))? used [0-9]+ later( \(auto\))?; (KL clip scaled [0-2] of 2 steps|adaptive steps: mean alpha [-0-9.e+]+, mean mu [-0-9.e+]+; lambda [0-9.e+-]+, last rho)' "$W/train.log"
+    grep -qE '^K-FAC: update 2: seconds per update over the last 2: statistics [0-9.]+, decompositions [0-9.]+( \(of it waiting for the background [0-9.]+; background busy [0-9.]+\))?, preconditioning and step [0-9.]+; statistics every [0-9]+( \(auto\))?, decompositions every [0-9]+( \(auto\))? used [0-9]+ later( \(auto\))?; (KL clip scaled [0-2] of 2 steps|adaptive steps: mean alpha [-0-9.e+]+, median mu [-0-9.e+]+; lambda [0-9.e+-]+, last rho)' "$W/train.log"
 check cli_trains_max_batches_updates "expected Darknet's progress lines for updates 1 to 3 and no 4th" \
     bash -c "grep -q '^1, ' '$W/train.log' && grep -q '^3, ' '$W/train.log' && ! grep -q '^4, ' '$W/train.log'"
 check cli_saves_weights_and_state "no $W/backup/cli.weights and cli.weights.kfac" \
