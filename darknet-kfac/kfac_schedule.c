@@ -141,6 +141,12 @@ static void choose(kfac_net *k)
         changed |= settle(&s->inverse_lag, lag);
     }
     s->changes += changed;
+    if (changed) {
+        char d[160];
+        kfac_schedule_describe(k, d, sizeof d);
+        kfac_log("update %d: %s (measured: an update %.3g s, a statistics step %.3g s, a decomposition of every "
+                 "layer %.3g s)", k->step, d, tu, s->t_stats, s->t_decomp);
+    }
 }
 
 void kfac_schedule_updated(kfac_net *k)
