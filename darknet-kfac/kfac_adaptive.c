@@ -678,12 +678,13 @@ static const char *model_step(kfac_net *k, network *net, const update_args *a, c
         *td += k->results[KFAC_SLOTS_PER_LAYER * i + S_TDELTA];
         *d2 += k->results[KFAC_SLOTS_PER_LAYER * i + S_DELTA2];
     }
-    /* the model's value on the probe images: with all of the batch, m_step (the
-     * batch's own gradient); with fewer, their gradient -(1/b) delta . J delta from
-     * the loss layers' deltas, since the batch's would not belong to these images'
-     * losses (a quadratic would not give rho = 1) */
+    /* the model's value on the probe images: when they are the update's images
+     * (one subdivision, the whole of it), m_step (their own gradient); when fewer
+     * (more subdivisions, or probe_batch), their gradient -(1/b) delta . J delta from
+     * the loss layers' deltas, since the update's would not belong to these images'
+     * losses: rho then compares like with like (a quadratic gives rho = 1) */
     double m_probe = *m_step;
-    if (net->batch < ad->batch_full) {
+    if (net->batch < a->batch) {
         double gj = 0;
         size_t j;
         for (j = 0; j < ad->nout; ++j) {
@@ -768,7 +769,6 @@ void kfac_adaptive_step(kfac_net *k, network *net, const update_args *a)
     yolo_assign(ad, net);
     probe_state(k, net, 1);
     const int B0 = net->batch, pb = probe_images(k, net);
-    ad->batch_full = B0;
     if (pb < B0) {
         set_batch(net, pb);
         /* batch norm makes each image's outputs depend on the others: theta's own

@@ -139,7 +139,7 @@ typedef struct {
 
 typedef enum { KFAC_CAPTURE_NONE = 0, KFAC_CAPTURE_A = 1, KFAC_CAPTURE_G = 2 } kfac_capture;
 
-/* updates whose wall time the schedule's median is taken over (kfac_schedule.c) */
+/* measurements each of the schedule's medians is taken over (kfac_schedule.c) */
 #define KFAC_WALL_RING 9
 
 /* How the true-Fisher pass samples a loss layer's targets (kfac_fisher.c). */
@@ -205,6 +205,8 @@ typedef struct {
         double t_update, t_stats, t_decomp;
         double wall[KFAC_WALL_RING]; /* the last updates' own seconds, a ring */
         int nwall;              /* updates measured so far */
+        double stats_ring[KFAC_WALL_RING], decomp_ring[KFAC_WALL_RING]; /* likewise */
+        int nstats, ndecomp;
         double last_updated;    /* clock at the end of the last update (0: none) */
         double phase_mark[KFAC_NPHASES]; /* phase totals at that moment */
         int changes;            /* times the choice changed, for the progress line */
@@ -340,7 +342,6 @@ typedef struct kfac_adaptive {
     int check_next;         /* 1: the next update measures rho, whatever T1 says (saved) */
     int rho_checked;        /* this update measured rho */
     int coupled;            /* a layer couples the images of a batch (batch norm) */
-    int batch_full;         /* the net's batch while the model runs on fewer images */
     struct kfac_model_loss *loss; /* the loss layers whose output Fisher the model uses */
     int nloss;
     float *zeros;           /* backend: the largest groups x M x K, all zero */

@@ -17,10 +17,12 @@
  *   inverse_lag       the worker's measured time for one decomposition, in updates,
  *                     with a quarter to spare, so that the driver rarely waits.
  *
- * t_update is the median wall time of the last KFAC_WALL_RING updates less K-FAC's
- * statistics and decompositions in them (the median: an evaluation between two updates
- * must not count as training).  A choice changes only when it moves by more than a
- * quarter, so that the schedule does not flicker with the clock.  Measured times make
+ * Each cost is the median of its last KFAC_WALL_RING measurements (t_update: an
+ * update's wall time less K-FAC's statistics and decompositions in it; the median, so
+ * that an evaluation between two updates does not count as training).  The choice is
+ * made after updates 2, 5 and 10, then every KFAC_RECHOOSE updates, and a value
+ * changes only when it moves by more than a quarter, so that the schedule does not
+ * flicker with the clock (a line in the log says each change).  Measured times make
  * an auto run depend on the machine's speed; a run with every interval set is a
  * function of its cfg and data alone (the tests set them). */
 #include <math.h>
@@ -36,6 +38,8 @@
 #define KFAC_INVERSE_BUDGET 0.1
 /* the worker on a core of its own: busy at most this fraction of the time */
 #define KFAC_WORKER_DUTY 0.5
+/* the choice is made again every this many updates (and after updates 2, 5, 10) */
+#define KFAC_RECHOOSE 20
 /* the intervals auto may choose */
 #define KFAC_AUTO_MAX_STATS 100
 #define KFAC_AUTO_MAX_INVERSE 1000
@@ -149,6 +153,13 @@ static void choose(kfac_net *k)
     }
 }
 
+/* a measurement into one of the rings: their medians are the costs choose() uses */
+static double ring_add(double *ring, int *n, double v)
+{
+    ring[(*n)++ % KFAC_WALL_RING] = v;
+    return median_of(ring, *n < KFAC_WALL_RING ? *n : KFAC_WALL_RING);
+}
+
 void kfac_schedule_updated(kfac_net *k)
 {
     struct kfac_sched *s = &k->sched;
@@ -161,21 +172,17 @@ void kfac_schedule_updated(kfac_net *k)
     const double d_stats = t[KFAC_PHASE_STATS] - s->phase_mark[KFAC_PHASE_STATS];
     const double d_inverse = t[KFAC_PHASE_INVERSE] - s->phase_mark[KFAC_PHASE_INVERSE];
     /* the update just finished was step - 1 */
-    if (kfac_stats_step_at(k, k->step - 1) && d_stats > 0)
-        s->t_stats = s->t_stats > 0 ? 0.5 * (s->t_stats + d_stats) : d_stats;
-    if (s->last_updated > 0) {
-        s->wall[s->nwall++ % KFAC_WALL_RING] = now - s->last_updated - d_stats - d_inverse;
-        s->t_update = median_of(s->wall, s->nwall < KFAC_WALL_RING ? s->nwall : KFAC_WALL_RING);
-    }
+    if (kfac_stats_step_at(k, k->step - 1) && d_stats > 0) s->t_stats = ring_add(s->stats_ring, &s->nstats, d_stats);
+    if (s->last_updated > 0) s->t_update = ring_add(s->wall, &s->nwall, now - s->last_updated - d_stats - d_inverse);
     s->last_updated = now;
     memcpy(s->phase_mark, t, sizeof t);
-    choose(k);
+    if (k->step == 2 || k->step == 5 || k->step == 10 || k->step % KFAC_RECHOOSE == 0) choose(k);
 }
 
 void kfac_schedule_decomposed(kfac_net *k, double seconds)
 {
     struct kfac_sched *s = &k->sched;
-    s->t_decomp = s->t_decomp > 0 ? 0.5 * (s->t_decomp + seconds) : seconds;
+    s->t_decomp = ring_add(s->decomp_ring, &s->ndecomp, seconds);
 }
 
 void kfac_schedule_describe(const kfac_net *k, char *buf, size_t len)
