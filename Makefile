@@ -1,6 +1,7 @@
 # darknet-kfac: K-FAC for Darknet.  `make demo` runs the demo, `make test` the tests.
 #
-#   make [GPU=1] [CUDNN=1] [OPENCV=1] [DARKNET_SRC=<checkout>]   build darknet + K-FAC
+#   make [GPU=1] [CUDNN=1] [OPENCV=1] [MPI=1] [DARKNET_SRC=<checkout>]   build darknet + K-FAC
+#                     (MPI=1: training across processes with mpirun, build/darknet-*-mpi)
 #   make setup        install the Debian packages the build needs (root), or print how
 #   make demo         SGD and K-FAC side by side on OpenCV's handwritten digits
 #   make test         the test suite (CPU)
@@ -25,6 +26,10 @@
 GPU ?= 0
 CUDNN ?= 0
 OPENCV ?= 0
+# MPI=1: darknet-kfac's data-parallel training across processes (Open MPI; NCCL for
+# device buffers on GPU builds): build/darknet-cpu-mpi, build/darknet-gpu-mpi
+MPI ?= 0
+MPICC ?= mpicc
 # SANITIZE=1: Darknet, darknet-kfac, kfac_compare and the tests with ASan and UBSan
 # (build/darknet-cpu-sanitize); `make test-sanitize` builds and runs it
 SANITIZE ?= 0
@@ -36,7 +41,12 @@ DARKNET_SRC ?=
 # CUDA architectures for GPU builds (compute capability without the dot)
 CUDA_ARCH ?= 75 80 90
 
-$(foreach v,GPU CUDNN OPENCV SANITIZE FUZZ,$(if $(filter 0 1,$($(v))),,$(error $(v)=$($(v)): must be 0 or 1)))
+$(foreach v,GPU CUDNN OPENCV SANITIZE FUZZ MPI,$(if $(filter 0 1,$($(v))),,$(error $(v)=$($(v)): must be 0 or 1)))
+ifneq ($(filter 1,$(SANITIZE) $(FUZZ)),)
+ifeq ($(MPI),1)
+$(error MPI=1 with SANITIZE=1 or FUZZ=1: the sanitizer builds are single-process; leave MPI=0)
+endif
+endif
 ifneq ($(filter 1,$(SANITIZE) $(FUZZ)),)
 ifeq ($(GPU),1)
 $(error SANITIZE=1 and FUZZ=1 are for the CPU build: leave GPU=0)
@@ -54,7 +64,7 @@ endif
 TOP := $(abspath .)
 BUILD := build
 CACHE := $(BUILD)/cache
-VARIANT := $(if $(filter 1,$(GPU)),gpu,cpu)$(if $(filter 1,$(CUDNN)),-cudnn)$(if $(filter 1,$(OPENCV)),-opencv)$(if $(filter 1,$(SANITIZE)),-sanitize)$(if $(filter 1,$(FUZZ)),-fuzz)
+VARIANT := $(if $(filter 1,$(GPU)),gpu,cpu)$(if $(filter 1,$(CUDNN)),-cudnn)$(if $(filter 1,$(OPENCV)),-opencv)$(if $(filter 1,$(MPI)),-mpi)$(if $(filter 1,$(SANITIZE)),-sanitize)$(if $(filter 1,$(FUZZ)),-fuzz)
 # Darknet's own optimisation (-Ofast) is kept with the sanitizers, so that the suite
 # checks the arithmetic it checks in the release build; every finding stops the
 # program (no recovery), so a test cannot pass over one.
@@ -75,6 +85,18 @@ endif
 $(info nvcc found ($(NVCC)): GPU build on, CUDA_ARCH=$(CUDA_ARCH))
 endif
 
+# MPI=1: the compiler and linker flags of the MPI library, from Open MPI's wrapper
+# (another MPI: give MPI_CFLAGS and MPI_LIBS yourself).  Expanded when used, so that
+# `make setup` (a prerequisite of the build) may install Open MPI first.
+ifeq ($(MPI),1)
+MPI_CFLAGS ?= $(shell $(MPICC) --showme:compile 2>/dev/null)
+MPI_LIBS ?= $(shell $(MPICC) --showme:link 2>/dev/null)
+MPI_FOUND := $(shell command -v $(MPICC) 2>/dev/null)
+$(info $(if $(MPI_FOUND),$(MPICC) found ($(MPI_FOUND), $(shell $(MPICC) --showme:version 2>&1)): MPI build on,$(MPICC) not found: MPI build on once tools/setup.sh mpi has installed Open MPI))
+endif
+# what Darknet's own Makefile needs to build and link darknet-kfac's MPI files
+DK_MPI_OPTS = MPI=$(MPI) KFAC_MPI_CFLAGS="$(MPI_CFLAGS)" KFAC_MPI_LIBS="$(MPI_LIBS)"
+
 .PHONY: all darknet setup fetch demo test test-sanitize fuzz bench bench-gpu bench-threads bench-steps bench-yolo clean distclean
 .PHONY: bench-retrain bench-retrain-googlenet bench-retrain-detect bench-retrain-quick
 all: darknet $(COMPARE)
@@ -82,7 +104,7 @@ all: darknet $(COMPARE)
 # Installs the Debian packages the build needs (as root), or names them and stops.
 # Every build checks first; the check itself is a few dpkg queries.
 setup:
-	@tools/setup.sh $(if $(filter 1,$(OPENCV)),opencv)
+	@tools/setup.sh $(if $(filter 1,$(OPENCV)),opencv) $(if $(filter 1,$(MPI)),mpi)
 
 $(BUILD)/darknet-debian/.fetched: tools/fetch_darknet.sh | setup
 	tools/fetch_darknet.sh $(CACHE) $(BUILD)/darknet-debian
@@ -95,8 +117,9 @@ $(DK)/.patched: $(PATCHES) tools/apply_patches.sh $(if $(DARKNET_SRC),,$(BUILD)/
 	tools/apply_patches.sh $(PRISTINE) $(DK) patches
 
 darknet: $(DK)/.patched | setup
+	@$(if $(filter 1,$(MPI)),test -n "$(strip $(MPI_LIBS))" || { echo "MPI=1: $(MPICC) --showme:link gives nothing (Open MPI missing: tools/setup.sh mpi; another MPI: set MPI_CFLAGS and MPI_LIBS)" >&2; exit 1; })
 	$(MAKE) -C $(DK) -j2 GPU=$(GPU) CUDNN=$(CUDNN) OPENCV=$(OPENCV) $(DK_OPTS) \
-	    CUDA_ARCH="$(CUDA_ARCH)" NVCC="$(NVCC)" KFAC_DIR=$(TOP)/darknet-kfac
+	    CUDA_ARCH="$(CUDA_ARCH)" NVCC="$(NVCC)" KFAC_DIR=$(TOP)/darknet-kfac $(DK_MPI_OPTS)
 	@echo "built $(DK)/darknet and libdarknet.a with darknet-kfac ($(VARIANT))"
 
 
@@ -105,7 +128,7 @@ $(COMPARE): tools/kfac_compare.c darknet
 	    $(if $(filter 1,$(GPU)),-DGPU -I$(dir $(NVCC))../include) $(if $(filter 1,$(CUDNN)),-DCUDNN) \
 	    $< $(DK)/libdarknet.a \
 	    $(shell $(MAKE) -s -C $(DK) KFAC_DIR=$(TOP)/darknet-kfac GPU=$(GPU) CUDNN=$(CUDNN) OPENCV=$(OPENCV) \
-	        OPENBLAS_LIB=$(OPENBLAS_LIB) NVCC="$(NVCC)" print-ldflags) -o $@
+	        OPENBLAS_LIB=$(OPENBLAS_LIB) NVCC="$(NVCC)" $(DK_MPI_OPTS) print-ldflags) -o $@
 
 # bench_gpu's CPU build: per-update timing of a cfg on random input (tools/bench_yolo.sh)
 # (the variant's own: with GPU=1 it is bench_gpu itself)
@@ -114,7 +137,7 @@ $(BUILD)/bench_update-$(VARIANT): tests/gpu/bench_gpu.c darknet
 	    $(if $(filter 1,$(GPU)),-DGPU -I$(dir $(NVCC))../include) $(if $(filter 1,$(CUDNN)),-DCUDNN) \
 	    $< $(DK)/libdarknet.a \
 	    $(shell $(MAKE) -s -C $(DK) KFAC_DIR=$(TOP)/darknet-kfac GPU=$(GPU) CUDNN=$(CUDNN) OPENCV=$(OPENCV) \
-	        OPENBLAS_LIB=$(OPENBLAS_LIB) NVCC="$(NVCC)" print-ldflags) -o $@
+	        OPENBLAS_LIB=$(OPENBLAS_LIB) NVCC="$(NVCC)" $(DK_MPI_OPTS) print-ldflags) -o $@
 
 # K-FAC's cost per update on a full-size yolov3-tiny (416x416), CPU (BENCHMARKS.md)
 bench-yolo: $(BUILD)/bench_update-$(VARIANT)

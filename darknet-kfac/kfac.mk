@@ -7,6 +7,14 @@
 # the driver and its files, then one object per backend (darknet-kfac/backend/)
 KFAC_OBJ := kfac_config.o kfac_network.o kfac_driver.o kfac_adaptive.o kfac_fisher.o \
             kfac_inverses.o kfac_schedule.o kfac_state.o kfac_sync.o kfac_util.o kfac_worker.o kfac_backend_cpu.o
+# training across processes: the single-process communicator always, MPI (and NCCL on
+# GPU builds) with MPI=1; KFAC_MPI_CFLAGS and KFAC_MPI_LIBS come from the top Makefile
+KFAC_OBJ += kfac_comm.o
+ifeq ($(MPI), 1)
+KFAC_OBJ += kfac_comm_mpi.o
+COMMON += -DKFAC_MPI $(KFAC_MPI_CFLAGS)
+LDFLAGS += $(KFAC_MPI_LIBS)
+endif
 ifeq ($(GPU), 1)
 KFAC_OBJ += kfac_backend_cuda.o kfac_backend_cuda_kernels.o
 LDFLAGS += -lcusolver
@@ -18,6 +26,11 @@ KFAC_NVCC_HOME := $(patsubst %/bin/nvcc,%,$(realpath $(shell command -v $(NVCC) 
 KFAC_CUDA_HOME := $(firstword $(foreach d,$(CUDA_HOME) $(KFAC_NVCC_HOME) /usr/local/cuda $(wildcard /usr/local/cuda-*),\
                     $(if $(wildcard $(d)/include/cuda_runtime.h),$(d))) /usr/local/cuda)
 LDFLAGS += -L$(KFAC_CUDA_HOME)/lib64/stubs
+ifeq ($(MPI), 1)
+# NCCL for device buffers (kfac_comm_nccl.c), in the toolkit's library folder
+KFAC_OBJ += kfac_comm_nccl.o
+LDFLAGS += -L$(KFAC_CUDA_HOME)/lib64 -lnccl
+endif
 endif
 
 VPATH := $(VPATH):$(KFAC_DIR):$(KFAC_DIR)/backend

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install the Debian packages darknet-kfac needs.  As root it installs them; otherwise
-# it prints the exact command.  Usage: tools/setup.sh [opencv] [gnuplot] [fuzz] [valgrind]
+# it prints the exact command.  Usage: tools/setup.sh [opencv] [gnuplot] [fuzz] [valgrind] [mpi]
 #   fuzz      clang and its runtime libraries (libFuzzer, sanitizers): make fuzz
 #   valgrind  memcheck for the end-to-end test: tests/test_valgrind.sh
+#   mpi       Open MPI (headers, library, mpicc, mpirun): make MPI=1, the distributed tests
 set -euo pipefail
 pkgs="build-essential patch xz-utils ca-certificates libopenblas-dev python3 dpkg"
 for extra in "$@"; do
@@ -11,7 +12,8 @@ for extra in "$@"; do
         gnuplot) pkgs="$pkgs gnuplot-nox" ;;
         fuzz) pkgs="$pkgs clang libclang-rt-dev" ;;
         valgrind) pkgs="$pkgs valgrind" ;;
-        *) echo "setup.sh: unknown extra '$extra' (known: opencv gnuplot fuzz valgrind)" >&2; exit 2 ;;
+        mpi) pkgs="$pkgs libopenmpi-dev openmpi-bin" ;;
+        *) echo "setup.sh: unknown extra '$extra' (known: opencv gnuplot fuzz valgrind mpi)" >&2; exit 2 ;;
     esac
 done
 missing=""
