@@ -32,6 +32,18 @@
  *     sync_nets           kfac_networks_sync         multi-GPU builds: replicas
  *     forward_yolo_layer  kfac_network_quiet         no progress line for probes
  *
+ * and for training across processes (mpirun; kfac_dist.c, patches/0020):
+ *
+ *     main                kfac_dist_init             join the job, pick this rank's GPU
+ *     train_classifier,   kfac_dist_start            check the ranks agree, rank 0's
+ *     train_detector                                 weights to all, loaders seeded per rank
+ *                         kfac_dist_loss             the loss over all ranks' images
+ *     update_network      kfac_dist_gradients        the new gradients averaged over ranks,
+ *                                                    before kfac_network_precondition
+ *                         kfac_dist_updated          after the layers' updates
+ *     save_weights        kfac_dist_save             weights checksum; only rank 0 writes
+ *     free_network        kfac_dist_free
+ *
  * Every other function here is for the tests and tools.
  */
 #ifndef KFAC_H
@@ -73,6 +85,51 @@ void kfac_state_load(network *net, const char *weightfile);
 /* Darknet's sync_nets hook (multi-GPU training): averages the factors of the n
  * replicas and shares their decompositions out.  Called while no replica trains. */
 void kfac_networks_sync(network **nets, int n);
+
+/* ---- training across processes (kfac_dist.c) --------------------------------- */
+
+/* Joins the job when mpirun started this process as one of several ranks (MPI=1
+ * builds; any other build stops with a message) and returns the GPU this rank trains
+ * on: `gpu` + its rank among the ranks on its machine (modulo the GPUs there), or
+ * `gpu` unchanged when it is < 0 or the process is alone.  Ranks other than 0 write
+ * nothing to stdout.  Call before the program starts threads or uses a GPU. */
+int kfac_dist_init(int gpu);
+
+/* Makes a freshly loaded net train as this rank of the job (alone: as the only one).
+ * Stops before training, on every rank, with a message naming what differs when the
+ * ranks disagree on the build, the cfg text, the [kfac] options, the weights loaded
+ * from `weightfile` (NULL: a random initialization) or their K-FAC state; then gives
+ * every rank rank 0's weights and seeds rand() per rank (each rank's loaders draw their
+ * own images).  ngpus > 1 (Darknet's thread per GPU) is refused with several ranks and
+ * left alone with one. */
+void kfac_dist_start(network *net, const char *cfgfile, const char *weightfile, int ngpus);
+
+/* The hooks above; see kfac_dist.c. */
+void kfac_dist_gradients(network *net);
+void kfac_dist_updated(network *net);
+/* the mean over ranks of each rank's mean loss per image (all ranks' batches equal) */
+float kfac_dist_loss(network *net, float loss);
+/* 1 when this rank writes the save (rank 0), 0 on the others; stops every rank when
+ * the ranks' weights differ. */
+int kfac_dist_save(network *net, const char *filename);
+void kfac_dist_free(network *net);
+
+/* this process's rank and the job's size (0 and 1 when alone) */
+int kfac_dist_rank(void);
+int kfac_dist_size(void);
+
+/* Seconds spent in collectives so far, by what they carried, and the bytes handed to
+ * them (each buffer once per call; 0 when alone). */
+typedef struct {
+    double waiting;         /* for the slowest rank before each update's gradients */
+    double gradients;       /* the gradient (and batch-norm statistics) all-reduce */
+    double statistics;      /* K-FAC's factor statistics all-reduce */
+    double sharing;         /* the decompositions from their owners (waits for them) */
+    double scalars;         /* the loss, the adaptive step's scalars, start-up checks */
+    double bytes;           /* handed to the collectives */
+    int updates;            /* updates since kfac_dist_start */
+} kfac_dist_times;
+void kfac_dist_timing(const network *net, kfac_dist_times *t);
 
 /* ---- for tests and tools ---------------------------------------------------- */
 

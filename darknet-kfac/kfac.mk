@@ -9,7 +9,7 @@ KFAC_OBJ := kfac_config.o kfac_network.o kfac_driver.o kfac_adaptive.o kfac_fish
             kfac_inverses.o kfac_schedule.o kfac_state.o kfac_sync.o kfac_util.o kfac_worker.o kfac_backend_cpu.o
 # training across processes: the single-process communicator always, MPI (and NCCL on
 # GPU builds) with MPI=1; KFAC_MPI_CFLAGS and KFAC_MPI_LIBS come from the top Makefile
-KFAC_OBJ += kfac_comm.o
+KFAC_OBJ += kfac_comm.o kfac_dist.o kfac_dist_factors.o
 ifeq ($(MPI), 1)
 KFAC_OBJ += kfac_comm_mpi.o
 COMMON += -DKFAC_MPI $(KFAC_MPI_CFLAGS)

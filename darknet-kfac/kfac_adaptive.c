@@ -563,12 +563,17 @@ static void adaptive_dirs(const kfac_net *k, float **dir, int what)
 
 /* The model along a direction whose J Delta is jd: alpha, mu and the model's value at
  * them (M&G 7: M = (alpha grad^T Delta + mu grad^T delta_0) / 2); 0 when unusable. */
-static int model_fit(const kfac_adaptive *ad, const network *net, const kfac_sums *sm, const float *jd, int have_prev,
+static int model_fit(const kfac_net *k, const network *net, const kfac_sums *sm, const float *jd, int have_prev,
                      double ld, double *alpha, double *mu, double *m)
 {
-    const double cdd = fisher_dot(ad, net, jd, jd) + ld * sm->dd;
-    const double cdp = have_prev ? fisher_dot(ad, net, jd, ad->jv[1]) + ld * sm->dp : 0;
-    const double cpp = have_prev ? fisher_dot(ad, net, ad->jv[1], ad->jv[1]) + ld * sm->pp : 0;
+    const kfac_adaptive *ad = k->adapt;
+    /* means over this rank's probe images, then over the ranks (kfac_dist_mean) */
+    double f[3] = {fisher_dot(ad, net, jd, jd), have_prev ? fisher_dot(ad, net, jd, ad->jv[1]) : 0,
+                   have_prev ? fisher_dot(ad, net, ad->jv[1], ad->jv[1]) : 0};
+    kfac_dist_mean(k, f, 3);
+    const double cdd = f[0] + ld * sm->dd;
+    const double cdp = have_prev ? f[1] + ld * sm->dp : 0;
+    const double cpp = have_prev ? f[2] + ld * sm->pp : 0;
     if (!kfac_adaptive_solve(cdd, cdp, cpp, sm->gd, sm->gp, have_prev, alpha, mu)) return 0;
     *m = 0.5 * (*alpha * sm->gd + *mu * sm->gp);
     return isfinite(*m);
@@ -632,7 +637,8 @@ static const char *model_step(kfac_net *k, network *net, const update_args *a, c
     int i;
     loss_outputs(k, net, ad->p, ad->d);
     current_output(k, net, ad->z0);
-    const double h0 = loss_value(k, net);
+    double h0 = loss_value(k, net);
+    kfac_dist_mean(k, &h0, 1); /* over all ranks' probe images */
     if (!isfinite(h0)) return "the loss on this batch is not finite";
     const int have_prev = ad->have_prev && sm->pp > 0;
     const double ld = (double)ad->lambda + eta;
@@ -642,7 +648,7 @@ static const char *model_step(kfac_net *k, network *net, const update_args *a, c
         adaptive_dirs(k, dirs, 1);
         jv_one_sided(k, net, dirs, probe_eps(sm->tt, sm->pp), ad->z0, ad->jv[1]);
     }
-    if (!model_fit(ad, net, sm, ad->jv[0], have_prev, ld, alpha, mu, &m))
+    if (!model_fit(k, net, sm, ad->jv[0], have_prev, ld, alpha, mu, &m))
         return "the quadratic model is not usable (not positive or not finite along the direction)";
     /* the policy's rate relative to the cfg's scales the step: r delta* has the model
      * value M(delta*) (2r - r^2), since delta*^T C delta* = -grad^T delta* */
@@ -692,12 +698,15 @@ static const char *model_step(kfac_net *k, network *net, const update_args *a, c
             gj -= (double)ad->d[j] * ad->zp[j];
         }
         gj /= net->batch; /* the loss layers' deltas are summed over their images */
-        m_probe = gj + eta * *td + 0.5 * (fisher_dot(ad, net, ad->zp, ad->zp) + ld * *d2);
+        double q[2] = {gj, fisher_dot(ad, net, ad->zp, ad->zp)};
+        kfac_dist_mean(k, q, 2);
+        m_probe = q[0] + eta * *td + 0.5 * (q[1] + ld * *d2);
     }
     adaptive_dirs(k, dirs, 1);
     move_weights(k, net, dirs, 1.0f);
     forward_network(net);
-    const double h1 = loss_value(k, net);
+    double h1 = loss_value(k, net);
+    kfac_dist_mean(k, &h1, 1);
     restore_weights(k, net);
     const double rho = (h1 - h0 + eta * (*td + 0.5 * *d2)) / m_probe;
     ad->rho_last = rho;
@@ -828,7 +837,9 @@ static void rho_next_batch(kfac_net *k, network *net)
         kl->pend = 0;
     }
     probe_state(k, net, 0);
-    const double ratio = (h1 - h0 + ad->pend_decay) / ad->pend_m;
+    double h[2] = {h1, h0};
+    kfac_dist_mean(k, h, 2); /* over all ranks' images */
+    const double ratio = (h[0] - h[1] + ad->pend_decay) / ad->pend_m;
     ad->gen_last = ratio;
     ad->pending = 0;
     ad->low_ratios = isfinite(ratio) && ratio >= 0.25 ? 0 : ad->low_ratios + 1;

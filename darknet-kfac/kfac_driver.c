@@ -68,6 +68,7 @@ static void fold_statistics(kfac_net *k)
 {
     kfac_backend *be = k->be;
     int i, any = 0;
+    if (k->dist) kfac_dist_sum_statistics(k); /* the ranks' images together */
     for (i = 0; i < k->nlayers; ++i) {
         kfac_layer *kl = &k->layers[i];
         if (kl->n_acc_A == 0 || kl->n_acc_G == 0) continue;

@@ -300,15 +300,18 @@ static void sample_losses(kfac_net *k, network *net)
         be->ops->darknet_buffers(l, &b);
         be->ops->copy(be, ls->delta_save, b.delta, n);
         if (ls->kind == KFAC_LOSS_EMPIRICAL) continue; /* its data-label delta stays */
+        if (k->dist) kfac_dist_sample_begin(k, l, ls->kind); /* this rank's share of the draws */
         if (ls->kind == KFAC_LOSS_SOFTMAX) {
             /* one uniform per image, in image order: the same labels on every backend */
             for (j = 0; j < l->batch; ++j) k->uniforms[j] = kfac_rng_uniform(&k->rng);
+            if (k->dist) kfac_dist_sample_end(k, l, ls->kind);
             be->ops->sample(be, b.output, k->uniforms, l->batch, l->inputs, b.delta);
             continue;
         }
         be->ops->to_host(be, k->host_p, b.output, n);
         be->ops->to_host(be, k->host_delta, b.delta, n);
         sample_host(k, net, l, ls->kind, k->host_p, k->host_delta);
+        if (k->dist) kfac_dist_sample_end(k, l, ls->kind);
         be->ops->from_host(be, b.delta, k->host_delta, n);
     }
 }

@@ -222,6 +222,8 @@ typedef struct {
     int inverse_due;        /* a refresh fell due since the last sync (replicas > 1) */
     double sync_seconds[KFAC_NPHASES]; /* time in kfac_networks_sync, by phase */
     float eta;              /* Darknet's weight decay (net->decay) */
+    /* ranks of a job (kfac_dist_factors.c); NULL for a net no trainer started */
+    struct kfac_dist *dist;
 } kfac_net;
 
 static inline kfac_net *kfac_of(const network *net) { return (kfac_net *)net->kfac; }
@@ -405,6 +407,39 @@ int kfac_adaptive_solve(double cdd, double cdp, double cpp, double gd, double gp
                         double *mu);
 /* lambda after a reduction ratio rho (the Levenberg-Marquardt rule, M&G 6.5). */
 float kfac_adaptive_lambda_rule(float lambda, double rho);
+
+/* ---- kfac_sync.c ----------------------------------------------------------------- */
+
+/* Which of n workers decomposes each covered layer (owner: nlayers): largest factors
+ * first (cost ~ dim^3), each to the least loaded worker. */
+void kfac_owners_assign(const kfac_net *k, int n, int *owner);
+
+/* ---- kfac_dist_factors.c: K-FAC across the ranks of a job (k->dist set) ------------- */
+
+/* Makes K-FAC's side of a net train as a rank of d's job: the owners of the layers'
+ * decompositions (kfac_owners_assign over the ranks); sets k->dist. */
+void kfac_dist_factors_attach(kfac_net *k, struct kfac_dist *d);
+/* Before the statistics are folded: A_acc, G_acc and their image counts summed over
+ * the ranks, so every rank folds the statistics of the global batch. */
+void kfac_dist_sum_statistics(kfac_net *k);
+/* 1 when this rank decomposes covered layer i (always without ranks) */
+int kfac_dist_owns(const kfac_net *k, int i);
+/* Layer kl's next decomposition from its owner, made at once (kfac_inverse_refresh). */
+void kfac_dist_share_one(kfac_net *k, const kfac_layer *kl);
+/* The background job's decompositions from their owners, each rank's worker finished
+ * first; once per job (at its install, or before rank 0 saves it in the state). */
+void kfac_dist_share_job(kfac_net *k);
+/* After every update: rank 0's choice of the auto intervals and lag for every rank. */
+void kfac_dist_agree_schedule(kfac_net *k);
+/* x[0..n) <- its mean over the ranks (the adaptive step's per-rank sums over its own
+ * probe images; all ranks' batches are equal) */
+void kfac_dist_mean(const kfac_net *k, double *x, int n);
+/* Around the true-Fisher sampling of loss layer l: each rank draws the labels the one
+ * process with all ranks' images would draw for its own images (the generator skips
+ * the other ranks' draws), or, for a [yolo] layer whose draws per image vary, from a
+ * stream of its own; afterwards every rank's generator is in the same state. */
+void kfac_dist_sample_begin(kfac_net *k, const layer *l, kfac_loss_kind kind);
+void kfac_dist_sample_end(kfac_net *k, const layer *l, kfac_loss_kind kind);
 
 /* ---- kfac_state.c ---------------------------------------------------------------- */
 

@@ -36,9 +36,8 @@ static void *decompose_share(void *p)
     return NULL;
 }
 
-/* Which replica decomposes each layer: largest layers first (cost ~ dim^3), each to
- * the least loaded replica. */
-static void assign_owners(const kfac_net *k0, int n, int *owner)
+/* Also the ranks' owners of a job (kfac_dist_factors.c). */
+void kfac_owners_assign(const kfac_net *k0, int n, int *owner)
 {
     const int nl = k0->nlayers;
     int *order = (int *)kfac_calloc((size_t)nl, sizeof(int));
@@ -110,7 +109,7 @@ void kfac_networks_sync(network **nets, int n)
         int *owner = (int *)kfac_calloc((size_t)(k0->nlayers ? k0->nlayers : 1), sizeof(int));
         pthread_t *threads = (pthread_t *)kfac_calloc((size_t)n, sizeof(pthread_t));
         share_job *jobs = (share_job *)kfac_calloc((size_t)n, sizeof(share_job));
-        assign_owners(k0, n, owner);
+        kfac_owners_assign(k0, n, owner);
         for (i = 0; i < n; ++i) {
             jobs[i].k = ks[i];
             jobs[i].owner = owner;

@@ -45,8 +45,9 @@ static void *worker_main(void *p)
         if (w->quit) break;
         pthread_mutex_unlock(&w->lock);
         const double t0 = kfac_now();
+        /* across ranks only the layers this rank owns (kfac_dist_factors.c) */
         for (i = 0; i < k->nlayers; ++i)
-            if (k->layers[i].in_job) kfac_inverse_compute(w->be, &w->sc, &k->layers[i], w->dmp);
+            if (k->layers[i].in_job && kfac_dist_owns(k, i)) kfac_inverse_compute(w->be, &w->sc, &k->layers[i], w->dmp);
         const double t = kfac_now() - t0;
         pthread_mutex_lock(&w->lock);
         w->busy += t;
@@ -137,6 +138,7 @@ static void install_job(kfac_net *k)
     int i;
     const double t0 = kfac_now();
     kfac_worker_wait(k);
+    if (k->dist) kfac_dist_share_job(k); /* the other ranks' layers from their owners */
     k->wait_seconds += kfac_now() - t0;
     for (i = 0; i < k->nlayers; ++i)
         if (k->layers[i].in_job) kfac_inverse_install(k, &k->layers[i]);
