@@ -41,7 +41,18 @@
  *                   whole-training-set objective (full_train_loss, or for an
  *                   autoencoder full_train_error) is <= X, before -iters (for runs
  *                   that only need the updates to a target)
- *   -gpu N          GPU builds only: device N, or -1 for the CPU (default 0)
+ *   -gpu N          GPU builds only: device N, or -1 for the CPU (default 0); under
+ *                   mpirun, N + the rank's local rank
+ *
+ * Under mpirun (the MPI build: make MPI=1, build/kfac_compare-cpu-mpi) each rank is
+ * one process of a data-parallel run (darknet-kfac/kfac_dist.c): every rank draws the
+ * same global batch of ranks x batch images and trains on its own slice (rank r:
+ * images [r B, (r + 1) B) of each pass), so `mpirun -np N` with a cfg of batch B and
+ * one process with the same cfg at batch N*B see the same images in every update and
+ * can be compared update by update.  The losses printed are means over all ranks'
+ * images; rank 0 writes the TSV and the weights and prints the collectives' seconds
+ * per update at the end; every rank evaluates (the same weights), so that all take
+ * the same decisions (-stop-below, NaN).
  *
  * Tasks, chosen by the cfg's last layer:
  *
@@ -268,15 +279,19 @@ static uint64_t batch_rng_next(uint64_t *state)
     return z ^ (z >> 31);
 }
 
-/* Fills X (n x d.X.cols) and y (n x d.y.cols) with n rows of d drawn uniformly with
- * replacement, like Darknet's get_random_batch but from the private generator. */
-static void batch_fill_random(data d, int n, float *X, float *y, uint64_t *state)
+/* Draws ranks x n rows of d uniformly with replacement (like Darknet's
+ * get_random_batch, but from the private generator) and fills X (n x d.X.cols) and y
+ * (n x d.y.cols) with rows [rank n, (rank + 1) n) of them: under mpirun every rank
+ * draws the same global batch and takes its own slice, so N ranks at batch n see
+ * the images one process at batch N n sees (ranks 1: the whole draw). */
+static void batch_fill_random(data d, int n, int rank, int ranks, float *X, float *y, uint64_t *state)
 {
     int j;
-    for (j = 0; j < n; ++j) {
+    for (j = 0; j < ranks * n; ++j) {
         int index = (int)(batch_rng_next(state) % (uint64_t)d.X.rows);
-        memcpy(X + (size_t)j * d.X.cols, d.X.vals[index], d.X.cols * sizeof(float));
-        memcpy(y + (size_t)j * d.y.cols, d.y.vals[index], d.y.cols * sizeof(float));
+        if (j / n != rank) continue;
+        memcpy(X + (size_t)(j % n) * d.X.cols, d.X.vals[index], d.X.cols * sizeof(float));
+        memcpy(y + (size_t)(j % n) * d.y.cols, d.y.vals[index], d.y.cols * sizeof(float));
     }
 }
 
@@ -479,6 +494,10 @@ static void options_free(list *l)
 int main(int argc, char **argv)
 {
     options o = parse_options(argc, argv);
+    /* under mpirun: one rank of a data-parallel run (README, "Training across
+     * processes"); its GPU is -gpu + its local rank */
+    o.gpu = kfac_dist_init(o.gpu);
+    const int rank = kfac_dist_rank(), ranks = kfac_dist_size();
 
     file_require(o.datacfg, "data file");
     file_require(o.cfg, "cfg");
@@ -517,9 +536,10 @@ int main(int argc, char **argv)
                 o.cfg, net->outputs, o.datacfg, classes);
         exit(1);
     }
+    kfac_dist_start(net, o.cfg, o.weights, 1);
 
     FILE *tsv = 0;
-    if (o.out) {
+    if (o.out && rank == 0) {
         tsv = fopen(o.out, "w");
         if (!tsv) {
             fprintf(stderr, "kfac_compare: cannot write %s\n", o.out);
@@ -541,6 +561,8 @@ int main(int argc, char **argv)
     printf("cfg %s seed %d lr %g momentum %g decay %g batch %d x %d, %d updates%s\n",
            o.cfg, o.seed, net->learning_rate, net->momentum, net->decay, net->batch,
            net->subdivisions, o.iters, task == TASK_AUTOENCODER ? ", autoencoder" : "");
+    if (ranks > 1) printf("%d ranks: each trains on its slice of every global batch of %d images\n", ranks,
+                          ranks * net->batch * net->subdivisions);
     if (o.weights) printf("initial weights %s\n", o.weights);
 
     uint64_t rng = (uint64_t)(uint32_t)o.seed; /* batch generator, seeded like srand */
@@ -599,7 +621,7 @@ int main(int argc, char **argv)
         float loss = 0;
         int s;
         for (s = 0; s < net->subdivisions; ++s) {
-            batch_fill_random(train, net->batch, net->input, net->truth, &rng);
+            batch_fill_random(train, net->batch, rank, ranks, net->input, net->truth, &rng);
             double t = what_time_is_it_now();
             float pass = train_network_datum(net);
             train_seconds += what_time_is_it_now() - t;
@@ -614,6 +636,8 @@ int main(int argc, char **argv)
             loss += pass;
         }
         loss /= net->subdivisions * net->batch;
+        /* the mean over all ranks' images: every rank takes the same decisions below */
+        if (net->dist) loss = kfac_dist_loss(net, loss);
         ++it;
         if (avg_loss == -1) avg_loss = loss;
         avg_loss = avg_loss * .9 + loss * .1;
@@ -634,6 +658,14 @@ int main(int argc, char **argv)
         kfac_network_timing(net, &st, &inv, &pre);
         printf("K-FAC seconds per update: statistics %.4f, decompositions %.4f, preconditioning and step %.4f\n",
                st / it, inv / it, pre / it);
+    }
+    if (it > 0 && ranks > 1) {
+        kfac_dist_times t;
+        kfac_dist_timing(net, &t);
+        printf("collectives seconds per update (%d ranks): waiting %.4f, gradients %.4f, statistics %.4f, "
+               "own decompositions %.4f, sharing them %.4f, loss and scalars %.4f; bytes per update %.0f\n", ranks,
+               t.waiting / it, t.gradients / it, t.statistics / it, t.decompositions / it, t.sharing / it,
+               t.scalars / it, t.bytes / it);
     }
     if (tsv && fclose(tsv) != 0) {
         fprintf(stderr, "kfac_compare: error writing %s\n", o.out);
