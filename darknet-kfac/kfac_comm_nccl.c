@@ -9,6 +9,7 @@
  * Every operation runs on the legacy default stream, after Darknet's kernels that
  * wrote the buffer, and returns when it is complete.  The NCCL communicator lives as
  * long as the process, like MPI's. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
