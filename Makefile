@@ -8,6 +8,8 @@
 #   make test-sanitize  the same suite with AddressSanitizer and UndefinedBehaviorSanitizer
 #   make fuzz [FUZZ_SECONDS=N]  libFuzzer on the [kfac] parser and the state-file reader
 #   make bench        the CPU benchmark written into BENCHMARKS.md
+#   make demo-mpi     the demo CNN on 1 and 2 ranks (mpirun), SGD and K-FAC, with the
+#                     split of an update's time (compute, collectives, decompositions)
 #   make bench-threads  OpenBLAS thread counts against factor sizes, idle and loaded
 #   make bench-yolo   K-FAC's cost per update on a full-size yolov3-tiny, CPU
 #   make bench-steps  the step rules (SGD, kl_clip, adaptive, auto) on the project's nets
@@ -98,6 +100,7 @@ endif
 DK_MPI_OPTS = MPI=$(MPI) KFAC_MPI_CFLAGS="$(MPI_CFLAGS)" KFAC_MPI_LIBS="$(MPI_LIBS)"
 
 .PHONY: all darknet setup fetch demo test test-sanitize fuzz bench bench-gpu bench-threads bench-steps bench-yolo clean distclean
+.PHONY: demo-mpi
 .PHONY: bench-retrain bench-retrain-googlenet bench-retrain-detect bench-retrain-quick
 all: darknet $(COMPARE)
 
@@ -158,6 +161,11 @@ demo: all
 	@command -v gnuplot >/dev/null || tools/setup.sh gnuplot
 	tools/demo.sh
 
+# the demo CNN on 1 and 2 ranks (mpirun), SGD and K-FAC, and where an update's time goes
+demo-mpi:
+	$(MAKE) MPI=1 all
+	tools/demo_mpi.sh $(BUILD)/kfac_compare-cpu-mpi
+
 # tools/batch_study.py --help for STUDY_ARGS
 STUDY_ARGS ?=
 .PHONY: study
@@ -165,8 +173,16 @@ study: all
 	@command -v gnuplot >/dev/null || tools/setup.sh gnuplot
 	tools/batch_study.py --compare $(COMPARE) $(STUDY_ARGS)
 
+# The distributed tests (tests/test_mpi.sh) run on the MPI variant, which `make test`
+# builds when Open MPI is installed (as root it installs it; otherwise they say SKIP).
+TEST_MPI_DK := $(if $(filter 1,$(MPI)),$(DK),$(if $(filter cpu,$(VARIANT)),$(BUILD)/darknet-cpu-mpi))
 test: all
-	KFAC_TEST_CFLAGS="$(if $(filter 1,$(SANITIZE)),$(SANITIZE_FLAGS))" tests/run.sh $(DK)
+ifeq ($(VARIANT),cpu)
+	@if command -v $(MPICC) >/dev/null 2>&1 || tools/setup.sh mpi; then $(MAKE) MPI=1 all; \
+	else echo "make test: Open MPI is not installed (tools/setup.sh mpi): the distributed tests will say SKIP"; fi
+endif
+	KFAC_TEST_CFLAGS="$(if $(filter 1,$(SANITIZE)),$(SANITIZE_FLAGS))" KFAC_MPI_DK="$(TEST_MPI_DK)" \
+	    $(if $(filter 1,$(MPI)),CC=$(MPICC)) tests/run.sh $(DK)
 
 # The whole CPU suite under the sanitizers.  LeakSanitizer's reports of Darknet's own
 # leaks (never of darknet-kfac's) are suppressed by tests/sanitize/lsan.supp, which
