@@ -15,7 +15,7 @@
 #  - `darknet classifier train` under mpirun: ranks started with another cfg,
 #    other [kfac] options or other weights stop before training, naming it; a rank
 #    killed mid-run ends the job, and a restart from the last save continues from
-#    its update to the end.
+#    its update to the end; K-FAC's auto schedule keeps the ranks in step.
 #
 # Every mpirun keeps its stdout (rank 0's check lines; the other ranks' stdout is
 # silenced) apart from its stderr, in build/tests/mpi/*.out and *.err.
@@ -229,4 +229,16 @@ check mpi_kill_resume_continues "the restart's first update is not $((upd + 1)) 
     bash -c "[ \"\$(grep -E '^[0-9]+, ' '$W/kill/resume.out' | head -1 | cut -d, -f1)\" = $((upd + 1)) ] &&
              [ \"\$(grep -E '^[0-9]+, ' '$W/kill/resume.out' | tail -1 | cut -d, -f1)\" = $((upd + 6)) ]"
 check mpi_kill_resume_saves "no $W/kill/backup/kill.weights after the restart" test -s "$W/kill/backup/kill.weights"
+
+# the auto schedule (no intervals in [kfac]): each rank measures its own times and rank
+# 0's choice holds on all (kfac_dist_agree_schedule); otherwise the ranks would reach
+# statistics steps, launches or installs at different updates, hang in a collective
+# or drift apart, which the saves' checksums (one per 8 updates) would report
+sed -e 's/^max_batches=3$/max_batches=40/' -e '/^stats_interval=/d' -e '/^inverse_interval=/d' tests/cfg/cli.cfg \
+    >"$W/kill/auto.cfg"
+timeout 300 $MPIRUN -np 2 "$BIN" classifier train "$KD" "$W/kill/auto.cfg" >"$W/kill/auto.out" 2>"$W/kill/auto.err"
+rc=$?
+check mpi_auto_schedule_exits_0 "exit status $rc (see $W/kill/auto.err)" [ $rc -eq 0 ]
+check mpi_auto_schedule_all_updates "no progress line of update 40 in $W/kill/auto.out" grep -q '^40, ' "$W/kill/auto.out"
+check mpi_auto_schedule_saves_agree "no final $W/kill/backup/auto.weights" test -s "$W/kill/backup/auto.weights"
 [ $nfail -eq 0 ]

@@ -15,11 +15,11 @@
 # Prints one row per run: seconds per update (training only: kfac_compare excludes
 # data and evaluation) and their split: forward and backward (the rest), waiting for
 # the slowest rank, the gradient all-reduce, K-FAC's statistics (with their all-reduce),
-# its decompositions (this rank's own, and receiving the others' from their owners),
-# its preconditioning and step (with the adaptive step's scalars); bytes handed to the
-# collectives per update; the final test accuracy and loss.  Then, per optimizer, the
-# distributed run's seconds per update over the one process's and the parallel
-# efficiency (one process / (N x distributed)).  OPENBLAS_NUM_THREADS=1: each rank is
+# its decompositions (with receiving the other ranks' from their owners, which waits
+# for them), its preconditioning and step (with the adaptive step's scalars); bytes
+# handed to the collectives per update; the final test accuracy and loss.  Then, per
+# optimizer, the distributed run's seconds per update over the one process's and the
+# parallel efficiency (one process / (N x distributed)).  OPENBLAS_NUM_THREADS=1: each rank is
 # one core, as Darknet's own training is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -87,8 +87,8 @@ def parse(name):
     r["kfac"] = num(r"K-FAC seconds per update: statistics ([0-9.e-]+), decompositions ([0-9.e-]+), "
                     r"preconditioning and step ([0-9.e-]+)") or [0, 0, 0]
     r["coll"] = num(r"collectives seconds per update \(\d+ ranks\): waiting ([0-9.e-]+), gradients ([0-9.e-]+), "
-                    r"statistics ([0-9.e-]+), own decompositions ([0-9.e-]+), sharing them ([0-9.e-]+), "
-                    r"loss and scalars ([0-9.e-]+); bytes per update ([0-9.e+-]+)") or [0] * 7
+                    r"statistics ([0-9.e-]+), decompositions from their owners ([0-9.e-]+), "
+                    r"loss and scalars ([0-9.e-]+); bytes per update ([0-9.e+-]+)") or [0] * 6
     last = [l for l in text.splitlines() if l.startswith("iter ")][-1]
     r["acc"] = float(re.search(r"test_acc ([0-9.]+)", last).group(1))
     r["loss"] = float(re.search(r"test_loss ([0-9.]+)", last).group(1))
@@ -99,7 +99,7 @@ rows = []
 print("\nglobal batch %d; %d ranks at %d each against one process; seconds per update (training only)\n" %
       (batch, ranks, batch // ranks))
 print("| run | s/update | forward+backward | waiting | gradient all-reduce | K-FAC statistics (all-reduce) "
-      "| decompositions: own, sharing | preconditioning + step | bytes/update | test acc | test loss |")
+      "| decompositions (from the owners) | preconditioning + step | bytes/update | test acc | test loss |")
 print("|---|---|---|---|---|---|---|---|---|---|---|")
 res = {}
 for opt in ("sgd", "kfac"):
@@ -108,11 +108,11 @@ for opt in ("sgd", "kfac"):
         r = parse(name)
         res[name] = r
         st, dec, pre = r["kfac"]
-        w, g, sst, own, share, sc, by = r["coll"]
+        w, g, sst, share, sc, by = r["coll"]
         rest = r["total"] - st - dec - pre - w - g
-        print("| %s, %d %s | %.4f | %.4f | %.4f | %.4f | %.4f (%.4f) | %.4f: %.4f, %.4f | %.4f | %.0f | %.3f | %.4f |" % (
+        print("| %s, %d %s | %.4f | %.4f | %.4f | %.4f | %.4f (%.4f) | %.4f (%.4f) | %.4f | %.0f | %.3f | %.4f |" % (
             opt.upper() if opt == "sgd" else "K-FAC", np_, "process" if np_ == 1 else "ranks", r["total"], rest, w, g,
-            st, sst, dec, own, share, pre, by, r["acc"], r["loss"]))
+            st, sst, dec, share, pre, by, r["acc"], r["loss"]))
 print()
 for opt in ("sgd", "kfac"):
     one, dist = res["%s-1" % opt]["total"], res["%s-%d" % (opt, ranks)]["total"]

@@ -663,9 +663,8 @@ int main(int argc, char **argv)
         kfac_dist_times t;
         kfac_dist_timing(net, &t);
         printf("collectives seconds per update (%d ranks): waiting %.4f, gradients %.4f, statistics %.4f, "
-               "own decompositions %.4f, sharing them %.4f, loss and scalars %.4f; bytes per update %.0f\n", ranks,
-               t.waiting / it, t.gradients / it, t.statistics / it, t.decompositions / it, t.sharing / it,
-               t.scalars / it, t.bytes / it);
+               "decompositions from their owners %.4f, loss and scalars %.4f; bytes per update %.0f\n", ranks,
+               t.waiting / it, t.gradients / it, t.statistics / it, t.sharing / it, t.scalars / it, t.bytes / it);
     }
     if (tsv && fclose(tsv) != 0) {
         fprintf(stderr, "kfac_compare: error writing %s\n", o.out);
