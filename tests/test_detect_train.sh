@@ -29,7 +29,7 @@ rm -rf "$W"
 mkdir -p "$W"
 . tests/shlib.sh
 
-if ! ${CC:-cc} -O1 ${KFAC_TEST_CFLAGS:-} -I"$DK/include" -I"$DK/src" tests/dk_train_detector.c \
+if ! ${CC:-cc} -O1 ${KFAC_TEST_CFLAGS:-} -I"$DK/include" -I"$DK/src" -Idarknet-kfac tests/dk_train_detector.c \
         "$DK/examples/detector.c" "$DK/libdarknet.a" -Wl,--wrap=train_network \
         -lopenblas -lm -pthread -o "$W/dk_train_detector" >"$W/helper.build.log" 2>&1; then
     fail detect_train_helper_builds "see $W/helper.build.log"

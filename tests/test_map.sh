@@ -10,7 +10,7 @@ W=build/tests/map
 mkdir -p "$W"
 HELPER=()
 if [ -f "$DK/examples/detector.c" ] && [ -f "$DK/libdarknet.a" ]; then
-    if ${CC:-cc} -O1 ${KFAC_TEST_CFLAGS:-} -I"$DK/include" -I"$DK/src" tests/dk_print_detections.c "$DK/examples/detector.c" \
+    if ${CC:-cc} -O1 ${KFAC_TEST_CFLAGS:-} -I"$DK/include" -I"$DK/src" -Idarknet-kfac tests/dk_print_detections.c "$DK/examples/detector.c" \
         "$DK/libdarknet.a" -lopenblas -lm -pthread -o "$W/dk_print_detections" \
         >"$W/helper.build.log" 2>&1; then
         HELPER=(--darknet-helper "$W/dk_print_detections")

@@ -12,6 +12,7 @@
 #    whose weights drift stops every rank at the next save;
 #  - tools/kfac_compare under mpirun: 2 ranks at batch 4 against one process at 8;
 #  - the MPI build run without mpirun trains bit for bit as the plain build;
+#  - `darknet detector train` under mpirun, with K-FAC, saving every 4 updates;
 #  - `darknet classifier train` under mpirun: ranks started with another cfg,
 #    other [kfac] options or other weights stop before training, naming it; a rank
 #    killed mid-run ends the job, and a restart from the last save continues from
@@ -229,6 +230,26 @@ check mpi_kill_resume_continues "the restart's first update is not $((upd + 1)) 
     bash -c "[ \"\$(grep -E '^[0-9]+, ' '$W/kill/resume.out' | head -1 | cut -d, -f1)\" = $((upd + 1)) ] &&
              [ \"\$(grep -E '^[0-9]+, ' '$W/kill/resume.out' | tail -1 | cut -d, -f1)\" = $((upd + 6)) ]"
 check mpi_kill_resume_saves "no $W/kill/backup/kill.weights after the restart" test -s "$W/kill/backup/kill.weights"
+
+# detector train: the same hooks in Darknet's other trainer, with K-FAC on [yolo] heads
+# (tests/test_detect_train.sh's four images, made by its helper against the plain build)
+mkdir -p "$W/det/backup"
+if ${CC:-cc} -O1 -I"$DK/include" -I"$DK/src" -Idarknet-kfac tests/dk_train_detector.c "$DK/examples/detector.c" \
+        "$DK/libdarknet.a" -Wl,--wrap=train_network -lopenblas -lm -pthread -o "$W/det/helper" >"$W/det/helper.log" 2>&1 &&
+        "$W/det/helper" make "$W/det/set" >>"$W/det/helper.log" 2>&1; then
+    sed "s|^backup=.*|backup=$W/det/backup|" "$W/det/set/det.data" >"$W/det/det.data"
+    printf '%s\n\n[kfac]\nstats_interval=2\ninverse_interval=4\n' "$(cat tests/cfg/detect-train.cfg)" >"$W/det/det.cfg"
+    timeout 300 $MPIRUN -np 2 "$BIN" detector train "$W/det/det.data" "$W/det/det.cfg" -save_interval 4 \
+        >"$W/det/train.out" 2>"$W/det/train.err"
+    rc=$?
+    check mpi_detector_train_exits_0 "exit status $rc (see $W/det/train.err)" [ $rc -eq 0 ]
+    check mpi_detector_train_saves "no det_4, det_8 and det_final.weights (with their states) in $W/det/backup" \
+        test -s "$W/det/backup/det_4.weights.kfac" -a -s "$W/det/backup/det_8.weights.kfac" -a -s "$W/det/backup/det_final.weights"
+    check mpi_detector_train_rank0_prints "not one progress line per update in $W/det/train.out" \
+        [ "$(grep -cE '^[0-9]+: ' "$W/det/train.out")" -eq 8 ]
+else
+    fail mpi_detector_set "tests/dk_train_detector.c failed (see $W/det/helper.log)"
+fi
 
 # the auto schedule (no intervals in [kfac]): each rank measures its own times and rank
 # 0's choice holds on all (kfac_dist_agree_schedule); otherwise the ranks would reach
