@@ -30,12 +30,13 @@ void kfac_user_error(const char *fmt, ...)
 
 void kfac_log(const char *fmt, ...)
 {
+    char line[2048];
     va_list ap;
-    fprintf(stderr, "K-FAC: ");
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    const int n = vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
+    /* one fprintf, one write: the lines of several processes (mpirun) stay whole */
+    fprintf(stderr, "K-FAC: %s%s\n", line, n >= (int)sizeof line ? " [...]" : "");
 }
 
 void *kfac_calloc(size_t n, size_t size)
