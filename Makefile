@@ -10,6 +10,7 @@
 #   make bench        the CPU benchmark written into BENCHMARKS.md
 #   make demo-mpi     the demo CNN on 1 and 2 ranks (mpirun), SGD and K-FAC, with the
 #                     split of an update's time (compute, collectives, decompositions)
+#   make bench-mpi    BENCHMARKS.md's measurements of training across processes (CPU)
 #   make bench-threads  OpenBLAS thread counts against factor sizes, idle and loaded
 #   make bench-yolo   K-FAC's cost per update on a full-size yolov3-tiny, CPU
 #   make bench-steps  the step rules (SGD, kl_clip, adaptive, auto) on the project's nets
@@ -100,7 +101,7 @@ endif
 DK_MPI_OPTS = MPI=$(MPI) KFAC_MPI_CFLAGS="$(MPI_CFLAGS)" KFAC_MPI_LIBS="$(MPI_LIBS)"
 
 .PHONY: all darknet setup fetch demo test test-sanitize fuzz bench bench-gpu bench-threads bench-steps bench-yolo clean distclean
-.PHONY: demo-mpi
+.PHONY: demo-mpi bench-mpi
 .PHONY: bench-retrain bench-retrain-googlenet bench-retrain-detect bench-retrain-quick
 all: darknet $(COMPARE)
 
@@ -165,6 +166,18 @@ demo: all
 demo-mpi:
 	$(MAKE) MPI=1 all
 	tools/demo_mpi.sh $(BUILD)/kfac_compare-cpu-mpi
+
+# the collectives' seconds by buffer size (tools/bench_comm.c; MPI=1 builds)
+$(BUILD)/bench_comm: tools/bench_comm.c darknet
+	$(MPICC) -O2 -Wall -I$(DK)/include -I$(DK)/src -I$(TOP)/darknet-kfac $< $(DK)/libdarknet.a \
+	    $(shell $(MAKE) -s -C $(DK) KFAC_DIR=$(TOP)/darknet-kfac GPU=$(GPU) CUDNN=$(CUDNN) OPENCV=$(OPENCV) \
+	        OPENBLAS_LIB=$(OPENBLAS_LIB) NVCC="$(NVCC)" $(DK_MPI_OPTS) print-ldflags) -o $@
+
+# BENCHMARKS.md, "Training across processes": the demo CNN and the GoogLeNet-like net
+# on 1 and 2 ranks (3 runs each, medians) and the collectives over shared memory and TCP
+bench-mpi:
+	$(MAKE) MPI=1 all $(BUILD)/bench_comm
+	tools/bench_mpi.sh $(BUILD)/kfac_compare-cpu-mpi $(BUILD)/bench_comm
 
 # tools/batch_study.py --help for STUDY_ARGS
 STUDY_ARGS ?=
