@@ -35,6 +35,8 @@ typedef struct kfac_dist {
     size_t grad_len;        /* floats of all gradient spans */
     size_t fusion_len;      /* grad_len + the statistics' */
     float *stash;           /* grad_len: the *_updates arrays as the last update left them */
+    int folded;             /* 1: the arrays hold stash + the new gradients (after a start
+                               or a save), 0: the new gradients alone */
     float *fusion;          /* fusion_len: one all-reduce per update */
     float *host;            /* host scratch for the checksum (host_len floats) */
     size_t host_len;
