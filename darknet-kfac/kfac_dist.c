@@ -29,8 +29,8 @@
  * kfac_dist_save puts the stash back first; the update after it, and the first one
  * after a start, take the new gradients as array - stash instead, which rounds at the
  * size of the momentum (measured on the demo CNN with momentum 0.9: summing from zero
- * keeps 2 ranks within 2e-7 of one process after 20 updates, the subtraction at every
- * update within 6e-5).  Both runs of a save and resume take that same path, so a
+ * keeps 2 ranks within 3e-7 of the largest weight of one process after 20 updates, the
+ * subtraction at every update 9e-5).  Both runs of a save and resume take that same path, so a
  * resumed run stays bit for bit the uninterrupted one.
  *
  * Counting (Darknet's own multi-GPU convention, train_networks): `seen` counts this
