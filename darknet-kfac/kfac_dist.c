@@ -324,18 +324,12 @@ int kfac_dist_init(int gpu)
 int kfac_dist_rank(void) { return kfac_comm_world()->rank; }
 int kfac_dist_size(void) { return kfac_comm_world()->size; }
 
-void kfac_dist_start(network *net, const char *cfgfile, const char *weightfile, int ngpus)
+/* A net joins its job (several ranks): the arrays to average, the ranks' agreement,
+ * rank 0's weights, per-rank loader seeds, the stash. */
+static void join(kfac_dist *d, network *net, const char *cfgfile, const char *weightfile)
 {
-    kfac_comm *c = kfac_comm_world();
+    kfac_comm *c = d->comm;
     int j;
-    if (net->dist) return;
-    if (ngpus > 1) {
-        if (c->size == 1) return; /* Darknet's thread per GPU, kfac_sync.c */
-        kfac_user_error("darknet-kfac: %d ranks with -gpus (%d GPUs each): across ranks each rank takes one GPU "
-                        "(its local rank); drop -gpus", c->size, ngpus);
-    }
-    kfac_dist *d = (kfac_dist *)kfac_calloc(1, sizeof *d);
-    d->comm = c;
 #ifdef GPU
     d->device = net->gpu_index >= 0;
     if (d->device) d->be = kfac_backend_cuda_create(net->gpu_index, 1);
@@ -358,16 +352,29 @@ void kfac_dist_start(network *net, const char *cfgfile, const char *weightfile, 
         else c->ops->broadcast(c, d->param[j].buf, d->param[j].len * sizeof(float), 0);
     }
     /* each rank's loaders draw their own images (Darknet seeds them from the clock) */
-    if (c->size > 1) {
-        unsigned seed = (unsigned)time(NULL);
-        c->ops->broadcast(c, &seed, sizeof seed, 0);
-        srand(seed + 7919u * (unsigned)c->rank);
-        d->stash = d->be->ops->alloc(d->be, d->grad_len);
-        d->fusion = d->be->ops->alloc(d->be, d->fusion_len);
-        /* what the weights came with (a resumed K-FAC state's momentum), left in place as
-         * after a save */
-        stash_updates(d, 0);
+    unsigned seed = (unsigned)time(NULL);
+    c->ops->broadcast(c, &seed, sizeof seed, 0);
+    srand(seed + 7919u * (unsigned)c->rank);
+    d->stash = d->be->ops->alloc(d->be, d->grad_len);
+    d->fusion = d->be->ops->alloc(d->be, d->fusion_len);
+    /* what the weights came with (a resumed K-FAC state's momentum), left in place as
+     * after a save */
+    stash_updates(d, 0);
+}
+
+void kfac_dist_start(network *net, const char *cfgfile, const char *weightfile, int ngpus)
+{
+    kfac_comm *c = kfac_comm_world();
+    if (net->dist) return;
+    if (ngpus > 1) {
+        if (c->size == 1) return; /* Darknet's thread per GPU, kfac_sync.c */
+        kfac_user_error("darknet-kfac: %d ranks with -gpus (%d GPUs each): across ranks each rank takes one GPU "
+                        "(its local rank); drop -gpus", c->size, ngpus);
     }
+    kfac_dist *d = (kfac_dist *)kfac_calloc(1, sizeof *d);
+    d->comm = c;
+    /* alone, only K-FAC's side runs (on the single-process communicator) */
+    if (c->size > 1) join(d, net, cfgfile, weightfile);
     d->t_start = kfac_now(); /* times and bytes count from the first update on */
     net->dist = d;
     if (net->kfac) kfac_dist_factors_attach(kfac_of(net), d);
@@ -498,9 +505,11 @@ void kfac_dist_free(network *net)
     kfac_dist *d = (kfac_dist *)net->dist;
     if (net->kfac) kfac_of(net)->dist = NULL;
     kfac_dist_factors_free(d);
-    d->be->ops->release(d->be, d->stash);
-    d->be->ops->release(d->be, d->fusion);
-    d->be->ops->destroy(d->be);
+    if (d->be) {
+        d->be->ops->release(d->be, d->stash);
+        d->be->ops->release(d->be, d->fusion);
+        d->be->ops->destroy(d->be);
+    }
     free(d->grad);
     free(d->stat);
     free(d->param);

@@ -20,7 +20,7 @@ typedef struct {
 
 typedef struct kfac_dist {
     kfac_comm *comm;        /* kfac_comm_world() */
-    kfac_backend *be;       /* copies and sums where the net's arrays live */
+    kfac_backend *be;       /* copies and sums where the net's arrays live (several ranks; NULL alone) */
     int device;             /* 1: device memory (the comm's device operations) */
     /* *_updates arrays: their new gradients are averaged (offsets in stash and fusion) */
     kfac_dist_span *grad;

@@ -14,7 +14,8 @@
 #  - the MPI build run without mpirun trains bit for bit as the plain build;
 #  - `darknet detector train` under mpirun, with K-FAC, saving every 4 updates;
 #  - `darknet classifier train` under mpirun: ranks started with another cfg,
-#    other [kfac] options or other weights stop before training, naming it; a rank
+#    other [kfac] options or other weights stop before training, naming it, and so
+#    does a cfg with a recurrent layer; a rank
 #    killed mid-run ends the job, and a restart from the last save continues from
 #    its update to the end; K-FAC's auto schedule keeps the ranks in step.
 #
@@ -159,6 +160,20 @@ sed 's/^learning_rate=0.01$/learning_rate=0.02/' tests/cfg/cli.cfg >"$W/cli-lr.c
 printf '%s\ndamping=0.02\n' "$(cat tests/cfg/cli.cfg)" >"$W/cli-damping.cfg"
 mismatch mismatch_cfg "the cfg text" "$DATA" tests/cfg/cli.cfg -- "$DATA" "$W/cli-lr.cfg"
 mismatch mismatch_kfac "the \\[kfac\\] options" "$DATA" tests/cfg/cli.cfg -- "$DATA" "$W/cli-damping.cfg"
+# a recurrent layer (its weights in sub-layers the averaging does not reach): refused
+# with several ranks, before training
+python3 - "$W/rnn.cfg" <<'EOF'
+import sys
+s = open("tests/cfg/cli.cfg").read()
+s = s[:s.index("# 8x8x3 -> 8x8x4")] + "[rnn]\noutput=8\nhidden=8\nactivation=leaky\n\n[connected]\noutput=2\n\n[softmax]\n"
+open(sys.argv[1], "w").write(s)
+EOF
+timeout 120 $MPIRUN -np 2 "$BIN" classifier train "$DATA" "$W/rnn.cfg" >"$W/rnn.out" 2>"$W/rnn.err"
+rc=$?
+check mpi_recurrent_refused "mpirun exited with status $rc (see $W/rnn.err)" [ $rc -ne 0 ]
+check mpi_recurrent_named "no 'layer 0: training across ranks averages ... sub-layers' in $W/rnn.err" \
+    grep -q "rnn.cfg layer 0: training across ranks averages the gradients of .*sub-layers" "$W/rnn.err"
+
 # two weights files: the cli cfg trained alone for 3 updates, and a copy with one byte changed
 timeout 120 "$BIN" classifier train "$DATA" tests/cfg/cli.cfg >"$W/alone.out" 2>"$W/alone.err"
 cp "$W/cli/backup/cli.weights" "$W/w0.weights"
