@@ -41,7 +41,7 @@ extern "C" {
 
 /* A covered layer's Kronecker-factor shape (DESIGN.md 4). */
 typedef struct {
-    int type;               /* CONVOLUTIONAL or CONNECTED */
+    int type;               /* CONVOLUTIONAL or CONNECTED (BATCHNORM: a batch-norm block, kfac_bn.c) */
     int groups;             /* independent linear maps, one factor pair each */
     int k_in;               /* c/groups*size*size (inputs for connected layers) */
     int K;                  /* A's dimension: k_in + has_bias */
@@ -112,6 +112,18 @@ typedef struct {
     /* acc (groups x M x M, upper triangle kept) += sum over images of
      * (1/T) sum_t g_t g_t^T, g_t the output derivative at t: delta (batch x outputs) */
     void (*capture_G)(kfac_backend *b, const kfac_shape *s, const layer *l, const float *delta, float *acc);
+    /* The batch norm of layer l (batch-normalized convolutional or connected, or a
+     * [batchnorm]) as Darknet's own backward of l is about to use it, called before
+     * that backward: delta_out (batch x outputs) = the derivative at the batch norm's
+     * output, l's delta times its activation's derivative at its output (a [batchnorm]
+     * has no activation; the GPU connected backward clips l's delta to +-1 first),
+     * and xnorm_out (batch x outputs) = its normalized inputs */
+    void (*bn_inputs)(kfac_backend *b, const layer *l, float *delta_out, float *xnorm_out);
+    /* acc (s's A blocks, upper triangles kept) += sum over the batch's images n of
+     * g_n g_n^T, g_n (K = 2C) = per channel c (sum_t delta x_norm, sum_t delta) over
+     * the image's T = s->T positions; delta, x_norm batch x C x T (DESIGN.md 6b) */
+    void (*capture_bn)(kfac_backend *b, const kfac_shape *s, int batch, const float *delta, const float *x_norm,
+                       float *acc);
     /* X (groups x dim x dim) <- w_old*X + w_new*inv_n*acc, read from acc's upper
      * triangle and written to both of X's; acc is zeroed */
     void (*fold)(kfac_backend *b, float *X, float *acc, int dim, int groups, float w_old, float w_new, float inv_n);

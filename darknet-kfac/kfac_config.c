@@ -166,10 +166,11 @@ static int parse_kfac_section(kfac_err *e, kfac_config *c, const char *file, lis
     return 0;
 }
 
-static int is_weighted_type(const char *type)
+/* the sections K-FAC preconditions: weights, and a [batchnorm]'s scales and shifts */
+static int is_covered_type(const char *type)
 {
     return !strcmp(type, "[convolutional]") || !strcmp(type, "[conv]") || !strcmp(type, "[connected]") ||
-           !strcmp(type, "[conn]");
+           !strcmp(type, "[conn]") || !strcmp(type, "[batchnorm]");
 }
 
 /* Checks the kfac= keys of every section and fills on[] (layers: sections after the
@@ -191,9 +192,9 @@ static int check_layer_keys(kfac_err *e, const char *cfgfile, list *sections, in
                             s->type, v);
             if (strcmp(v, "0") && strcmp(v, "1"))
                 return fail(e, "%s %s (layer %d) kfac=%s: must be 0 or 1", cfgfile, s->type, index, v);
-            if (!is_weighted_type(s->type))
-                return fail(e, "%s %s (layer %d) kfac=%s: only convolutional and connected layers have K-FAC", cfgfile,
-                            s->type, index, v);
+            if (!is_covered_type(s->type))
+                return fail(e, "%s %s (layer %d) kfac=%s: only convolutional, connected and batchnorm layers have K-FAC",
+                            cfgfile, s->type, index, v);
             on[index] = v[0] == '1';
         }
         ++index;

@@ -319,7 +319,7 @@ void kfac_network_fisher_pass(network *net)
     kfac_backend *be = k->be;
     int i;
     k->capture = KFAC_CAPTURE_NONE;
-    if (!net->train || !kfac_stats_step(k) || k->nlayers == 0) return;
+    if (!net->train || !kfac_stats_step(k) || k->nlayers + k->nbn == 0) return;
     if (!k->true_fisher) {
         k->capture = KFAC_CAPTURE_A | KFAC_CAPTURE_G; /* from the real backward */
         return;
@@ -362,8 +362,9 @@ int kfac_fisher_backward(network *net, int index, float *input, float *delta)
 {
     kfac_net *k = kfac_of(net);
     if (!k->in_fisher_pass || !k->lean_fisher || !k->be->ops->fisher_layer_backward) return 0;
-    /* the layers below the lowest covered one feed no statistics; their deltas are
+    /* the layers below the lowest whose backward the statistics need (a covered layer,
+     * or the one above a batch-norm block) feed no statistics; their deltas are
      * cleared after the pass anyway */
-    if (k->nlayers == 0 || index < k->layers[0].index) return 1;
+    if (index < k->lowest) return 1;
     return k->be->ops->fisher_layer_backward(k->be, net, index, input, delta);
 }

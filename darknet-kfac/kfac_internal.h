@@ -7,6 +7,7 @@
  *     kfac_adaptive.c  Martens & Grosse's adaptive step (step=adaptive, auto)
  *     kfac_fisher.c    the true-Fisher pass (sampled labels, its own backward)
  *     kfac_inverses.c  one layer's decompositions, damping and preconditioning
+ *     kfac_bn.c        the batch-norm blocks: scales and shifts
  *     kfac_worker.c    decompositions in the background: launched from the factors of
  *                      one update, installed at a fixed later one
  *     kfac_schedule.c  when statistics and decompositions are due (fixed or chosen
@@ -135,6 +136,38 @@ typedef struct {
     int pend;               /* moved by the step whose ratio is pending */
 } kfac_layer;
 
+/* ---- batch-norm blocks (kfac_bn.c) ------------------------------------------------- */
+
+/* The scales and shifts of one batch norm (a batch-normalized convolutional or
+ * connected layer, or a [batchnorm]): per image n the 2C-vector g_n of their
+ * gradients, per channel c (scale, shift) = (sum_t delta x_norm, sum_t delta) over the
+ * image's T positions, interleaved; F = E_n[g_n g_n^T] (shared/DESIGN.md 6b), whole
+ * (2C x 2C) or, when 2C > max_dim, its C diagonal 2 x 2 blocks, one per channel.
+ * Every float pointer is a buffer of the net's backend. */
+typedef struct {
+    int index;              /* position in net->layers */
+    /* F as a factor: type BATCHNORM, groups 1, M 1, K = k_in = 2C, T, a_blocks 1 or C;
+     * preconditioning P = D Finv is the backend's precondition with G = [1] */
+    kfac_shape s;
+    /* the parameters as Darknet's update buffers: C rows (scale, shift), k_in 1 and
+     * has_bias 1, so that gather and scatter move [scale_updates | bias_updates] */
+    kfac_shape u;
+    float *F, *F_acc;       /* kfac_a_len(&s): running average, sum over the update's images */
+    int n_acc;              /* images in F_acc */
+    int have_factors;       /* batches folded into F (0: none) */
+    float *E, *d;           /* decomposition: kfac_a_len(&s), 2C */
+    int have_inverse;
+    float *Finv;            /* kfac_a_len(&s): damped inverse, block by block */
+    float inv_damping;      /* the damping key Finv was built with; 0 = stale */
+    int inv_ok;             /* 0: F is all zeros, the block stays on SGD */
+    float *s_snap, *b_snap; /* C each: scale_updates, bias_updates after the last update */
+    float *D, *P;           /* 2C: the new gradient, interleaved, and its preconditioned form */
+    float *tmp;             /* 2C: scratch of the preconditioning */
+    int mode;               /* KFAC_MODE_* of this update */
+    int bad_factors_logged, bad_eig_logged, bad_grad_logged;
+    float *host_F;          /* host copy for kfac_bn_factor when the backend's memory is not the host's */
+} kfac_bn;
+
 /* ---- network state ---------------------------------------------------------------- */
 
 typedef enum { KFAC_CAPTURE_NONE = 0, KFAC_CAPTURE_A = 1, KFAC_CAPTURE_G = 2 } kfac_capture;
@@ -164,6 +197,14 @@ typedef struct {
     kfac_backend *be;       /* where the buffers live and the numbers are computed */
     kfac_layer *layers;     /* covered layers, in net order */
     int nlayers;
+    kfac_bn *bn;            /* batch-norm blocks, in net order (kfac_bn.c) */
+    int nbn;
+    int *bn_of;             /* per net layer: its position in bn, or -1 */
+    float *bn_delta, *bn_xnorm; /* backend scratch, bn_len each: one batch norm's inputs */
+    size_t bn_len;
+    float *one;             /* backend: a single 1, the batch-norm blocks' G */
+    float *bn_host, *bn_lambda; /* host, the largest 2C: a block's eigenvalues, its damping */
+    int lowest;             /* the lowest layer whose backward the statistics need (net->n: none) */
     int step;               /* completed updates since K-FAC was attached (saved) */
     uint64_t rng;           /* true-Fisher sampler state (saved) */
     int identity;           /* tests: preconditioner replaced by the identity */
@@ -301,6 +342,42 @@ int kfac_inverse_refresh(kfac_net *k, kfac_layer *kl);
  * they are stale; P = D when a factor is all zeros.  _to: into out instead of P. */
 void kfac_precondition_layer(kfac_net *k, kfac_layer *kl);
 void kfac_precondition_layer_to(kfac_net *k, kfac_layer *kl, float *out);
+
+/* Mean of the eigenvalues d (n, >= 0) above KFAC_RANK_TOL times the largest: the
+ * trace over the numerical rank (0 when all are 0). */
+float kfac_eig_mean(const float *d, int n);
+
+/* ---- kfac_bn.c --------------------------------------------------------------------- */
+
+/* Chooses the batch-norm blocks of the net (after the covered layers): the start
+ * line's part into note, the batch norms left on SGD appended to skipped. */
+void kfac_bn_choose(kfac_net *k, const network *net, char *note, size_t note_len, char *skipped, size_t skipped_len);
+void kfac_bn_alloc(kfac_net *k, const network *net);
+void kfac_bn_free(kfac_net *k);
+/* Statistics of the batch norm of layer `index`, whose delta is now complete (called
+ * after the backward of layer index + 1, before its own). */
+void kfac_bn_capture(kfac_net *k, network *net, int index);
+/* The update's statistics into the running averages (a non-finite batch is dropped). */
+void kfac_bn_fold(kfac_net *k);
+/* Decompositions when `refresh` (or when a block has none yet). */
+void kfac_bn_refresh(kfac_net *k, int refresh);
+/* Decomposes one block's F: 0, or -1 keeping the last good decomposition (logged). */
+int kfac_bn_decompose(kfac_net *k, kfac_bn *b);
+/* The KL-clipped step's part: each block's D and P (P = D on SGD) and its <P, D> and
+ * finiteness into result slots from `slot0` on (KFAC_SLOTS_PER_LAYER per block); then,
+ * with the results read, the blocks' share of the KL quadratic. */
+void kfac_bn_step(kfac_net *k, network *net, int on, int slot0);
+double kfac_bn_step_results(kfac_net *k, network *net, const update_args *a, const double *results);
+/* Blocks left to Darknet's SGD this update (the adaptive step's updates). */
+void kfac_bn_plain(kfac_net *k);
+/* The write-back into scale_updates and bias_updates, with the KL factor nu. */
+void kfac_bn_write_back(kfac_net *k, network *net, float nu);
+/* Snapshots of scale_updates and bias_updates after Darknet's update. */
+void kfac_bn_snapshot(kfac_net *k, network *net);
+/* Replicas (kfac_networks_sync): the blocks' F averaged and, when `decompose`, each
+ * replica's decomposed; kfac_bn_need_inverse: a block has factors but no inverse. */
+void kfac_bn_sync(kfac_net **ks, kfac_backend **bs, int n, int decompose);
+int kfac_bn_need_inverse(const kfac_net *k);
 
 /* ---- kfac_fisher.c ---------------------------------------------------------------- */
 

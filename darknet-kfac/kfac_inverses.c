@@ -24,7 +24,7 @@ kfac_damping kfac_damping_now(const kfac_net *k)
  * directions no sample reached by a tenth of what its data directions get, and those
  * directions then take over the step (measured: an MLP on the digits fell to 35%
  * test accuracy with the plain mean, 85% with this one). */
-static float mean_of(const float *d, int n)
+float kfac_eig_mean(const float *d, int n)
 {
     double s = 0, mx = 0;
     int i, r = 0;
@@ -47,7 +47,7 @@ static int relative_of(kfac_backend *be, kfac_scratch *sc, const float *d, int d
     int g, ok = 1;
     be->ops->to_host(be, sc->host_d, d, (size_t)groups * dim);
     for (g = 0; g < groups; ++g) {
-        out[g] = sd * mean_of(sc->host_d + (size_t)g * dim, dim);
+        out[g] = sd * kfac_eig_mean(sc->host_d + (size_t)g * dim, dim);
         ok &= out[g] > 0;
     }
     return ok;

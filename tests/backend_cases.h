@@ -436,6 +436,77 @@ static void bc_case_capture(const bc_ctx *c, const layer *l, int index, int is_G
     free(data); free(acc0); free(ref); free(abs_sum); free(tol); free(v); free(got); free(orc);
 }
 
+/* the result of capture_bn on backend b: acc0 + the batch's sum */
+static float *bc_capture_bn_run(kfac_backend *b, const kfac_shape *s, int B, const float *delta, const float *xn,
+                                size_t ndata, const float *acc0, size_t nacc)
+{
+    float *d = bc_up(b, delta, ndata), *x = bc_up(b, xn, ndata), *acc = bc_up(b, acc0, nacc);
+    b->ops->capture_bn(b, s, B, d, x, acc);
+    float *out = bc_down(b, acc, nacc);
+    b->ops->release(b, d);
+    b->ops->release(b, x);
+    b->ops->release(b, acc);
+    return out;
+}
+
+/* A batch-norm block's shape (kfac_bn.c): F of 2C, whole or in C blocks of 2 */
+static kfac_shape bc_bn_shape(int C, int T, int per_channel)
+{
+    kfac_shape s;
+    memset(&s, 0, sizeof s);
+    s.type = BATCHNORM;
+    s.groups = 1;
+    s.M = 1;
+    s.K = s.k_in = 2 * C;
+    s.T = T;
+    s.a_blocks = per_channel ? C : 1;
+    return s;
+}
+
+/* capture_bn: per image n the 2C-vector g_n = per channel (sum_t delta x_norm,
+ * sum_t delta), and acc (blocks, upper triangles) += sum_n g_n g_n^T, into an
+ * accumulator holding random values (the sum must be added). */
+static void bc_case_capture_bn(const bc_ctx *c, int per_channel)
+{
+    const int B = 5, C = 3, T = 7;
+    const kfac_shape s = bc_bn_shape(C, T, per_channel);
+    const int nb = kfac_a_blocks(&s), Ka = kfac_a_dim(&s), K = s.K;
+    const size_t ndata = (size_t)B * C * T, nacc = kfac_a_len(&s), dd = (size_t)Ka * Ka;
+    kt_rng r = kt_rng_make(915, (uint64_t)per_channel);
+    float *delta = bc_f(ndata), *xn = bc_f(ndata), *acc0 = bc_f(nacc);
+    double *ref = bc_d(nacc), *abs_sum = bc_d(nacc), *tol = bc_d(nacc), *v = bc_d((size_t)K);
+    int b, ch, t, blk;
+    size_t i;
+    bc_fill(&r, delta, ndata, -1, 1);
+    bc_fill(&r, xn, ndata, -2, 2);
+    bc_random_symmetric(&r, acc0, Ka, nb);
+    for (i = 0; i < nacc; ++i) {
+        ref[i] = acc0[i];
+        abs_sum[i] = fabs(acc0[i]);
+    }
+    for (b = 0; b < B; ++b) {
+        for (ch = 0; ch < C; ++ch) {
+            double sg = 0, sb = 0;
+            for (t = 0; t < T; ++t) {
+                sg += (double)delta[((size_t)b * C + ch) * T + t] * xn[((size_t)b * C + ch) * T + t];
+                sb += delta[((size_t)b * C + ch) * T + t];
+            }
+            v[2 * ch] = sg;
+            v[2 * ch + 1] = sb;
+        }
+        for (blk = 0; blk < nb; ++blk) bc_add_outer_upper(ref + blk * dd, abs_sum + blk * dd, v + blk * Ka, Ka, 1.0);
+    }
+    /* each g_n rounded once to float (its sum in double), then B products summed in
+     * float and added to the accumulator; lower triangles undefined */
+    for (blk = 0; blk < nb; ++blk)
+        for (i = 0; i < dd; ++i)
+            tol[blk * dd + i] = i / Ka <= i % Ka ? (B + 6) * BC_U * abs_sum[blk * dd + i] : -1;
+    float *got = bc_capture_bn_run(c->be, &s, B, delta, xn, ndata, acc0, nacc);
+    float *orc = c->oracle ? bc_capture_bn_run(c->oracle, &s, B, delta, xn, ndata, acc0, nacc) : NULL;
+    bc_report(c, per_channel ? "capture_bn_per_channel" : "capture_bn_whole", got, orc, ref, tol, nacc);
+    free(delta); free(xn); free(acc0); free(ref); free(abs_sum); free(tol); free(v); free(got); free(orc);
+}
+
 static float *bc_fold_run(kfac_backend *b, const float *X0, const float *acc0, int dim, int groups, float w_old,
                           float w_new, float inv_n, float **acc_after)
 {
@@ -981,12 +1052,13 @@ static float *bc_precondition_run(kfac_backend *b, const kfac_shape *s, const fl
     return out;
 }
 
-/* P_g = Ginv_g D_g Ainv_g against the explicit product in double.  Ginv and Ainv are
- * random and not symmetric, so a transposed operand shows. */
+/* P_g = Ginv_g D_g Ainv_g against the explicit product in double, Ainv_g block
+ * diagonal when s keeps A in blocks.  Ginv and Ainv are random and not symmetric, so a
+ * transposed operand shows. */
 static void bc_case_precondition(const bc_ctx *c, const kfac_shape *s, int index)
 {
-    const int M = s->M, K = s->K;
-    const size_t nG = (size_t)s->groups * M * M, nA = (size_t)s->groups * K * K, nD = (size_t)s->groups * M * K;
+    const int M = s->M, K = s->K, nb = kfac_a_blocks(s), Ka = kfac_a_dim(s);
+    const size_t nG = (size_t)s->groups * M * M, nA = kfac_a_len(s), nD = (size_t)s->groups * M * K;
     kt_rng r = kt_rng_make(980, (uint64_t)index);
     float *Ginv = bc_f(nG), *Ainv = bc_f(nA), *D = bc_f(nD);
     double *ref = bc_d(nD), *tol = bc_d(nD), *t = bc_d((size_t)M * K), *ta = bc_d((size_t)M * K);
@@ -995,7 +1067,7 @@ static void bc_case_precondition(const bc_ctx *c, const kfac_shape *s, int index
     bc_fill(&r, Ainv, nA, -1, 1);
     bc_fill(&r, D, nD, -1, 1);
     for (g = 0; g < s->groups; ++g) {
-        const float *Gi = Ginv + (size_t)g * M * M, *Ai = Ainv + (size_t)g * K * K, *Dg = D + (size_t)g * M * K;
+        const float *Gi = Ginv + (size_t)g * M * M, *Ai = Ainv + (size_t)g * nb * Ka * Ka, *Dg = D + (size_t)g * M * K;
         for (i = 0; i < M; ++i)
             for (j = 0; j < K; ++j) {
                 double x = 0, a = 0;
@@ -1008,22 +1080,26 @@ static void bc_case_precondition(const bc_ctx *c, const kfac_shape *s, int index
             }
         for (i = 0; i < M; ++i)
             for (j = 0; j < K; ++j) {
+                /* column j lies in block j / Ka: rows of that block only */
+                const int b0 = j / Ka * Ka;
+                const float *Ab = Ai + (size_t)(j / Ka) * Ka * Ka;
                 double x = 0, a = 0;
-                for (m = 0; m < K; ++m) {
-                    x += t[(size_t)i * K + m] * Ai[(size_t)m * K + j];
-                    a += ta[(size_t)i * K + m] * fabs((double)Ai[(size_t)m * K + j]);
+                for (m = 0; m < Ka; ++m) {
+                    x += t[(size_t)i * K + b0 + m] * Ab[(size_t)m * Ka + j - b0];
+                    a += ta[(size_t)i * K + b0 + m] * fabs((double)Ab[(size_t)m * Ka + j - b0]);
                 }
                 size_t e = (size_t)g * M * K + (size_t)i * K + j;
                 ref[e] = x;
-                /* two float products of M and K terms: to first order within
-                 * (M + K) u (|Ginv| |D| |Ainv|)_ij */
-                tol[e] = (M + K + 4) * BC_U * a;
+                /* two float products of M and Ka terms: to first order within
+                 * (M + Ka) u (|Ginv| |D| |Ainv|)_ij */
+                tol[e] = (M + Ka + 4) * BC_U * a;
             }
     }
     float *got = bc_precondition_run(c->be, s, Ginv, Ainv, D);
     float *orc = c->oracle ? bc_precondition_run(c->oracle, s, Ginv, Ainv, D) : NULL;
     char what[96];
-    snprintf(what, sizeof what, "precondition_layer%d", index);
+    if (nb > 1) snprintf(what, sizeof what, "precondition_layer%d_A_in_%d_blocks", index, nb);
+    else snprintf(what, sizeof what, "precondition_layer%d", index);
     bc_report(c, what, got, orc, ref, tol, nD);
     free(Ginv); free(Ainv); free(D); free(ref); free(tol); free(t); free(ta); free(got); free(orc);
 }
@@ -1334,6 +1410,13 @@ static void bc_run_all(const bc_ctx *c, const network *geom)
         bc_case_gather(c, &s, i);
         bc_case_precondition(c, &s, i);
         bc_case_scatter(c, &s, i);
+    }
+    /* batch-norm blocks: their statistics, and P = D Finv with F whole and in the
+     * per-channel 2 x 2 blocks (M = 1) */
+    for (i = 0; i < 2; ++i) {
+        kfac_shape s = bc_bn_shape(5, 1, i);
+        bc_case_capture_bn(c, i);
+        bc_case_precondition(c, &s, 100 + i);
     }
     bc_case_fold(c);
     bc_case_flags(c);

@@ -156,7 +156,7 @@ bad_cfg inverse_interval_fraction "[kfac] inverse_interval=2.5: must be a whole 
 bad_cfg fisher_maybe "[kfac] fisher=maybe: must be true or empirical" <<<'/^\[kfac\]$/a fisher=maybe'
 bad_cfg two_kfac_sections "@: more than one [kfac] section" <<<'$a [kfac]'
 bad_cfg kfac_first_section "@: [kfac] cannot be the first section" <<<'1i [kfac]'
-bad_cfg kfac_off_on_maxpool "[maxpool] (layer 1) kfac=0: only convolutional and connected layers have K-FAC" \
+bad_cfg kfac_off_on_maxpool "[maxpool] (layer 1) kfac=0: only convolutional, connected and batchnorm layers have K-FAC" \
     <<<'/^\[maxpool\]$/a kfac=0'
 bad_cfg kfac_2 "[convolutional] (layer 0) kfac=2: must be 0 or 1" <<<'/^\[convolutional\]$/a kfac=2'
 bad_cfg kfac_in_net "[net] kfac=1: kfac= belongs in a layer section" <<<'/^\[net\]$/a kfac=1'

@@ -205,6 +205,41 @@ static void cpu_capture_G(kfac_backend *b, const kfac_shape *s, const layer *l, 
     }
 }
 
+static void cpu_bn_inputs(kfac_backend *b, const layer *l, float *delta_out, float *xnorm_out)
+{
+    const size_t n = (size_t)l->outputs * l->batch;
+    (void)b;
+    memcpy(delta_out, l->delta, n * sizeof(float));
+    /* backward_convolutional_layer / backward_connected_layer begin so (a [batchnorm]
+     * has no activation of its own) */
+    if (l->type != BATCHNORM) gradient_array(l->output, (int)n, l->activation, delta_out);
+    memcpy(xnorm_out, l->x_norm, n * sizeof(float));
+}
+
+static void cpu_capture_bn(kfac_backend *b, const kfac_shape *s, int batch, const float *delta, const float *x_norm,
+                           float *acc)
+{
+    cpu_impl *c = impl_of(b);
+    const int K = s->K, C = K / 2, T = s->T, nb = kfac_a_blocks(s), Ka = kfac_a_dim(s);
+    float *g = patch_buffer(c, (size_t)batch * K); /* batch x 2C: the images' gradients */
+    int n, ch, t, blk;
+    for (n = 0; n < batch; ++n)
+        for (ch = 0; ch < C; ++ch) {
+            const float *dl = delta + ((size_t)n * C + ch) * T, *xn = x_norm + ((size_t)n * C + ch) * T;
+            double sg = 0, sb = 0;
+            for (t = 0; t < T; ++t) {
+                sg += (double)dl[t] * xn[t];
+                sb += dl[t];
+            }
+            g[(size_t)n * K + 2 * ch] = (float)sg;
+            g[(size_t)n * K + 2 * ch + 1] = (float)sb;
+        }
+    /* block j of acc += g_j^T g_j, g_j the columns [j Ka, (j+1) Ka) */
+    for (blk = 0; blk < nb; ++blk)
+        cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, Ka, batch, 1.0f, g + (size_t)blk * Ka, K, 1.0f,
+                    acc + (size_t)blk * Ka * Ka, Ka);
+}
+
 static void cpu_fold(kfac_backend *b, float *X, float *acc, int dim, int groups, float w_old, float w_new,
                      float inv_n)
 {
@@ -534,6 +569,8 @@ static const kfac_backend_ops cpu_ops = {
     .from_host = cpu_copy,
     .capture_A = cpu_capture_A,
     .capture_G = cpu_capture_G,
+    .bn_inputs = cpu_bn_inputs,
+    .capture_bn = cpu_capture_bn,
     .fold = cpu_fold,
     .flag_nonfinite = cpu_flag_nonfinite,
     .dot = cpu_dot,

@@ -27,6 +27,8 @@
 #include <string.h>
 #include <stddef.h>
 #include "kfac_backend_cuda.h"
+#include "activations.h"
+#include "blas.h"
 
 
 /* Largest patch buffer, in floats (128 MiB), as on the CPU: big layers go in chunks. */
@@ -334,6 +336,41 @@ static void cuda_capture_G(kfac_backend *b, const kfac_shape *s, const layer *l,
             kfac_cuda_factor_product(b, M, (size_t)n * T, P, 1.0f / (float)T, acc + (size_t)g * M * M);
         }
     }
+}
+
+static void cuda_bn_inputs(kfac_backend *b, const layer *l, float *delta_out, float *xnorm_out)
+{
+    const size_t n = (size_t)l->outputs * l->batch;
+    cuda_copy(b, delta_out, l->delta_gpu, n);
+    /* backward_connected_layer_gpu / backward_convolutional_layer_gpu begin so (a
+     * [batchnorm] has no activation of its own) */
+    if (l->type == CONNECTED) constrain_gpu(as_int(n), 1, delta_out, 1);
+    if (l->type != BATCHNORM) gradient_array_gpu(l->output_gpu, as_int(n), l->activation, delta_out);
+#ifdef CUDNN
+    /* cuDNN's training forward leaves x_norm_gpu unwritten (its backward uses it as
+     * scratch) and saves the mean and 1/sqrt(variance + epsilon) */
+    kfac_cuda_bn_normalize(l->x_gpu, l->mean_gpu, l->variance_gpu, l->batch, l->out_c, l->out_h * l->out_w, xnorm_out,
+                           KFAC_STREAM);
+#else
+    cuda_copy(b, xnorm_out, l->x_norm_gpu, n);
+#endif
+}
+
+static void cuda_capture_bn(kfac_backend *b, const kfac_shape *s, int batch, const float *delta, const float *x_norm,
+                            float *acc)
+{
+    cuda_impl *c = impl_of(b);
+    const int K = s->K, nb = kfac_a_blocks(s), Ka = kfac_a_dim(s);
+    /* gT is 2C x batch: block j of acc += gT_j gT_j^T, gT_j its rows [j Ka, (j+1) Ka) */
+    float *gT = float_scratch(&c->patches, &c->patches_len, (size_t)K * batch);
+    int blk;
+    kfac_cuda_bn_grads(delta, x_norm, batch, K / 2, s->T, gT, KFAC_STREAM);
+    if (Ka == 2 && nb == K / 2) {
+        kfac_cuda_bn_pairs(gT, batch, K / 2, acc, KFAC_STREAM);
+        return;
+    }
+    for (blk = 0; blk < nb; ++blk)
+        kfac_cuda_factor_product(b, Ka, (size_t)batch, gT + (size_t)blk * Ka * batch, 1.0f, acc + (size_t)blk * Ka * Ka);
 }
 
 static void cuda_fold(kfac_backend *b, float *X, float *acc, int dim, int groups, float w_old, float w_new,
@@ -666,6 +703,8 @@ static const kfac_backend_ops cuda_ops = {
     .from_host = cuda_from_host,
     .capture_A = cuda_capture_A,
     .capture_G = cuda_capture_G,
+    .bn_inputs = cuda_bn_inputs,
+    .capture_bn = cuda_capture_bn,
     .fold = cuda_fold,
     .flag_nonfinite = cuda_flag_nonfinite,
     .dot = cuda_dot,
