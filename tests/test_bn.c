@@ -24,7 +24,8 @@
  *             pass must start above the [batchnorm] block of layer 1)
  *   identity  with the identity preconditioner, training equals Darknet's SGD bit for
  *             bit, scales and shifts of the [batchnorm] included (patches/0020 gives
- *             it its update) */
+ *             it its update)
+ *   kfac=0    in the [batchnorm]'s section leaves it without a block */
 #include "kt.h"
 #include "kfac_internal.h"
 #include "activations.h"
@@ -280,8 +281,33 @@ static void lean_and_identity(void)
     free_network(full);
 }
 
+/* tests/cfg/bn.cfg with kfac=0 in its [batchnorm] section: no block there, the others kept */
+static void batchnorm_off(void)
+{
+    const char *out = "build/tests/bn-off.cfg";
+    FILE *in = fopen("tests/cfg/bn.cfg", "rb"), *o = fopen(out, "wb");
+    char line[512];
+    if (!in || !o) {
+        printf("FAIL harness: cannot read tests/cfg/bn.cfg or write %s\n", out);
+        exit(1);
+    }
+    while (fgets(line, sizeof line, in)) {
+        fputs(line, o);
+        if (!strcmp(line, "[batchnorm]\n")) fputs("kfac=0\n", o);
+    }
+    fputs("\n[kfac]\n", o);
+    fclose(in);
+    fclose(o);
+    network *net = kt_net(out, 3);
+    kt_check("batchnorm_kfac0_leaves_it_on_sgd", !block_of(net, 1) && block_of(net, 2) && block_of(net, 4),
+             "blocks on layers 1/2/4: %d/%d/%d, expected only 2 and 4", block_of(net, 1) != NULL, block_of(net, 2) != NULL,
+             block_of(net, 4) != NULL);
+    free_network(net);
+}
+
 int main(void)
 {
+    batchnorm_off();
     dense_checks("whole", 0);
     dense_checks("per_channel", 8);
     lean_and_identity();

@@ -100,6 +100,8 @@ EOF
 corrupt truncated 'del b[len(b)//2:]'
 corrupt magic 'b[0:4] = b"XXXX"'
 corrupt version 'b[4] ^= 0x7f'
+# a file of the version before the batch-norm blocks (issue 13)
+corrupt old_version 'b[4:8] = (3).to_bytes(4, "little")'
 corrupt flipped 'b[80] ^= 0x10'
 corrupt trailing 'b += b"\0"'
 cp "$W/backup/cli.weights" "$W/bad/foreign.weights"
@@ -123,6 +125,7 @@ bad_state() { # bad_state NAME EXPECTED-MESSAGE
 bad_state truncated "truncated K-FAC state file"
 bad_state magic "not a K-FAC state file (bad magic number)"
 bad_state version "K-FAC state file version"
+bad_state old_version "K-FAC state file version 3, this build reads version 4 (delete it to start K-FAC fresh from these weights)"
 bad_state flipped "K-FAC state file is corrupt (checksum mismatch)"
 bad_state trailing "K-FAC state file has trailing bytes"
 bad_state longer "saved for a network of 5 layers with 2 under K-FAC; this cfg has 4 and 2"
