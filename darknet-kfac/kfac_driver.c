@@ -50,6 +50,8 @@ void kfac_layer_backward(network *net, int index, float *input)
         be->ops->darknet_buffers(l, &bufs);
         be->ops->capture_G(be, &kl->s, l, bufs.delta, kl->G_acc);
         kl->n_acc_G += l->batch;
+        /* scaling=ekfac: the images' gradients in the layer's eigenbasis */
+        if (kl->ek) kfac_ekfac_capture(k, kl, l, input, bufs.delta);
     }
     kfac_phase_end(k);
 }
@@ -185,13 +187,15 @@ void kfac_network_precondition(network *net, update_args *a)
     if (kfac_stats_step(k)) {
         fold_statistics(k);
         kfac_bn_fold(k);
+        kfac_ekfac_fold(k);
     }
     kfac_phase_end(k);
 
     /* during warmup, and for a layer without an inverse yet, the plain gradient goes
      * through (checked for NaN like the rest) */
     kfac_phase_begin(k, KFAC_PHASE_INVERSE);
-    kfac_decompositions_step(k);
+    /* (scaling=ekfac takes a statistics step's decompositions at its start) */
+    if (!kfac_ekfac_refreshed(k)) kfac_decompositions_step(k);
     /* the batch-norm blocks decompose at once, on the factors' schedule (kfac_bn.c) */
     if (k->step >= k->cfg.warmup) kfac_bn_refresh(k, kfac_inverse_due(k));
     kfac_phase_end(k);

@@ -320,6 +320,7 @@ void kfac_network_fisher_pass(network *net)
     int i;
     k->capture = KFAC_CAPTURE_NONE;
     if (!net->train || !kfac_stats_step(k) || k->nlayers + k->nbn == 0) return;
+    kfac_ekfac_begin_update(k);
     if (!k->true_fisher) {
         k->capture = KFAC_CAPTURE_A | KFAC_CAPTURE_G; /* from the real backward */
         return;

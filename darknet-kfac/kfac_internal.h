@@ -8,6 +8,7 @@
  *     kfac_fisher.c    the true-Fisher pass (sampled labels, its own backward)
  *     kfac_inverses.c  one layer's decompositions, damping and preconditioning
  *     kfac_bn.c        the batch-norm blocks: scales and shifts
+ *     kfac_ekfac.c     scaling=ekfac: eigenvalue-corrected K-FAC
  *     kfac_worker.c    decompositions in the background: launched from the factors of
  *                      one update, installed at a fixed later one
  *     kfac_schedule.c  when statistics and decompositions are due (fixed or chosen
@@ -35,6 +36,9 @@ typedef enum { KFAC_FISHER_TRUE = 0, KFAC_FISHER_EMPIRICAL = 1 } kfac_fisher_kin
 /* the step rule: the KL-clipped step inside Darknet's SGD update, or Martens &
  * Grosse's adaptive step (kfac_adaptive.c) */
 typedef enum { KFAC_STEP_KL_CLIP = 0, KFAC_STEP_ADAPTIVE = 1, KFAC_STEP_AUTO = 2 } kfac_step_kind;
+/* what scales the Kronecker eigenbasis: the eigenvalue products (K-FAC) or the
+ * gradients' own second moments there (EKFAC, kfac_ekfac.c) */
+typedef enum { KFAC_SCALING_KFAC = 0, KFAC_SCALING_EKFAC = 1 } kfac_scaling_kind;
 
 typedef struct {
     char *cfgfile;          /* for messages */
@@ -52,6 +56,7 @@ typedef struct {
     kfac_step_kind step;    /* step= */
     float lambda;           /* step=adaptive: the initial Levenberg-Marquardt damping */
     int probe_batch;        /* step=adaptive: images of the model's probe batch; 0 = all */
+    kfac_scaling_kind scaling; /* scaling= */
     int *layer_on;          /* per layer (index in net->layers): 0 after kfac=0 */
     int nlayers;            /* entries in layer_on */
 } kfac_config;
@@ -134,6 +139,9 @@ typedef struct {
     float *w_pre, *b_pre;   /* those of the last update whose ratio is pending */
     int adaptive;           /* in this update's quadratic model */
     int pend;               /* moved by the step whose ratio is pending */
+    /* scaling=ekfac (kfac_ekfac.c) */
+    int basis_gen;          /* counts the decompositions EA, EG have held */
+    struct kfac_ekfac *ek;  /* NULL unless scaling=ekfac */
 } kfac_layer;
 
 /* ---- batch-norm blocks (kfac_bn.c) ------------------------------------------------- */
@@ -205,6 +213,7 @@ typedef struct {
     float *one;             /* backend: a single 1, the batch-norm blocks' G */
     float *bn_host, *bn_lambda; /* host, the largest 2C: a block's eigenvalues, its damping */
     int lowest;             /* the lowest layer whose backward the statistics need (net->n: none) */
+    int ek_step;            /* scaling=ekfac: the update whose decompositions were taken early, or -1 */
     int step;               /* completed updates since K-FAC was attached (saved) */
     uint64_t rng;           /* true-Fisher sampler state (saved) */
     int identity;           /* tests: preconditioner replaced by the identity */
@@ -346,6 +355,10 @@ void kfac_precondition_layer_to(kfac_net *k, kfac_layer *kl, float *out);
 /* Mean of the eigenvalues d (n, >= 0) above KFAC_RANK_TOL times the largest: the
  * trace over the numerical rank (0 when all are 0). */
 float kfac_eig_mean(const float *d, int n);
+/* The factors' damping of the decomposition e under dmp: A's blocks into sc->lambda,
+ * G's groups into sc->lambda_g (kfac_inverses.c's rule).  Returns 0 when a factor
+ * group is all zeros. */
+int kfac_damping_values(kfac_backend *be, kfac_scratch *sc, const kfac_shape *s, const kfac_eigs *e, kfac_damping dmp);
 
 /* ---- kfac_bn.c --------------------------------------------------------------------- */
 
@@ -378,6 +391,41 @@ void kfac_bn_snapshot(kfac_net *k, network *net);
  * replica's decomposed; kfac_bn_need_inverse: a block has factors but no inverse. */
 void kfac_bn_sync(kfac_net **ks, kfac_backend **bs, int n, int decompose);
 int kfac_bn_need_inverse(const kfac_net *k);
+
+/* ---- kfac_ekfac.c ------------------------------------------------------------------ */
+
+/* scaling=ekfac (George et al. 2018, shared/DESIGN.md 6b): a covered layer's scaling
+ * S_ij = E_n[(E_G dW_n E_A^T)_ij^2] in its current Kronecker eigenbasis, in place of
+ * the eigenvalue products dG_i dA_j.  Every float pointer is a backend buffer. */
+typedef struct kfac_ekfac {
+    float *S, *S_acc;       /* groups x M x K: running average, sum over the update's images */
+    float *R;               /* groups x M x K: the reciprocal damped denominators (ekfac_scale) */
+    int n_acc;              /* images in S_acc */
+    int acc_gen;            /* the basis S_acc was taken in (kfac_layer.basis_gen) */
+    int gen;                /* the basis S belongs to */
+    int batches;            /* batches in S since that basis (0: none, K-FAC's scaling is used) */
+    int R_ok;               /* R is built from the current S ... */
+    int R_gen;              /* ... in the basis of this generation ... */
+    float R_key;            /* ... with this damping key */
+    int bad_logged;
+} kfac_ekfac;
+
+void kfac_ekfac_attach(kfac_net *k);
+void kfac_ekfac_free(kfac_net *k);
+/* Statistics step, start of the update: the decompositions due in this update are
+ * taken now, from the factors so far, so that its scaling is estimated in the basis
+ * it will precondition with. */
+void kfac_ekfac_begin_update(kfac_net *k);
+/* 1 when kfac_ekfac_begin_update took this update's decompositions. */
+int kfac_ekfac_refreshed(const kfac_net *k);
+/* The scaling's statistics of one layer from its input and delta (a statistics
+ * backward), in its current basis. */
+void kfac_ekfac_capture(kfac_net *k, kfac_layer *kl, const layer *l, const float *input, const float *delta);
+/* The update's statistics into S; a batch of another basis or non-finite is dropped. */
+void kfac_ekfac_fold(kfac_net *k);
+/* out = E_G^T [(E_G D E_A^T) / (S + damping)] E_A when the layer's scaling is ready:
+ * returns 1, or 0 (K-FAC's preconditioning applies). */
+int kfac_ekfac_precondition(kfac_net *k, kfac_layer *kl, float *out);
 
 /* ---- kfac_fisher.c ---------------------------------------------------------------- */
 

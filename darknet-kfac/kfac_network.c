@@ -164,6 +164,7 @@ void kfac_network_attach(network *net, void *cfgp)
 
     for (i = 0; i < k->nlayers; ++i) alloc_layer(be, &k->layers[i], &net->layers[k->layers[i].index]);
     kfac_bn_alloc(k, net);
+    kfac_ekfac_attach(k);
     k->eta = net->decay;
     k->results = (double *)kfac_calloc((size_t)nslots, sizeof(double));
     k->mode = (int *)kfac_calloc((size_t)(k->nlayers > 0 ? k->nlayers : 1), sizeof(int));
@@ -231,6 +232,7 @@ void kfac_network_free(network *net)
         free_layer_state(be, &k->layers[i]);
     }
     kfac_bn_free(k);
+    kfac_ekfac_free(k);
     be->ops->release(be, k->sink);
     for (i = 0; i < k->nlosses; ++i) be->ops->release(be, k->losses[i].delta_save);
     be->ops->destroy(be);

@@ -22,11 +22,14 @@
  *   u32 batch-norm blocks; per block: i32 index, channels, blocks, have_factors
  *                      (batches), have_inverse; f32 F, E, d, scale and shift
  *                      snapshots (kfac_bn.c)
+ *   u32 scaling (0 kfac, 1 ekfac); ekfac: per covered layer i32 batches in S (0 when
+ *                      S does not belong to the saved decomposition), f32 S
+ *                      (groups x M x K; kfac_ekfac.c)
  *   u64 FNV-1a hash of everything before it
  *
- * Version 5 added the batch-norm blocks and the [batchnorm] momentum (version 4: the
- * schedule and the background job); a file of another version is refused with its
- * number named.
+ * Version 5 added the batch-norm blocks, the [batchnorm] momentum and the EKFAC
+ * scaling (version 4: the schedule and the background job); a file of another version
+ * is refused with its number named.
  *
  * Written to <file>.tmp, flushed to disk and renamed, so a crash mid-write never
  * leaves a torn file.  A file is read whole and checked before anything of the net
@@ -296,6 +299,21 @@ void kfac_state_save(network *net, const char *weightfile)
             put(&s, host, sizeof(float), n[j]);
         }
     }
+    uint32_t scaling = (uint32_t)k->cfg.scaling;
+    put(&s, &scaling, sizeof scaling, 1);
+    for (i = 0; scaling && i < k->nlayers; ++i) {
+        kfac_layer *kl = &k->layers[i];
+        const size_t n = (size_t)kl->s.groups * kl->s.M * kl->s.K;
+        int32_t batches = kl->ek->gen == kl->basis_gen ? kl->ek->batches : 0;
+        if (n > longest) {
+            free(host);
+            host = (float *)kfac_calloc(n, sizeof(float));
+            longest = n;
+        }
+        put(&s, &batches, sizeof batches, 1);
+        be->ops->to_host(be, host, kl->ek->S, n);
+        put(&s, host, sizeof(float), n);
+    }
     free(host);
     uint64_t h = s.hash;
     put(&s, &h, sizeof h, 1);
@@ -330,6 +348,9 @@ typedef struct {
     int32_t (*bn_flags)[2]; /* per batch-norm block: have_factors, have_inverse */
     float **bn;             /* per batch-norm block KFAC_BN_ARRAYS host arrays */
     int nbn;
+    uint32_t scaling;       /* the scaling it was saved with */
+    int32_t *ek_batches;    /* per covered layer, when saved with scaling=ekfac */
+    float **ek_S;
     int n;                  /* net->n */
 } kfac_staged;
 
@@ -348,6 +369,10 @@ static void staged_free(kfac_staged *st)
         for (i = 0; i < st->nbn * KFAC_BN_ARRAYS; ++i) free(st->bn[i]);
     free(st->bn);
     free(st->bn_flags);
+    if (st->ek_S)
+        for (i = 0; i < st->nlayers; ++i) free(st->ek_S[i]);
+    free(st->ek_S);
+    free(st->ek_batches);
     free(st->prev);
     free(st->next);
     free(st->job);
@@ -542,6 +567,23 @@ static int state_read(network *net, const char *path, kfac_staged *st, char *err
         }
     }
     if (read_bn(k, path, &s, st, err, errlen)) goto done;
+    if (get(&s, &st->scaling, sizeof st->scaling, 1) || st->scaling > 1) {
+        fail(err, errlen, "%s: truncated or corrupt K-FAC state file (scaling)", path);
+        goto done;
+    }
+    if (st->scaling) {
+        st->ek_batches = (int32_t *)kfac_calloc((size_t)(k->nlayers ? k->nlayers : 1), sizeof(int32_t));
+        st->ek_S = (float **)kfac_calloc((size_t)(k->nlayers ? k->nlayers : 1), sizeof(float *));
+        for (i = 0; i < k->nlayers; ++i) {
+            const kfac_shape *sh = &k->layers[i].s;
+            const size_t n = (size_t)sh->groups * sh->M * sh->K;
+            st->ek_S[i] = (float *)kfac_calloc(n, sizeof(float));
+            if (get(&s, &st->ek_batches[i], sizeof(int32_t), 1) || get(&s, st->ek_S[i], sizeof(float), n)) {
+                fail(err, errlen, "%s: truncated K-FAC state file (EKFAC scaling of layer %d)", path, k->layers[i].index);
+                goto done;
+            }
+        }
+    }
     uint64_t want = s.hash, h;
     if (fread(&h, sizeof h, 1, s.fp) != 1) { fail(err, errlen, "%s: truncated K-FAC state file (no checksum)", path); goto done; }
     if (h != want) { fail(err, errlen, "%s: K-FAC state file is corrupt (checksum mismatch)", path); goto done; }
@@ -626,6 +668,19 @@ static void state_commit(network *net, const kfac_staged *st)
         b->have_inverse = st->bn_flags[i][1];
         b->inv_damping = 0; /* the damped inverse is rebuilt from the loaded decomposition */
     }
+    for (i = 0; i < k->nlayers; ++i) {
+        kfac_layer *kl = &k->layers[i];
+        ++kl->basis_gen; /* the loaded decomposition */
+        if (!kl->ek || !st->scaling) continue;
+        const size_t n = (size_t)kl->s.groups * kl->s.M * kl->s.K;
+        be->ops->from_host(be, kl->ek->S, st->ek_S[i], n);
+        kl->ek->batches = st->ek_batches[i];
+        kl->ek->gen = kl->basis_gen;
+        kl->ek->R_ok = 0;
+    }
+    if ((uint32_t)k->cfg.scaling != st->scaling)
+        kfac_log("the state was saved with scaling=%s, this cfg has scaling=%s: factors and momentum resumed, the "
+                 "EKFAC scaling starts fresh", st->scaling ? "ekfac" : "kfac", k->cfg.scaling ? "ekfac" : "kfac");
     k->step = st->step;
     k->rng = st->rng;
 }

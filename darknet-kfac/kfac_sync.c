@@ -133,6 +133,7 @@ void kfac_networks_sync(network **nets, int n)
                 ks[i]->layers[j].inv_damping = 0; /* damped inverses rebuilt from the shared decomposition */
             }
             if (!src->have_inverse) continue;
+            for (i = 0; i < n; ++i) ++ks[i]->layers[j].basis_gen; /* scaling=ekfac: a new basis */
             for (a = 0; a < 4; ++a) {
                 for (i = 0; i < n; ++i) {
                     kfac_layer *kl = &ks[i]->layers[j];

@@ -49,6 +49,15 @@ void kfac_cuda_bn_pairs(const float *gT, int batch, int C, float *acc, cudaStrea
  * statistics cuDNN's training forward saves (mean and 1/sqrt(variance + epsilon)) */
 void kfac_cuda_bn_normalize(const float *x, const float *mean, const float *inv_std, int batch, int C, int T,
                             float *out, cudaStream_t s);
+/* scaling=ekfac: x <- x o x (n values); P <- P o R (n values); acc[e] += sum over the
+ * nb matrices of Z[i*n + e]^2, e < n */
+void kfac_cuda_square(float *x, size_t n, cudaStream_t s);
+void kfac_cuda_hadamard(float *P, const float *R, size_t n, cudaStream_t s);
+void kfac_cuda_sum_squares(const float *Z, int nb, size_t n, float *acc, cudaStream_t s);
+/* R (groups x M x K) = 1 / (S + lA dG_i + lG dA_j + lA lG) (kfac_backend.h
+ * ekfac_scale), lG (groups) and lA (groups x blocks) device arrays */
+void kfac_cuda_ekfac_scale(const float *S, const float *dG, const float *dA, const float *lG, const float *lA,
+                           int groups, int M, int K, int Ka, float *R, cudaStream_t s);
 /* C[e] += alpha * sum_s part[s*n + e], e < n */
 void kfac_cuda_sum_parts(const float *part, int S, size_t n, float alpha, float *C, cudaStream_t s);
 /* *slot = 1 when x holds a NaN or an infinity (never cleared here) */

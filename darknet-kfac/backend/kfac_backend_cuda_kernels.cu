@@ -161,6 +161,72 @@ extern "C" void kfac_cuda_bn_normalize(const float *x, const float *mean, const 
     KFAC_CUDA_CHECK(cudaGetLastError());
 }
 
+/* ---- scaling=ekfac (kfac_backend_cpu.c: cpu_capture_ekfac, cpu_ekfac_scale,
+ * cpu_precondition_eigen) ------------------------------------------------------------- */
+
+static __global__ void kfac_square_kernel(float *x, size_t n)
+{
+    KFAC_FOR(i, n) x[i] *= x[i];
+}
+
+extern "C" void kfac_cuda_square(float *x, size_t n, cudaStream_t s)
+{
+    if (n == 0) return;
+    kfac_square_kernel<<<kfac_blocks(n), KFAC_THREADS, 0, s>>>(x, n);
+    KFAC_CUDA_CHECK(cudaGetLastError());
+}
+
+static __global__ void kfac_hadamard_kernel(float *P, const float *R, size_t n)
+{
+    KFAC_FOR(i, n) P[i] *= R[i];
+}
+
+extern "C" void kfac_cuda_hadamard(float *P, const float *R, size_t n, cudaStream_t s)
+{
+    if (n == 0) return;
+    kfac_hadamard_kernel<<<kfac_blocks(n), KFAC_THREADS, 0, s>>>(P, R, n);
+    KFAC_CUDA_CHECK(cudaGetLastError());
+}
+
+/* one thread per element: the images' squares added in image order */
+static __global__ void kfac_sum_squares_kernel(const float *Z, int nb, size_t n, float *acc)
+{
+    KFAC_FOR(e, n) {
+        float sum = 0.0f;
+        for (int i = 0; i < nb; ++i) {
+            const float z = Z[(size_t)i * n + e];
+            sum += z * z;
+        }
+        acc[e] += sum;
+    }
+}
+
+extern "C" void kfac_cuda_sum_squares(const float *Z, int nb, size_t n, float *acc, cudaStream_t s)
+{
+    if (n == 0) return;
+    kfac_sum_squares_kernel<<<kfac_blocks(n), KFAC_THREADS, 0, s>>>(Z, nb, n, acc);
+    KFAC_CUDA_CHECK(cudaGetLastError());
+}
+
+static __global__ void kfac_ekfac_scale_kernel(const float *S, const float *dG, const float *dA, const float *lG,
+                                               const float *lA, int groups, int M, int K, int Ka, float *R)
+{
+    const int nb = K / Ka;
+    KFAC_FOR(e, (size_t)groups * M * K) {
+        size_t g = e / ((size_t)M * K), i = (e / K) % M, j = e % K;
+        const float la = lA[g * nb + j / Ka], lg = lG[g];
+        R[e] = 1.0f / (S[e] + la * dG[g * M + i] + lg * dA[g * K + j] + la * lg);
+    }
+}
+
+extern "C" void kfac_cuda_ekfac_scale(const float *S, const float *dG, const float *dA, const float *lG,
+                                      const float *lA, int groups, int M, int K, int Ka, float *R, cudaStream_t s)
+{
+    size_t n = (size_t)groups * M * K;
+    kfac_ekfac_scale_kernel<<<kfac_blocks(n), KFAC_THREADS, 0, s>>>(S, dG, dA, lG, lA, groups, M, K, Ka, R);
+    KFAC_CUDA_CHECK(cudaGetLastError());
+}
+
 /* ---- factor accumulation and running averages ---------------------------------------- */
 
 static __global__ void kfac_sum_parts_kernel(const float *part, int S, size_t n, float alpha, float *C)
