@@ -352,7 +352,7 @@ static void cuda_bn_inputs(kfac_backend *b, const layer *l, float *delta_out, fl
     /* cuDNN's training forward leaves x_norm_gpu unwritten (its backward uses it as
      * scratch) and saves the mean and 1/sqrt(variance + epsilon) */
     kfac_cuda_bn_normalize(l->x_gpu, l->mean_gpu, l->variance_gpu, l->batch, l->out_c, l->out_h * l->out_w, xnorm_out,
-                           KFAC_STREAM);
+                           impl_of(b)->stream);
 #else
     cuda_copy(b, xnorm_out, l->x_norm_gpu, n);
 #endif
@@ -366,9 +366,9 @@ static void cuda_capture_bn(kfac_backend *b, const kfac_shape *s, int batch, con
     /* gT is 2C x batch: block j of acc += gT_j gT_j^T, gT_j its rows [j Ka, (j+1) Ka) */
     float *gT = float_scratch(&c->patches, &c->patches_len, (size_t)K * batch);
     int blk;
-    kfac_cuda_bn_grads(delta, x_norm, batch, K / 2, s->T, gT, KFAC_STREAM);
+    kfac_cuda_bn_grads(delta, x_norm, batch, K / 2, s->T, gT, impl_of(b)->stream);
     if (Ka == 2 && nb == K / 2) {
-        kfac_cuda_bn_pairs(gT, batch, K / 2, acc, KFAC_STREAM);
+        kfac_cuda_bn_pairs(gT, batch, K / 2, acc, impl_of(b)->stream);
         return;
     }
     for (blk = 0; blk < nb; ++blk)
@@ -571,14 +571,14 @@ static void cuda_capture_ekfac(kfac_backend *b, const kfac_shape *s, const layer
         float *XT = float_scratch(&c->patches, &c->patches_len, (size_t)K * B);
         float *w = float_scratch(&c->ek, &c->ek_len, (size_t)B * (K + 2 * M));
         float *XpT = w, *GT = w + (size_t)K * B, *GpT = GT + (size_t)M * B;
-        kfac_cuda_rows(input, (size_t)l->inputs, B, l->inputs, 1, s->has_bias, XT, KFAC_STREAM);
+        kfac_cuda_rows(input, (size_t)l->inputs, B, l->inputs, 1, s->has_bias, XT, impl_of(b)->stream);
         for (blk = 0; blk < nb; ++blk)
             gemm_rm(c, CUBLAS_OP_N, CUBLAS_OP_N, Ka, B, Ka, EA + (size_t)blk * KaKa, Ka, 0, XT + (size_t)blk * Ka * B, B, 0,
                     XpT + (size_t)blk * Ka * B, B, 0, 1);
-        kfac_cuda_rows(delta, (size_t)M, B, M, 1, 0, GT, KFAC_STREAM);
+        kfac_cuda_rows(delta, (size_t)M, B, M, 1, 0, GT, impl_of(b)->stream);
         gemm_rm(c, CUBLAS_OP_N, CUBLAS_OP_N, M, B, M, EG, M, 0, GT, B, 0, GpT, B, 0, 1);
-        kfac_cuda_square(XpT, (size_t)K * B, KFAC_STREAM);
-        kfac_cuda_square(GpT, (size_t)M * B, KFAC_STREAM);
+        kfac_cuda_square(XpT, (size_t)K * B, impl_of(b)->stream);
+        kfac_cuda_square(GpT, (size_t)M * B, impl_of(b)->stream);
         gemm_rm_acc(c, CUBLAS_OP_N, CUBLAS_OP_T, M, K, B, GpT, B, XpT, B, acc, K);
         return;
     }
@@ -599,14 +599,14 @@ static void cuda_capture_ekfac(kfac_backend *b, const kfac_shape *s, const layer
             const float *im = input + ((size_t)b0 * s->groups + g) * group_in;
             const float *d = delta + ((size_t)b0 * s->groups + g) * M * T;
             kfac_cuda_patches(im, group_in * s->groups, n, l->c / l->groups, l->h, l->w, l->size, l->stride, l->pad,
-                              l->out_h, l->out_w, s->has_bias, P, KFAC_STREAM);
+                              l->out_h, l->out_w, s->has_bias, P, impl_of(b)->stream);
             gemm_rm(c, CUBLAS_OP_N, CUBLAS_OP_T, M, K, as_int(T), d, as_int(T), (long long)s->groups * M * T, P,
                     as_int((size_t)n * T), (long long)T, dW, K, MK, n);
             gemm_rm(c, CUBLAS_OP_N, CUBLAS_OP_N, M, K, M, EG + (size_t)g * MM, M, 0, dW, K, MK, Y, K, MK, n);
             for (blk = 0; blk < nb; ++blk)
                 gemm_rm(c, CUBLAS_OP_N, CUBLAS_OP_T, M, Ka, Ka, Y + (size_t)blk * Ka, K, MK,
                         EA + ((size_t)g * nb + blk) * KaKa, Ka, 0, dW + (size_t)blk * Ka, K, MK, n);
-            kfac_cuda_sum_squares(dW, n, (size_t)MK, acc + (size_t)g * MK, KFAC_STREAM);
+            kfac_cuda_sum_squares(dW, n, (size_t)MK, acc + (size_t)g * MK, impl_of(b)->stream);
         }
     }
 }
@@ -617,11 +617,11 @@ static void cuda_ekfac_scale(kfac_backend *b, const kfac_shape *s, const float *
     cuda_impl *c = impl_of(b);
     const int G = s->groups, na = kfac_a_count(s);
     float *lam = float_scratch(&c->lambda, &c->lambda_len, (size_t)G + na);
-    KFAC_CUDA_CHECK(cudaMemcpyAsync(lam, lG, (size_t)G * sizeof(float), cudaMemcpyHostToDevice, KFAC_STREAM));
-    KFAC_CUDA_CHECK(cudaMemcpyAsync(lam + G, lA, (size_t)na * sizeof(float), cudaMemcpyHostToDevice, KFAC_STREAM));
-    kfac_cuda_ekfac_scale(S, dG, dA, lam, lam + G, G, s->M, s->K, kfac_a_dim(s), R, KFAC_STREAM);
+    KFAC_CUDA_CHECK(cudaMemcpyAsync(lam, lG, (size_t)G * sizeof(float), cudaMemcpyHostToDevice, impl_of(b)->stream));
+    KFAC_CUDA_CHECK(cudaMemcpyAsync(lam + G, lA, (size_t)na * sizeof(float), cudaMemcpyHostToDevice, impl_of(b)->stream));
+    kfac_cuda_ekfac_scale(S, dG, dA, lam, lam + G, G, s->M, s->K, kfac_a_dim(s), R, impl_of(b)->stream);
     /* lG and lA are the driver's host arrays: the copies must be done */
-    KFAC_CUDA_CHECK(cudaStreamSynchronize(KFAC_STREAM));
+    KFAC_CUDA_CHECK(cudaStreamSynchronize(impl_of(b)->stream));
 }
 
 /* into the eigenbasis, scaled by R, and back (kfac_backend.h precondition_eigen) */
@@ -633,7 +633,7 @@ static void cuda_precondition_eigen(kfac_backend *b, const kfac_shape *s, const 
     const long long MM = (long long)M * M, MK = (long long)M * K;
     gemm_rm(c, CUBLAS_OP_N, CUBLAS_OP_N, M, K, M, EG, M, MM, D, K, MK, tmp, K, MK, G);
     times_EA(c, s, tmp, EA, 1, P);
-    kfac_cuda_hadamard(P, R, (size_t)G * MK, KFAC_STREAM);
+    kfac_cuda_hadamard(P, R, (size_t)G * MK, impl_of(b)->stream);
     gemm_rm(c, CUBLAS_OP_T, CUBLAS_OP_N, M, K, M, EG, M, MM, P, K, MK, tmp, K, MK, G);
     times_EA(c, s, tmp, EA, 0, P);
 }
