@@ -190,6 +190,7 @@ typedef enum {
     KFAC_LOSS_LOGISTIC,
     KFAC_LOSS_GAUSSIAN,     /* [cost] sse, masked */
     KFAC_LOSS_YOLO,
+    KFAC_LOSS_REGION,       /* kfac_region.c */
     KFAC_LOSS_EMPIRICAL     /* a loss layer whose data-label delta is kept */
 } kfac_loss_kind;
 
@@ -439,6 +440,15 @@ void kfac_fisher_setup(kfac_net *k, const network *net, char *note, size_t note_
  * assigns them (from the truth and the anchors alone). */
 size_t kfac_yolo_index(const layer *l, int b, int n, int loc, int e);
 void kfac_yolo_assignments(const layer *l, const network *net, float *weight);
+
+/* ---- kfac_region.c ----------------------------------------------------------------- */
+
+/* NULL when [region] layer l can be sampled, else why not. */
+const char *kfac_region_supported(const layer *l);
+/* The sampled delta of [region] layer l on the host: p its output, d its real delta on
+ * entry (which objectness outputs carry a term) and the sample on return; the slots'
+ * scales go through k->yolo_weight (batch x n x locations). */
+void kfac_region_sample(kfac_net *k, const network *net, const layer *l, const float *p, float *d);
 
 /* ---- kfac_adaptive.c --------------------------------------------------------------- */
 

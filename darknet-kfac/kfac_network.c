@@ -177,7 +177,8 @@ void kfac_network_attach(network *net, void *cfgp)
             k->losses[i].delta_save = be->ops->alloc(be, n);
             k->losses[i].len = n;
             if (n > most) most = n;
-            if (l->type == YOLO && (size_t)l->batch * l->n * l->w * l->h > yolo) yolo = (size_t)l->batch * l->n * l->w * l->h;
+            if ((l->type == YOLO || l->type == REGION) && (size_t)l->batch * l->n * l->w * l->h > yolo)
+                yolo = (size_t)l->batch * l->n * l->w * l->h;
         }
         k->uniforms = (float *)kfac_calloc((size_t)net->batch, sizeof(float));
         k->host_p = (float *)kfac_calloc(most, sizeof(float));
