@@ -68,7 +68,7 @@ typedef struct {
     float *weight_updates, *bias_updates, *scale_updates;
     float *delta;           /* batch x outputs */
     float *output;          /* batch x outputs */
-    float *weights, *biases;
+    float *weights, *biases, *scales;
     /* what a forward pass writes besides output and delta: batch norm's batch x
      * outputs inputs and normalized inputs, its per-channel statistics, a loss
      * layer's per-output loss (batch x outputs) */

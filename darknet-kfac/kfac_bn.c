@@ -32,8 +32,8 @@
  * damping mean(d_A) mean(d_G), damping times the mean eigenvalue of A (x) G; a
  * channel block of zeros takes the layer's mean) or lambda = gamma^2 (the adaptive
  * step: the damping C = F + (lambda + eta) I of its model, which a single block takes
- * whole, without factoring).  The update
- * integration is the driver's (DESIGN.md 4): D = [scale_updates | bias_updates] less
+ * whole, without factoring; at least the floor its factors get, damping times the
+ * block's mean).  The update integration is the driver's (DESIGN.md 4): D = [scale_updates | bias_updates] less
  * their snapshots, and nu P - D added back, so Darknet's update (its rate, momentum
  * and no decay on scales and shifts) applies the preconditioned gradient. */
 #include <math.h>
@@ -117,6 +117,12 @@ void kfac_bn_alloc(kfac_net *k, const network *net)
         b->D = be->ops->alloc(be, K);
         b->P = be->ops->alloc(be, K);
         b->tmp = be->ops->alloc(be, K);
+        b->theta = be->ops->alloc(be, K);
+        b->prev = be->ops->alloc(be, K);
+        b->s_save = be->ops->alloc(be, C);
+        b->b_save = be->ops->alloc(be, C);
+        b->s_pre = be->ops->alloc(be, C);
+        b->b_pre = be->ops->alloc(be, C);
         /* the buffers may hold momentum already (a resumed run fills it later) */
         be->ops->darknet_buffers(l, &bufs);
         be->ops->copy(be, b->s_snap, bufs.scale_updates, C);
@@ -143,7 +149,8 @@ void kfac_bn_free(kfac_net *k)
     int j;
     for (j = 0; j < k->nbn; ++j) {
         kfac_bn *b = &k->bn[j];
-        float *bufs[] = {b->F, b->F_acc, b->E, b->d, b->Finv, b->s_snap, b->b_snap, b->D, b->P, b->tmp};
+        float *bufs[] = {b->F, b->F_acc, b->E, b->d, b->Finv, b->s_snap, b->b_snap, b->D, b->P, b->tmp, b->theta, b->prev,
+                         b->s_save, b->b_save, b->s_pre, b->b_pre};
         size_t i;
         for (i = 0; i < sizeof bufs / sizeof bufs[0]; ++i) be->ops->release(be, bufs[i]);
         free(b->host_F);
@@ -260,13 +267,16 @@ static void damped_inverse(kfac_net *k, kfac_bn *b)
 {
     kfac_backend *be = k->be;
     const int nb = kfac_a_count(&b->s), dim = kfac_a_dim(&b->s);
-    const float key = kfac_damping_now(k).key;
+    const kfac_damping dmp = kfac_damping_now(k);
+    const float key = dmp.key;
     int j;
     be->ops->to_host(be, k->bn_host, b->d, (size_t)b->s.K);
     const float all = kfac_eig_mean(k->bn_host, b->s.K);
     for (j = 0; j < nb; ++j) {
-        const float mean = kfac_eig_mean(k->bn_host + (size_t)j * dim, dim);
-        k->bn_lambda[j] = kfac_damping_now(k).tikhonov ? key * key : k->cfg.damping * (mean > 0 ? mean : all);
+        const float mean = kfac_eig_mean(k->bn_host + (size_t)j * dim, dim), m = mean > 0 ? mean : all;
+        /* the adaptive step's gamma^2, at least the floor its factors get (kfac_inverses.c:
+         * sqrt(floor) times each factor's mean, so floor times the block's) */
+        k->bn_lambda[j] = dmp.tikhonov ? fmaxf(key * key, dmp.floor * m) : k->cfg.damping * m;
     }
     b->inv_ok = all > 0;
     if (b->inv_ok) be->ops->damped_inverse(be, b->E, b->d, dim, nb, k->bn_lambda, b->Finv);
@@ -333,12 +343,6 @@ double kfac_bn_step_results(kfac_net *k, network *net, const update_args *a, con
     return quad;
 }
 
-void kfac_bn_plain(kfac_net *k)
-{
-    int j;
-    for (j = 0; j < k->nbn; ++j) k->bn[j].mode = KFAC_MODE_PLAIN;
-}
-
 void kfac_bn_write_back(kfac_net *k, network *net, float nu)
 {
     kfac_backend *be = k->be;
@@ -369,6 +373,179 @@ void kfac_bn_snapshot(kfac_net *k, network *net)
         be->ops->darknet_buffers(&net->layers[b->index], &bufs);
         be->ops->copy(be, b->s_snap, bufs.scale_updates, (size_t)b->u.M);
         be->ops->copy(be, b->b_snap, bufs.bias_updates, (size_t)b->u.M);
+    }
+}
+
+/* ---- the adaptive step (kfac_adaptive.c) ---------------------------------------------------------- */
+
+void kfac_bn_adaptive_direction(kfac_net *k, network *net, int on, double B, kfac_bn_sums *sums)
+{
+    kfac_backend *be = k->be;
+    int j;
+    memset(sums, 0, sizeof *sums);
+    for (j = 0; j < k->nbn; ++j) {
+        kfac_bn *b = &k->bn[j];
+        const size_t K = (size_t)b->s.K, C = K / 2;
+        const int slot = KFAC_SLOTS_PER_LAYER * j;
+        kfac_darknet_buffers bufs;
+        be->ops->darknet_buffers(&net->layers[b->index], &bufs);
+        be->ops->gather(be, &b->u, bufs.scale_updates, b->s_snap, bufs.bias_updates, b->b_snap, b->D);
+        be->ops->flag_nonfinite(be, b->D, K, slot + 6);
+        b->adaptive = on && b->have_inverse;
+        if (!b->adaptive) continue;
+        be->ops->copy(be, b->s_save, bufs.scales, C);
+        be->ops->copy(be, b->b_save, bufs.biases, C);
+        be->ops->zero(be, b->tmp, K);
+        be->ops->gather(be, &b->u, bufs.scales, b->tmp, bufs.biases, b->tmp, b->theta);
+        precondition(k, b);
+        be->ops->scale(be, (float)(1.0 / B), b->P, K); /* P is now Delta */
+        be->ops->flag_nonfinite(be, b->P, K, slot + 7);
+        be->ops->dot(be, b->D, b->P, K, slot);
+        be->ops->dot(be, b->D, b->prev, K, slot + 1);
+        be->ops->dot(be, b->P, b->P, K, slot + 2);
+        be->ops->dot(be, b->P, b->prev, K, slot + 3);
+        be->ops->dot(be, b->prev, b->prev, K, slot + 4);
+        be->ops->dot(be, b->theta, b->theta, K, slot + 5);
+    }
+    if (!k->nbn) return;
+    be->ops->results(be, k->results, KFAC_SLOTS_PER_LAYER * k->nbn);
+    for (j = 0; j < k->nbn; ++j) {
+        kfac_bn *b = &k->bn[j];
+        const double *r = k->results + KFAC_SLOTS_PER_LAYER * j;
+        if (r[6] != 0) {
+            if (!b->bad_grad_logged++)
+                kfac_log("layer %d: non-finite batch-norm gradient, this update's gradient dropped for its scales and shifts (logged once)",
+                         b->index);
+            b->mode = KFAC_MODE_SNAPSHOT;
+            b->adaptive = 0;
+            continue;
+        }
+        if (!b->adaptive) {
+            b->mode = KFAC_MODE_PLAIN;
+            continue;
+        }
+        if (r[7] != 0) {
+            if (!b->bad_grad_logged++)
+                kfac_log("layer %d: non-finite preconditioned batch-norm gradient, plain SGD for this update (logged once)",
+                         b->index);
+            b->mode = KFAC_MODE_PLAIN;
+            b->adaptive = 0;
+            continue;
+        }
+        b->mode = KFAC_MODE_ADAPTIVE;
+        sums->any = 1;
+        /* grad = -D/B */
+        sums->gd -= r[0] / B;
+        sums->gp -= r[1] / B;
+        sums->dd += r[2];
+        sums->dp += r[3];
+        sums->pp += r[4];
+        sums->tt += r[5];
+    }
+}
+
+void kfac_bn_adaptive_move(kfac_net *k, network *net, float scale)
+{
+    kfac_backend *be = k->be;
+    int j;
+    if (k->bn_dir == KFAC_BN_DIR_NONE) return;
+    for (j = 0; j < k->nbn; ++j) {
+        kfac_bn *b = &k->bn[j];
+        kfac_darknet_buffers bufs;
+        if (!b->adaptive) continue;
+        be->ops->darknet_buffers(&net->layers[b->index], &bufs);
+        /* scatter adds scale*v - 0: tmp holds zeros after each use here */
+        be->ops->zero(be, b->tmp, (size_t)b->s.K);
+        be->ops->scatter(be, &b->u, bufs.scales, bufs.biases, k->bn_dir == KFAC_BN_DIR_DELTA ? b->P : b->prev, b->tmp,
+                         scale);
+    }
+}
+
+void kfac_bn_adaptive_restore(kfac_net *k, network *net)
+{
+    kfac_backend *be = k->be;
+    int j;
+    if (k->bn_dir == KFAC_BN_DIR_NONE) return;
+    for (j = 0; j < k->nbn; ++j) {
+        kfac_bn *b = &k->bn[j];
+        kfac_darknet_buffers bufs;
+        if (!b->adaptive) continue;
+        be->ops->darknet_buffers(&net->layers[b->index], &bufs);
+        be->ops->copy(be, bufs.scales, b->s_save, (size_t)b->u.M);
+        be->ops->copy(be, bufs.biases, b->b_save, (size_t)b->u.M);
+    }
+}
+
+void kfac_bn_adaptive_combine(kfac_net *k, float a, float bcoef)
+{
+    kfac_backend *be = k->be;
+    int j;
+    for (j = 0; j < k->nbn; ++j) {
+        kfac_bn *b = &k->bn[j];
+        if (!b->adaptive) continue;
+        be->ops->scale(be, a, b->prev, (size_t)b->s.K);
+        be->ops->axpy(be, bcoef, b->P, b->prev, (size_t)b->s.K);
+    }
+}
+
+void kfac_bn_adaptive_forget(kfac_net *k)
+{
+    int j;
+    for (j = 0; j < k->nbn; ++j)
+        if (k->bn[j].adaptive) k->be->ops->zero(k->be, k->bn[j].prev, (size_t)k->bn[j].s.K);
+}
+
+void kfac_bn_adaptive_pend(kfac_net *k)
+{
+    int j;
+    for (j = 0; j < k->nbn; ++j) k->bn[j].pend = k->bn[j].adaptive;
+}
+
+void kfac_bn_adaptive_swap_pre(kfac_net *k, network *net, int to_pre)
+{
+    kfac_backend *be = k->be;
+    int j;
+    for (j = 0; j < k->nbn; ++j) {
+        kfac_bn *b = &k->bn[j];
+        const size_t C = (size_t)b->u.M;
+        kfac_darknet_buffers bufs;
+        if (!b->pend) continue;
+        be->ops->darknet_buffers(&net->layers[b->index], &bufs);
+        if (to_pre) {
+            be->ops->copy(be, b->s_save, bufs.scales, C);
+            be->ops->copy(be, b->b_save, bufs.biases, C);
+            be->ops->copy(be, bufs.scales, b->s_pre, C);
+            be->ops->copy(be, bufs.biases, b->b_pre, C);
+        } else {
+            be->ops->copy(be, bufs.scales, b->s_save, C);
+            be->ops->copy(be, bufs.biases, b->b_save, C);
+            b->pend = 0;
+        }
+    }
+}
+
+void kfac_bn_adaptive_updated(kfac_net *k, network *net)
+{
+    kfac_backend *be = k->be;
+    int j;
+    for (j = 0; j < k->nbn; ++j) {
+        kfac_bn *b = &k->bn[j];
+        const size_t C = (size_t)b->u.M;
+        kfac_darknet_buffers bufs;
+        if (b->mode != KFAC_MODE_ADAPTIVE) continue;
+        be->ops->darknet_buffers(&net->layers[b->index], &bufs);
+        if (b->pend) {
+            be->ops->copy(be, b->s_pre, b->s_save, C);
+            be->ops->copy(be, b->b_pre, b->b_save, C);
+        }
+        /* Darknet's update of them (its rate and momentum) is replaced by the saved
+         * values + delta, and their accumulators start the next update from 0 */
+        be->ops->copy(be, bufs.scales, b->s_save, C);
+        be->ops->copy(be, bufs.biases, b->b_save, C);
+        be->ops->zero(be, b->tmp, (size_t)b->s.K);
+        be->ops->scatter(be, &b->u, bufs.scales, bufs.biases, b->prev, b->tmp, 1.0f);
+        be->ops->zero(be, bufs.scale_updates, C);
+        be->ops->zero(be, bufs.bias_updates, C);
     }
 }
 

@@ -205,7 +205,6 @@ void kfac_network_precondition(network *net, update_args *a)
     if (kfac_adaptive_on(k)) kfac_adaptive_step(k, net, a);
     /* step=kl_clip, or step=auto once (or as soon as) it has given the adaptive step up */
     if (!kfac_adaptive_on(k)) nu = kl_clip_step(k, net, a);
-    else kfac_bn_plain(k); /* the adaptive step leaves the batch-norm blocks to SGD */
     for (i = 0; i < k->nlayers; ++i) {
         kfac_layer *kl = &k->layers[i];
         kfac_darknet_buffers bufs;

@@ -172,6 +172,13 @@ typedef struct {
     float *D, *P;           /* 2C: the new gradient, interleaved, and its preconditioned form */
     float *tmp;             /* 2C: scratch of the preconditioning */
     int mode;               /* KFAC_MODE_* of this update */
+    /* the adaptive step (kfac_adaptive.c through kfac_bn_adaptive_*) */
+    float *theta;           /* 2C: the scales and shifts, interleaved */
+    float *prev;            /* 2C: the block's last update (delta_0) */
+    float *s_save, *b_save; /* C each: Darknet's scales and shifts before the update */
+    float *s_pre, *b_pre;   /* those of the last update whose ratio is pending */
+    int adaptive;           /* in this update's quadratic model */
+    int pend;               /* moved by the step whose ratio is pending */
     int bad_factors_logged, bad_eig_logged, bad_grad_logged;
     float *host_F;          /* host copy for kfac_bn_factor when the backend's memory is not the host's */
 } kfac_bn;
@@ -214,6 +221,7 @@ typedef struct {
     float *one;             /* backend: a single 1, the batch-norm blocks' G */
     float *bn_host, *bn_lambda; /* host, the largest 2C: a block's eigenvalues, its damping */
     int lowest;             /* the lowest layer whose backward the statistics need (net->n: none) */
+    int bn_dir;             /* the adaptive step's probes move the blocks along: KFAC_BN_DIR_* */
     int ek_step;            /* scaling=ekfac: the update whose decompositions were taken early, or -1 */
     int step;               /* completed updates since K-FAC was attached (saved) */
     uint64_t rng;           /* true-Fisher sampler state (saved) */
@@ -382,12 +390,36 @@ int kfac_bn_decompose(kfac_net *k, kfac_bn *b);
  * with the results read, the blocks' share of the KL quadratic. */
 void kfac_bn_step(kfac_net *k, network *net, int on, int slot0);
 double kfac_bn_step_results(kfac_net *k, network *net, const update_args *a, const double *results);
-/* Blocks left to Darknet's SGD this update (the adaptive step's updates). */
-void kfac_bn_plain(kfac_net *k);
 /* The write-back into scale_updates and bias_updates, with the KL factor nu. */
 void kfac_bn_write_back(kfac_net *k, network *net, float nu);
 /* Snapshots of scale_updates and bias_updates after Darknet's update. */
 void kfac_bn_snapshot(kfac_net *k, network *net);
+/* The adaptive step (kfac_adaptive.c) on the blocks: the blocks take part in its
+ * quadratic model as the covered layers do, each with the damping gamma^2 = lambda +
+ * eta of the model itself (no decay applies to scales and shifts in Darknet, so none
+ * enters their gradient or the ratio's decay term). */
+enum { KFAC_BN_DIR_NONE = 0, KFAC_BN_DIR_DELTA = 1, KFAC_BN_DIR_PREV = 2 };
+typedef struct {
+    double gd, gp, dd, dp, pp, tt; /* <D,P>, <D,prev>, <P,P>, <P,prev>, <prev,prev>, <theta,theta> */
+    int any;                /* a block takes part */
+} kfac_bn_sums;
+/* The direction of every block with an inverse (P = Delta = (F + gamma^2)^-1 D / B, D
+ * the negative gradient summed over the batch), their sums; the others' modes set. */
+void kfac_bn_adaptive_direction(kfac_net *k, network *net, int on, double B, kfac_bn_sums *sums);
+/* The blocks in the model moved by scale times their k->bn_dir vector (probes), and back */
+void kfac_bn_adaptive_move(kfac_net *k, network *net, float scale);
+void kfac_bn_adaptive_restore(kfac_net *k, network *net);
+/* prev <- a prev + b P (the step delta = r (alpha Delta + mu delta_0)), or 0 */
+void kfac_bn_adaptive_combine(kfac_net *k, float a, float b);
+void kfac_bn_adaptive_forget(kfac_net *k);
+/* A ratio pending: mark the blocks that moved; rho_next_batch: to the weights before
+ * that step (to 1) and back (to 0) */
+void kfac_bn_adaptive_pend(kfac_net *k);
+void kfac_bn_adaptive_swap_pre(kfac_net *k, network *net, int to_pre);
+/* After Darknet's update: the blocks' scales and shifts become their saved values +
+ * prev, their update buffers zero */
+void kfac_bn_adaptive_updated(kfac_net *k, network *net);
+
 /* Replicas (kfac_networks_sync): the blocks' F averaged and, when `decompose`, each
  * replica's decomposed; kfac_bn_need_inverse: a block has factors but no inverse. */
 void kfac_bn_sync(kfac_net **ks, kfac_backend **bs, int n, int decompose);

@@ -21,7 +21,8 @@
  *   status and f32 its EA, dA, EG, dG (the job finished, not yet installed)
  *   u32 batch-norm blocks; per block: i32 index, channels, blocks, have_factors
  *                      (batches), have_inverse; f32 F, E, d, scale and shift
- *                      snapshots (kfac_bn.c)
+ *                      snapshots, and with step=adaptive or auto delta_0 (2C;
+ *                      kfac_bn.c)
  *   u32 scaling (0 kfac, 1 ekfac); ekfac: per covered layer i32 batches in S (0 when
  *                      S does not belong to the saved decomposition), f32 S
  *                      (groups x M x K; kfac_ekfac.c)
@@ -298,6 +299,10 @@ void kfac_state_save(network *net, const char *weightfile)
             be->ops->to_host(be, host, *p[j], n[j]);
             put(&s, host, sizeof(float), n[j]);
         }
+        if (k->adapt) {
+            be->ops->to_host(be, host, b->prev, (size_t)b->s.K);
+            put(&s, host, sizeof(float), (size_t)b->s.K);
+        }
     }
     uint32_t scaling = (uint32_t)k->cfg.scaling;
     put(&s, &scaling, sizeof scaling, 1);
@@ -347,6 +352,7 @@ typedef struct {
     float **next;           /* per covered layer 4 host arrays (the job's layers only) */
     int32_t (*bn_flags)[2]; /* per batch-norm block: have_factors, have_inverse */
     float **bn;             /* per batch-norm block KFAC_BN_ARRAYS host arrays */
+    float **bn_prev;        /* per batch-norm block delta_0, when saved with step=adaptive */
     int nbn;
     uint32_t scaling;       /* the scaling it was saved with */
     int32_t *ek_batches;    /* per covered layer, when saved with scaling=ekfac */
@@ -367,6 +373,9 @@ static void staged_free(kfac_staged *st)
         for (i = 0; i < st->nlayers * 4; ++i) free(st->next[i]);
     if (st->bn)
         for (i = 0; i < st->nbn * KFAC_BN_ARRAYS; ++i) free(st->bn[i]);
+    if (st->bn_prev)
+        for (i = 0; i < st->nbn; ++i) free(st->bn_prev[i]);
+    free(st->bn_prev);
     free(st->bn);
     free(st->bn_flags);
     if (st->ek_S)
@@ -404,6 +413,7 @@ static int read_bn(kfac_net *k, const char *path, kfac_stream *s, kfac_staged *s
     st->nbn = k->nbn;
     st->bn_flags = (int32_t(*)[2])kfac_calloc((size_t)(k->nbn ? k->nbn : 1), sizeof *st->bn_flags);
     st->bn = (float **)kfac_calloc((size_t)(k->nbn ? k->nbn : 1) * KFAC_BN_ARRAYS, sizeof(float *));
+    st->bn_prev = (float **)kfac_calloc((size_t)(k->nbn ? k->nbn : 1), sizeof(float *));
     for (i = 0; i < k->nbn; ++i) {
         kfac_bn *b = &k->bn[i];
         float **p[KFAC_BN_ARRAYS];
@@ -423,6 +433,10 @@ static int read_bn(kfac_net *k, const char *path, kfac_stream *s, kfac_staged *s
             if (get(s, *a, sizeof(float), n[j]))
                 return fail(err, errlen, "%s: truncated K-FAC state file (batch-norm block of layer %d)", path, b->index);
         }
+        if (st->rule == 0) continue;
+        st->bn_prev[i] = (float *)kfac_calloc((size_t)b->s.K, sizeof(float));
+        if (get(s, st->bn_prev[i], sizeof(float), (size_t)b->s.K))
+            return fail(err, errlen, "%s: truncated K-FAC state file (batch-norm block of layer %d)", path, b->index);
     }
     return 0;
 }
@@ -667,6 +681,7 @@ static void state_commit(network *net, const kfac_staged *st)
         b->have_factors = st->bn_flags[i][0];
         b->have_inverse = st->bn_flags[i][1];
         b->inv_damping = 0; /* the damped inverse is rebuilt from the loaded decomposition */
+        if (k->adapt && st->rule != 0) be->ops->from_host(be, b->prev, st->bn_prev[i], (size_t)b->s.K);
     }
     for (i = 0; i < k->nlayers; ++i) {
         kfac_layer *kl = &k->layers[i];

@@ -25,7 +25,12 @@
  *   identity  with the identity preconditioner, training equals Darknet's SGD bit for
  *             bit, scales and shifts of the [batchnorm] included (patches/0020 gives
  *             it its update)
- *   kfac=0    in the [batchnorm]'s section leaves it without a block */
+ *   kfac=0    in the [batchnorm]'s section leaves it without a block
+ *   adaptive  step=adaptive takes the blocks into its model: their scales and shifts
+ *             move by exactly the step's delta (saved values + delta_0, Darknet's
+ *             own update of them replaced), their update buffers start from 0, and a
+ *             net whose only preconditioned parameters are a [batchnorm]'s still
+ *             takes adaptive steps that lower the loss */
 #include "kt.h"
 #include "kfac_internal.h"
 #include "activations.h"
@@ -281,33 +286,95 @@ static void lean_and_identity(void)
     free_network(full);
 }
 
-/* tests/cfg/bn.cfg with kfac=0 in its [batchnorm] section: no block there, the others kept */
-static void batchnorm_off(void)
+/* `in` copied to `out` with kfac=0 after every section header named in `sections`
+ * (e.g. "[batchnorm]\n[connected]\n") and `kfac` appended */
+static const char *cfg_off(const char *out, const char *in_path, const char *sections, const char *kfac)
 {
-    const char *out = "build/tests/bn-off.cfg";
-    FILE *in = fopen("tests/cfg/bn.cfg", "rb"), *o = fopen(out, "wb");
+    FILE *in = fopen(in_path, "rb"), *o = fopen(out, "wb");
     char line[512];
     if (!in || !o) {
-        printf("FAIL harness: cannot read tests/cfg/bn.cfg or write %s\n", out);
+        printf("FAIL harness: cannot read %s or write %s\n", in_path, out);
         exit(1);
     }
     while (fgets(line, sizeof line, in)) {
         fputs(line, o);
-        if (!strcmp(line, "[batchnorm]\n")) fputs("kfac=0\n", o);
+        if (line[0] == '[' && strstr(sections, line)) fputs("kfac=0\n", o);
     }
-    fputs("\n[kfac]\n", o);
+    fprintf(o, "\n%s\n", kfac);
     fclose(in);
     fclose(o);
-    network *net = kt_net(out, 3);
+    return out;
+}
+
+/* tests/cfg/bn.cfg with kfac=0 in its [batchnorm] section: no block there, the others kept */
+static void batchnorm_off(void)
+{
+    network *net = kt_net(cfg_off("build/tests/bn-off.cfg", "tests/cfg/bn.cfg", "[batchnorm]\n", "[kfac]"), 3);
     kt_check("batchnorm_kfac0_leaves_it_on_sgd", !block_of(net, 1) && block_of(net, 2) && block_of(net, 4),
              "blocks on layers 1/2/4: %d/%d/%d, expected only 2 and 4", block_of(net, 1) != NULL, block_of(net, 2) != NULL,
              block_of(net, 4) != NULL);
     free_network(net);
 }
 
+/* The blocks under step=adaptive: after Darknet's update each block's scales and shifts
+ * are its values before the update plus its delta_0, bit for bit. */
+static void adaptive_checks(void)
+{
+    network *net = kt_net(kt_cfg_with("build/tests/bn-adaptive.cfg", "tests/cfg/bn-lean.cfg",
+                                      "[kfac]\nstep=adaptive\nstats_interval=1\n"), 7);
+    kfac_net *k = kfac_of(net);
+    float *sc[NBN], *bi[NBN];
+    int j, c, moved = 0, exact = 1, zeroed = 1, adaptive = 0;
+    kt_train_updates(net, 45, 0, 3);
+    for (j = 0; j < k->nbn; ++j) {
+        const layer *l = &net->layers[k->bn[j].index];
+        sc[j] = (float *)malloc(l->out_c * sizeof(float));
+        bi[j] = (float *)malloc(l->out_c * sizeof(float));
+        memcpy(sc[j], l->scales, l->out_c * sizeof(float));
+        memcpy(bi[j], l->biases, l->out_c * sizeof(float));
+    }
+    kt_train_updates(net, 45, 3, 1);
+    for (j = 0; j < k->nbn; ++j) {
+        const kfac_bn *b = &k->bn[j];
+        const layer *l = &net->layers[b->index];
+        adaptive += b->mode == KFAC_MODE_ADAPTIVE;
+        for (c = 0; c < l->out_c; ++c) {
+            const float ws = sc[j][c] + b->prev[2 * c], wb = bi[j][c] + b->prev[2 * c + 1];
+            exact &= !memcmp(&ws, &l->scales[c], sizeof ws) && !memcmp(&wb, &l->biases[c], sizeof wb);
+            moved += b->prev[2 * c] != 0 && b->prev[2 * c + 1] != 0;
+            zeroed &= l->scale_updates[c] == 0 && l->bias_updates[c] == 0;
+        }
+        free(sc[j]);
+        free(bi[j]);
+    }
+    kt_check("adaptive_takes_the_blocks", adaptive == k->nbn && k->nbn == 2, "%d of %d blocks in the model", adaptive, k->nbn);
+    kt_check("adaptive_blocks_move_by_delta", exact && moved > 0, "scales and shifts are not before + delta_0 (moved %d)",
+             moved);
+    kt_check("adaptive_block_updates_zeroed", zeroed, "scale_updates or bias_updates not 0 after the update");
+    free_network(net);
+
+    /* only a [batchnorm] preconditioned: the model is the block's alone */
+    net = kt_net(cfg_off("build/tests/bn-only.cfg", "tests/cfg/bn-lean.cfg", "[connected]\n",
+                         "[kfac]\nstep=adaptive\nstats_interval=1\n"), 7);
+    k = kfac_of(net);
+    float before = 0, after = 0;
+    int u;
+    for (u = 0; u < 8; ++u) {
+        kt_batch(net, 46, 0); /* one batch again and again: its loss must fall */
+        const float cost = train_network_datum(net);
+        if (u == 0) before = cost;
+        after = cost;
+    }
+    kt_check("adaptive_batchnorm_alone", k->nlayers == 0 && k->nbn == 1 && k->bn[0].mode == KFAC_MODE_ADAPTIVE &&
+             isfinite(after) && after < before,
+             "%d layers, %d blocks, mode %d, loss %g -> %g", k->nlayers, k->nbn, k->nbn ? k->bn[0].mode : -1, before, after);
+    free_network(net);
+}
+
 int main(void)
 {
     batchnorm_off();
+    adaptive_checks();
     dense_checks("whole", 0);
     dense_checks("per_channel", 8);
     lean_and_identity();

@@ -69,6 +69,7 @@ static void cpu_darknet_buffers(const layer *l, kfac_darknet_buffers *out)
     out->output = l->output;
     out->weights = l->weights;
     out->biases = l->biases;
+    out->scales = l->scales;
     out->x = l->x;
     out->x_norm = l->x_norm;
     out->mean = l->mean;

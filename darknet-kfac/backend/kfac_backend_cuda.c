@@ -124,6 +124,7 @@ static void cuda_darknet_buffers(const layer *l, kfac_darknet_buffers *out)
     out->output = l->output_gpu;
     out->weights = l->weights_gpu;
     out->biases = l->biases_gpu;
+    out->scales = l->scales_gpu;
     out->x = l->x_gpu;
     out->x_norm = l->x_norm_gpu;
     out->mean = l->mean_gpu;
