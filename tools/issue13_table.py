@@ -2,12 +2,13 @@
 """Updates and seconds to SGD's result, run against run (issue 13's benchmarks).
 
   tools/issue13_table.py --seeds 1,2,3 --sgd DIR/sgd --run NAME=DIR/PREFIX ... \
-      [--ratio A/B ...] [--score accuracy|map50]
+      [--ratio A/B ...] [--score accuracy|map50] [--at N]
 
 Each DIR/PREFIX-seedS.csv holds rows `updates,seconds,loss,score,...` (the retraining
 flows' CSVs: tools/retrain_googlenet.sh, tools/retrain_detect.sh; tools/bench_issue13.sh
-converts kfac_compare's TSVs to it).  Per seed, SGD's last row is the target: its
-training loss and its score (test accuracy or mAP@0.5).  For every run: the first
+converts kfac_compare's TSVs to it).  Per seed, SGD's last row (with --at N, its
+first row at or after update N) is the target: its training loss and its score (test
+accuracy or mAP@0.5).  For every run: the first
 evaluated update at or below the loss, at or above the score, the training seconds
 there, seconds per update, its final loss and score; medians over the seeds.  A run
 that never reaches a target counts as its last update (marked '>').  --ratio A/B
@@ -43,6 +44,7 @@ def main():
     ap.add_argument("--run", action="append", default=[])
     ap.add_argument("--ratio", action="append", default=[])
     ap.add_argument("--score", default="accuracy")
+    ap.add_argument("--at", type=float, default=None)
     a = ap.parse_args()
     seeds = a.seeds.split(",")
     runs = [("sgd", a.sgd)] + [tuple(r.split("=", 1)) for r in a.run]
@@ -52,16 +54,18 @@ def main():
         for s in seeds:
             ref = read(f"{a.sgd}-seed{s}.csv")
             rows = read(f"{prefix}-seed{s}.csv")
-            tl, ts = ref[-1]["loss"], ref[-1][a.score]
+            tgt = ref[-1] if a.at is None else next((r for r in ref if r["updates"] >= a.at), ref[-1])
+            tl, ts = tgt["loss"], tgt[a.score]
             ul, sl, rl = first(rows, "loss", lambda v: v <= tl)
             us, ss, rs = first(rows, a.score, lambda v: v >= ts)
             last = rows[-1]
             per.append(dict(ul=ul, sl=sl, rl=rl, us=us, ss=ss, rs=rs, spu=last["seconds"] / last["updates"],
-                            loss=last["loss"], score=last[a.score], n=last["updates"]))
+                            loss=last["loss"], score=last[a.score], n=last["updates"], tl=tl, ts=ts))
         res[name] = per
     med = lambda name, k: statistics.median(p[k] for p in res[name])
-    print(f"seeds {a.seeds}; target per seed: SGD's final training loss and {a.score} "
-          f"({', '.join('%.4g / %.4g' % (p['loss'], p['score']) for p in res['sgd'])})")
+    where = "final" if a.at is None else f"at update {a.at:g}"
+    print(f"seeds {a.seeds}; target per seed: SGD's {where} training loss and {a.score} "
+          f"({', '.join('%.4g / %.4g' % (p['tl'], p['ts']) for p in res['sgd'])})")
     print(f"{'run':<14}{'updates':>9}{'upd->loss':>11}{'s->loss':>10}{'upd->' + a.score[:5]:>12}{'s->' + a.score[:5]:>10}"
           f"{'s/update':>10}{'final loss':>12}{'final ' + a.score[:5]:>12}")
     for name, _ in runs:
