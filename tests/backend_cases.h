@@ -1041,7 +1041,7 @@ static void bc_case_gather(const bc_ctx *c, const kfac_shape *s, int index)
 static float *bc_precondition_run(kfac_backend *b, const kfac_shape *s, const float *Ginv, const float *Ainv,
                                   const float *D)
 {
-    const size_t nG = (size_t)s->groups * s->M * s->M, nA = (size_t)s->groups * s->K * s->K;
+    const size_t nG = (size_t)s->groups * s->M * s->M, nA = kfac_a_len(s);
     const size_t nD = (size_t)s->groups * s->M * s->K;
     float *g = bc_up(b, Ginv, nG), *a = bc_up(b, Ainv, nA), *d = bc_up(b, D, nD);
     float *tmp = b->ops->alloc(b, nD), *P = b->ops->alloc(b, nD);
