@@ -4,7 +4,7 @@
  * forward_region_layer writes, as Darknet's delta (the negative gradient), for every
  * image b, anchor slot n and cell (i, j):
  *
- *   box x, y      s (t - p), p the sigmoid output; the backward (patches/0021 on the
+ *   box x, y      s (t - p), p the sigmoid output; the backward (patches/0022 on the
  *                 CPU, as on the GPU) multiplies by the sigmoid's derivative, so this
  *                 is the gradient of (s/2)(t - p)^2: a Gaussian of precision s on p
  *   box w, h      s (t - x): (s/2)(t - x)^2, a Gaussian of precision s on x

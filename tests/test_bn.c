@@ -23,7 +23,7 @@
  *             backward gives, on tests/cfg/bn-lean.cfg (layers 0, 2, 3 on SGD: the
  *             pass must start above the [batchnorm] block of layer 1)
  *   identity  with the identity preconditioner, training equals Darknet's SGD bit for
- *             bit, scales and shifts of the [batchnorm] included (patches/0020 gives
+ *             bit, scales and shifts of the [batchnorm] included (patches/0021 gives
  *             it its update)
  *   kfac=0    in the [batchnorm]'s section leaves it without a block
  *   adaptive  step=adaptive takes the blocks into its model: their scales and shifts
@@ -261,7 +261,7 @@ static void lean_and_identity(void)
                  kt_same_bits("biases", lean->layers[1].biases, sgd->layers[1].biases, 4, 0),
              "the [batchnorm]'s parameters differ (listed above)");
     kt_check("batchnorm_trains", fabsf(sgd->layers[1].scales[0] - 1.0f) > 1e-6f && sgd->layers[1].biases[0] != 0,
-             "the [batchnorm]'s scale %g and shift %g did not move (patches/0020)", sgd->layers[1].scales[0],
+             "the [batchnorm]'s scale %g and shift %g did not move (patches/0021)", sgd->layers[1].scales[0],
              sgd->layers[1].biases[0]);
     for (c = 0; c < 2; ++c) {
         const float *Fl, *Ff;

@@ -6,7 +6,7 @@
  * grid, 2 anchor slots of 7 entries (x, y, w, h, objectness, 2 classes), one box per
  * image on anchor 0's shape in a known cell (bias_match), thresh 1 (no slot ignored).
  * The convolution is linear, so its delta is the region layer's sampled delta after
- * region's backward (patches/0021: the sigmoid's derivative p (1 - p) on x, y and the
+ * region's backward (patches/0022: the sigmoid's derivative p (1 - p) on x, y and the
  * objectness), and K-FAC's G after one statistics step is its mean outer product over
  * the N = B*T (image, location) rows.  Per entry the variance of the delta below:
  *
