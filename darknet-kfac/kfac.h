@@ -160,6 +160,10 @@ int kfac_state_check(network *net, const char *path, char *err, size_t errlen);
 int kfac_layer_factors(const network *net, int index, const float **A, const float **G,
                        int *groups, int *a_dim, int *g_dim);
 
+/* The batch-norm block of layer `index` (0 when it has none): F is blocks x
+ * dim x dim, row-major, symmetric, its vector (scale, shift) per channel, interleaved. */
+int kfac_bn_factor(const network *net, int index, const float **F, int *blocks, int *dim);
+
 #ifdef __cplusplus
 }
 #endif

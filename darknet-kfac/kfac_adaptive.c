@@ -177,9 +177,11 @@ static void restore_weights(kfac_net *k, network *net)
         be->ops->copy(be, b.weights, kl->w_save, (size_t)kl->s.groups * kl->s.M * kl->s.k_in);
         if (kl->s.has_bias) be->ops->copy(be, b.biases, kl->b_save, (size_t)kl->s.groups * kl->s.M);
     }
+    kfac_bn_adaptive_restore(k, net); /* the batch-norm blocks, when a probe moved them */
 }
 
-/* covered weights += scale * v[i] (v[i] groups x M x K, bias in the last column) */
+/* covered weights += scale * v[i] (v[i] groups x M x K, bias in the last column), and
+ * the batch-norm blocks along k->bn_dir */
 static void move_weights(kfac_net *k, network *net, float *const *v, float scale)
 {
     kfac_backend *be = k->be;
@@ -191,6 +193,7 @@ static void move_weights(kfac_net *k, network *net, float *const *v, float scale
         be->ops->darknet_buffers(&net->layers[kl->index], &b);
         be->ops->scatter(be, &kl->s, b.weights, b.biases, v[i], k->adapt->zeros, scale);
     }
+    kfac_bn_adaptive_move(k, net, scale);
 }
 
 /* the loss layers' inputs (the outputs of the layers before them: Darknet feeds each
@@ -591,6 +594,7 @@ static void step_failed(kfac_net *k, const char *why)
     for (i = 0; i < k->nlayers; ++i)
         if (k->layers[i].adaptive)
             k->be->ops->zero(k->be, k->layers[i].prev, (size_t)k->layers[i].s.groups * k->layers[i].s.M * k->layers[i].s.K);
+    kfac_bn_adaptive_forget(k);
     ad->have_prev = 0;
     ad->lambda = fminf(ad->lambda / (omega1 * omega1), KFAC_LAMBDA_MAX);
     ad->check_next = 1;
@@ -643,11 +647,14 @@ static const char *model_step(kfac_net *k, network *net, const update_args *a, c
     const int have_prev = ad->have_prev && sm->pp > 0;
     const double ld = (double)ad->lambda + eta;
     adaptive_dirs(k, dirs, 0);
+    k->bn_dir = KFAC_BN_DIR_DELTA;
     jv_one_sided(k, net, dirs, probe_eps(sm->tt, sm->dd), ad->z0, ad->jv[0]);
     if (have_prev) {
         adaptive_dirs(k, dirs, 1);
+        k->bn_dir = KFAC_BN_DIR_PREV;
         jv_one_sided(k, net, dirs, probe_eps(sm->tt, sm->pp), ad->z0, ad->jv[1]);
     }
+    k->bn_dir = KFAC_BN_DIR_NONE;
     if (!model_fit(k, net, sm, ad->jv[0], have_prev, ld, alpha, mu, &m))
         return "the quadratic model is not usable (not positive or not finite along the direction)";
     /* the policy's rate relative to the cfg's scales the step: r delta* has the model
@@ -664,6 +671,7 @@ static const char *model_step(kfac_net *k, network *net, const update_args *a, c
         be->ops->scale(be, (float)(*r * *mu), kl->prev, len);
         be->ops->axpy(be, (float)(*r * *alpha), kl->P, kl->prev, len);
     }
+    kfac_bn_adaptive_combine(k, (float)(*r * *mu), (float)(*r * *alpha));
     ad->have_prev = *r > 0;
 
     /* every T1 updates, and after a failed step: the reduction ratio on the same
@@ -703,11 +711,14 @@ static const char *model_step(kfac_net *k, network *net, const update_args *a, c
         m_probe = q[0] + eta * *td + 0.5 * (q[1] + ld * *d2);
     }
     adaptive_dirs(k, dirs, 1);
+    /* the batch-norm blocks carry no decay: td and d2 above are the weights' alone */
+    k->bn_dir = KFAC_BN_DIR_PREV;
     move_weights(k, net, dirs, 1.0f);
     forward_network(net);
     double h1 = loss_value(k, net);
     kfac_dist_mean(k, &h1, 1);
     restore_weights(k, net);
+    k->bn_dir = KFAC_BN_DIR_NONE;
     const double rho = (h1 - h0 + eta * (*td + 0.5 * *d2)) / m_probe;
     ad->rho_last = rho;
     ad->check_next = 0;
@@ -765,11 +776,20 @@ void kfac_adaptive_step(kfac_net *k, network *net, const update_args *a)
         k->mode[i] = kl->adaptive ? KFAC_MODE_ADAPTIVE : KFAC_MODE_PLAIN;
         any |= kl->adaptive;
     }
-    if (!any) return;
+    if (!any && !k->nbn) return;
 
     kfac_sums sm;
     direction(k, B, &sm);
-    for (i = 0, any = 0; i < k->nlayers; ++i) any |= k->layers[i].adaptive;
+    /* the batch-norm blocks' directions and their part of the sums (kfac_bn.c) */
+    kfac_bn_sums bs;
+    kfac_bn_adaptive_direction(k, net, on, B, &bs);
+    sm.gd += bs.gd;
+    sm.gp += bs.gp;
+    sm.dd += bs.dd;
+    sm.dp += bs.dp;
+    sm.pp += bs.pp;
+    sm.tt += bs.tt;
+    for (i = 0, any = bs.any; i < k->nlayers; ++i) any |= k->layers[i].adaptive;
     if (!any) return;
 
     /* the model on the probe batch, every buffer a forward pass writes saved first and
@@ -797,6 +817,7 @@ void kfac_adaptive_step(kfac_net *k, network *net, const update_args *a)
         ad->pend_m = m_step;
         ad->pend_decay = eta * (td + 0.5 * d2);
         for (i = 0; i < k->nlayers; ++i) k->layers[i].pend = k->layers[i].adaptive;
+        kfac_bn_adaptive_pend(k);
     }
     ad->alpha_sum += alpha;
     ad->mus[ad->steps % KFAC_MU_RING] = (float)mu;
@@ -825,8 +846,10 @@ static void rho_next_batch(kfac_net *k, network *net)
             be->ops->copy(be, b.biases, kl->b_pre, (size_t)kl->s.groups * kl->s.M);
         }
     }
+    kfac_bn_adaptive_swap_pre(k, net, 1);
     forward_network(net);
     const double h0 = loss_value(k, net);
+    kfac_bn_adaptive_swap_pre(k, net, 0);
     for (i = 0; i < k->nlayers; ++i) {
         kfac_layer *kl = &k->layers[i];
         kfac_darknet_buffers b;
@@ -874,6 +897,7 @@ void kfac_adaptive_updated(kfac_net *k, network *net)
         be->ops->zero(be, b.weight_updates, (size_t)kl->s.groups * kl->s.M * kl->s.k_in);
         if (kl->s.has_bias) be->ops->zero(be, b.bias_updates, (size_t)kl->s.groups * kl->s.M);
     }
+    kfac_bn_adaptive_updated(k, net);
 }
 
 static int cmp_float(const void *a, const void *b)

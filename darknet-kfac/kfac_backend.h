@@ -41,7 +41,7 @@ extern "C" {
 
 /* A covered layer's Kronecker-factor shape (DESIGN.md 4). */
 typedef struct {
-    int type;               /* CONVOLUTIONAL or CONNECTED */
+    int type;               /* CONVOLUTIONAL or CONNECTED (BATCHNORM: a batch-norm block, kfac_bn.c) */
     int groups;             /* independent linear maps, one factor pair each */
     int k_in;               /* c/groups*size*size (inputs for connected layers) */
     int K;                  /* A's dimension: k_in + has_bias */
@@ -68,7 +68,7 @@ typedef struct {
     float *weight_updates, *bias_updates, *scale_updates;
     float *delta;           /* batch x outputs */
     float *output;          /* batch x outputs */
-    float *weights, *biases;
+    float *weights, *biases, *scales;
     /* what a forward pass writes besides output and delta: batch norm's batch x
      * outputs inputs and normalized inputs, its per-channel statistics, a loss
      * layer's per-output loss (batch x outputs) */
@@ -112,6 +112,25 @@ typedef struct {
     /* acc (groups x M x M, upper triangle kept) += sum over images of
      * (1/T) sum_t g_t g_t^T, g_t the output derivative at t: delta (batch x outputs) */
     void (*capture_G)(kfac_backend *b, const kfac_shape *s, const layer *l, const float *delta, float *acc);
+    /* The batch norm of layer l (batch-normalized convolutional or connected, or a
+     * [batchnorm]) as Darknet's own backward of l is about to use it, called before
+     * that backward: delta_out (batch x outputs) = the derivative at the batch norm's
+     * output, l's delta times its activation's derivative at its output (a [batchnorm]
+     * has no activation; the GPU connected backward clips l's delta to +-1 first),
+     * and xnorm_out (batch x outputs) = its normalized inputs */
+    void (*bn_inputs)(kfac_backend *b, const layer *l, float *delta_out, float *xnorm_out);
+    /* acc (s's A blocks, upper triangles kept) += sum over the batch's images n of
+     * g_n g_n^T, g_n (K = 2C) = per channel c (sum_t delta x_norm, sum_t delta) over
+     * the image's T = s->T positions; delta, x_norm batch x C x T (DESIGN.md 6b) */
+    void (*capture_bn)(kfac_backend *b, const kfac_shape *s, int batch, const float *delta, const float *x_norm,
+                       float *acc);
+    /* scaling=ekfac (kfac_ekfac.c; George et al. 2018): acc (groups x M x K) += sum
+     * over the batch's images n of (E_G dW_n E_A^T)^2 elementwise, dW_n = sum_t g_t a_t^T
+     * (M x K per group) the image's gradient from its patches (input, +1 with
+     * has_bias) and output derivatives (delta), E_G (groups x M x M) and E_A (A's
+     * blocks) rows of eigenvectors, E_A block diagonal when A is kept in blocks */
+    void (*capture_ekfac)(kfac_backend *b, const kfac_shape *s, const layer *l, const float *input,
+                          const float *delta, const float *EG, const float *EA, float *acc);
     /* X (groups x dim x dim) <- w_old*X + w_new*inv_n*acc, read from acc's upper
      * triangle and written to both of X's; acc is zeroed */
     void (*fold)(kfac_backend *b, float *X, float *acc, int dim, int groups, float w_old, float w_new, float inv_n);
@@ -148,6 +167,16 @@ typedef struct {
      * groups x M x K scratch */
     void (*precondition)(kfac_backend *b, const kfac_shape *s, const float *Ginv, const float *Ainv,
                          const float *D, float *tmp, float *P);
+    /* scaling=ekfac: R (groups x M x K) = 1 / (S + lA dG_i + lG dA_j + lA lG), the
+     * reciprocals of K-FAC's damped denominators (dG_i + lG)(dA_j + lA) with the
+     * eigenvalue product replaced by S; dG groups x M, dA groups x K, lG a host
+     * array of groups values, lA of kfac_a_count(s) (one per block of A), all > 0 */
+    void (*ekfac_scale)(kfac_backend *b, const kfac_shape *s, const float *S, const float *dG, const float *dA,
+                        const float *lG, const float *lA, float *R);
+    /* P_g = E_G^T [ (E_G D_g E_A^T) o R_g ] E_A per group (o: elementwise), E_A block
+     * diagonal when A is kept in blocks; tmp is groups x M x K scratch */
+    void (*precondition_eigen)(kfac_backend *b, const kfac_shape *s, const float *EG, const float *EA,
+                               const float *R, const float *D, float *tmp, float *P);
     /* [wu | bu] += scale*P - D (with P == D and scale 1: exact zeros are added) */
     void (*scatter)(kfac_backend *b, const kfac_shape *s, float *wu, float *bu, const float *P, const float *D,
                     float scale);

@@ -35,11 +35,12 @@ static const kfac_config kfac_defaults = {
     .step = KFAC_STEP_AUTO,
     .lambda = 1.0f,
     .probe_batch = 0,       /* all: the whole last subdivision */
+    .scaling = KFAC_SCALING_KFAC,
 };
 
 static const char *kfac_known_keys =
     "damping, decay, stats_interval, inverse_interval, inverse_lag, kl_clip, fisher, warmup, max_dim, seed, step, lambda, "
-    "probe_batch";
+    "probe_batch, scaling";
 
 /* A parse error: the message goes to err, the return value is -1. */
 typedef struct {
@@ -127,6 +128,12 @@ static int parse_kfac_section(kfac_err *e, kfac_config *c, const char *file, lis
             else return fail(e, "%s [kfac] fisher=%s: must be true or empirical", file, v);
             continue;
         }
+        if (!strcmp(k, "scaling")) {
+            if (!strcmp(v, "kfac")) c->scaling = KFAC_SCALING_KFAC;
+            else if (!strcmp(v, "ekfac")) c->scaling = KFAC_SCALING_EKFAC;
+            else return fail(e, "%s [kfac] scaling=%s: must be kfac or ekfac", file, v);
+            continue;
+        }
         if (!strcmp(k, "step")) {
             if (!strcmp(v, "kl_clip")) c->step = KFAC_STEP_KL_CLIP;
             else if (!strcmp(v, "adaptive")) c->step = KFAC_STEP_ADAPTIVE;
@@ -166,10 +173,11 @@ static int parse_kfac_section(kfac_err *e, kfac_config *c, const char *file, lis
     return 0;
 }
 
-static int is_weighted_type(const char *type)
+/* the sections K-FAC preconditions: weights, and a [batchnorm]'s scales and shifts */
+static int is_covered_type(const char *type)
 {
     return !strcmp(type, "[convolutional]") || !strcmp(type, "[conv]") || !strcmp(type, "[connected]") ||
-           !strcmp(type, "[conn]");
+           !strcmp(type, "[conn]") || !strcmp(type, "[batchnorm]");
 }
 
 /* Checks the kfac= keys of every section and fills on[] (layers: sections after the
@@ -191,9 +199,9 @@ static int check_layer_keys(kfac_err *e, const char *cfgfile, list *sections, in
                             s->type, v);
             if (strcmp(v, "0") && strcmp(v, "1"))
                 return fail(e, "%s %s (layer %d) kfac=%s: must be 0 or 1", cfgfile, s->type, index, v);
-            if (!is_weighted_type(s->type))
-                return fail(e, "%s %s (layer %d) kfac=%s: only convolutional and connected layers have K-FAC", cfgfile,
-                            s->type, index, v);
+            if (!is_covered_type(s->type))
+                return fail(e, "%s %s (layer %d) kfac=%s: only convolutional, connected and batchnorm layers have K-FAC",
+                            cfgfile, s->type, index, v);
             on[index] = v[0] == '1';
         }
         ++index;
@@ -315,6 +323,7 @@ void kfac_config_print(const kfac_config *c, FILE *out)
     if (c->stats_interval > 0) snprintf(si, sizeof si, "%d", c->stats_interval);
     if (c->inverse_interval > 0) snprintf(ii, sizeof ii, "%d", c->inverse_interval);
     if (c->inverse_lag >= 0) snprintf(il, sizeof il, "%d", c->inverse_lag);
-    fprintf(out, "decay=%g stats_interval=%s inverse_interval=%s inverse_lag=%s fisher=%s warmup=%d max_dim=%d seed=%d",
-            c->decay, si, ii, il, c->fisher == KFAC_FISHER_TRUE ? "true" : "empirical", c->warmup, c->max_dim, c->seed);
+    fprintf(out, "decay=%g stats_interval=%s inverse_interval=%s inverse_lag=%s fisher=%s scaling=%s warmup=%d max_dim=%d "
+            "seed=%d", c->decay, si, ii, il, c->fisher == KFAC_FISHER_TRUE ? "true" : "empirical",
+            c->scaling == KFAC_SCALING_EKFAC ? "ekfac" : "kfac", c->warmup, c->max_dim, c->seed);
 }

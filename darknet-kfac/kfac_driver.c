@@ -34,6 +34,8 @@ void kfac_layer_backward(network *net, int index, float *input)
     kfac_net *k = kfac_of(net);
     layer *l = &net->layers[index];
     kfac_layer *kl = (kfac_layer *)l->kfac;
+    /* the batch norm of the layer below: its delta is complete now (kfac_bn.c) */
+    if (k->nbn) kfac_bn_capture(k, net, index - 1);
     if (!kl || !k->capture) return;
     /* resize_network (random=1 in Darknet's trainers) changes a conv layer's output size */
     if (kl->s.type == CONVOLUTIONAL) kl->s.T = l->out_h * l->out_w;
@@ -48,6 +50,8 @@ void kfac_layer_backward(network *net, int index, float *input)
         be->ops->darknet_buffers(l, &bufs);
         be->ops->capture_G(be, &kl->s, l, bufs.delta, kl->G_acc);
         kl->n_acc_G += l->batch;
+        /* scaling=ekfac: the images' gradients in the layer's eigenbasis */
+        if (kl->ek) kfac_ekfac_capture(k, kl, l, input, bufs.delta);
     }
     kfac_phase_end(k);
 }
@@ -148,8 +152,9 @@ static float kl_clip_step(kfac_net *k, network *net, const update_args *a)
         be->ops->flag_nonfinite(be, kl->P, len, KFAC_SLOTS_PER_LAYER * i + 2);
         k->mode[i] = plain ? KFAC_MODE_PLAIN : KFAC_MODE_SCALED;
     }
-    /* the one read-back of the update: <P, D> and finiteness of every layer */
-    if (k->nlayers) be->ops->results(be, k->results, KFAC_SLOTS_PER_LAYER * k->nlayers);
+    kfac_bn_step(k, net, on, KFAC_SLOTS_PER_LAYER * k->nlayers);
+    /* the one read-back of the update: <P, D> and finiteness of every layer and block */
+    if (k->nlayers + k->nbn) be->ops->results(be, k->results, KFAC_SLOTS_PER_LAYER * (k->nlayers + k->nbn));
     double quad = 0; /* sum over layers of kfac_kl_term */
     for (i = 0; i < k->nlayers; ++i) {
         kfac_layer *kl = &k->layers[i];
@@ -169,6 +174,7 @@ static float kl_clip_step(kfac_net *k, network *net, const update_args *a)
             }
         }
     }
+    quad += kfac_bn_step_results(k, net, a, k->results + KFAC_SLOTS_PER_LAYER * k->nlayers);
     return kl_scale(k, net, a, quad);
 }
 
@@ -179,13 +185,20 @@ void kfac_network_precondition(network *net, update_args *a)
     int i;
     k->capture = KFAC_CAPTURE_NONE;
     kfac_phase_begin(k, KFAC_PHASE_STATS);
-    if (kfac_stats_step(k)) fold_statistics(k);
+    if (kfac_stats_step(k)) {
+        fold_statistics(k);
+        kfac_bn_fold(k);
+        kfac_ekfac_fold(k);
+    }
     kfac_phase_end(k);
 
     /* during warmup, and for a layer without an inverse yet, the plain gradient goes
      * through (checked for NaN like the rest) */
     kfac_phase_begin(k, KFAC_PHASE_INVERSE);
-    kfac_decompositions_step(k);
+    /* (scaling=ekfac takes a statistics step's decompositions at its start) */
+    if (!kfac_ekfac_refreshed(k)) kfac_decompositions_step(k);
+    /* the batch-norm blocks decompose at once, on the factors' schedule (kfac_bn.c) */
+    if (k->step >= k->cfg.warmup) kfac_bn_refresh(k, kfac_inverse_due(k));
     kfac_phase_end(k);
 
     kfac_phase_begin(k, KFAC_PHASE_PRECOND);
@@ -206,6 +219,7 @@ void kfac_network_precondition(network *net, update_args *a)
                              k->mode[i] == KFAC_MODE_SCALED ? nu : 1.0f);
         }
     }
+    kfac_bn_write_back(k, net, nu);
     kfac_phase_end(k);
 }
 
@@ -256,6 +270,7 @@ void kfac_network_updated(network *net)
         be->ops->copy(be, kl->w_snap, bufs.weight_updates, (size_t)kl->s.groups * kl->s.M * kl->s.k_in);
         if (kl->s.has_bias) be->ops->copy(be, kl->b_snap, bufs.bias_updates, (size_t)kl->s.groups * kl->s.M);
     }
+    kfac_bn_snapshot(k, net);
     ++k->step;
     kfac_schedule_updated(k);
     report(net);

@@ -28,11 +28,15 @@
  *                     with the soft target t) delta = sqrt(s) (y - p), E = s p (1 - p);
  *                     its w and h (linear, squared error) Gaussian, delta = sqrt(s) z.
  *                     Ignored anchors (IoU above ignore_thresh) carry no term
+ *   [region]          its squared errors (boxes, objectness) Gaussian of the term's
+ *                     precision, its classes categorical or Bernoulli, each scaled by
+ *                     the term's weight, on the slots its assignment gives a term
+ *                     (kfac_region.c)
  *
  * Loss layers without a faithful sampler keep their data-label delta in the pass (the
  * empirical Fisher for their term; the cross terms with sampled ones vanish in
- * expectation) and the start line says which: [region] (label-dependent scales on
- * softmax classes), [cost] l1, smooth, seg and wgan, [yolo] with truth_thresh < 1,
+ * expectation) and the start line says which: [region] with coords other than 4, a
+ * tree or background, [cost] l1, smooth, seg and wgan, [yolo] with truth_thresh < 1,
  * [softmax] with groups, a tree or spatial.
  *
  * The pass needs only the deltas, not the weight gradients, and nothing below the
@@ -85,8 +89,8 @@ static kfac_loss_kind loss_kind(const layer *l, const char **why)
         *why = "yolo with truth_thresh < 1";
         return KFAC_LOSS_EMPIRICAL;
     case REGION:
-        *why = "region: its terms' scales depend on the labels";
-        return KFAC_LOSS_EMPIRICAL;
+        *why = kfac_region_supported(l);
+        return *why ? KFAC_LOSS_EMPIRICAL : KFAC_LOSS_REGION;
     default:
         return KFAC_LOSS_NONE;
     }
@@ -99,6 +103,7 @@ static const char *kind_name(kfac_loss_kind kind)
     case KFAC_LOSS_LOGISTIC: return "Bernoulli targets sampled from the sigmoids";
     case KFAC_LOSS_GAUSSIAN: return "Gaussian targets sampled around the outputs";
     case KFAC_LOSS_YOLO: return "objectness, classes and box centres Bernoulli, box sizes Gaussian";
+    case KFAC_LOSS_REGION: return "boxes and objectness Gaussian (its squared errors), classes from the softmax or Bernoulli";
     default: return "empirical";
     }
 }
@@ -232,6 +237,8 @@ static void sample_host(kfac_net *k, const network *net, const layer *l, kfac_lo
             float z = normal(&k->rng);
             d[i] = masked ? 0.0f : sd * z;
         }
+    } else if (kind == KFAC_LOSS_REGION) {
+        kfac_region_sample(k, net, l, p, d);
     } else if (kind == KFAC_LOSS_YOLO) {
         const int T = l->w * l->h, E = 4 + 1 + l->classes;
         int b, s, loc, e;
@@ -264,7 +271,7 @@ static void fit_losses(kfac_net *k, network *net)
         kfac_loss *ls = &k->losses[i];
         const layer *l = &net->layers[ls->index];
         const size_t n = (size_t)l->outputs * l->batch;
-        const size_t y = l->type == YOLO ? (size_t)l->batch * l->n * l->w * l->h : 0;
+        const size_t y = l->type == YOLO || l->type == REGION ? (size_t)l->batch * l->n * l->w * l->h : 0;
         if (n > ls->len) {
             be->ops->release(be, ls->delta_save);
             ls->delta_save = be->ops->alloc(be, n);
@@ -322,7 +329,8 @@ void kfac_network_fisher_pass(network *net)
     kfac_backend *be = k->be;
     int i;
     k->capture = KFAC_CAPTURE_NONE;
-    if (!net->train || !kfac_stats_step(k) || k->nlayers == 0) return;
+    if (!net->train || !kfac_stats_step(k) || k->nlayers + k->nbn == 0) return;
+    kfac_ekfac_begin_update(k);
     if (!k->true_fisher) {
         k->capture = KFAC_CAPTURE_A | KFAC_CAPTURE_G; /* from the real backward */
         return;
@@ -365,8 +373,9 @@ int kfac_fisher_backward(network *net, int index, float *input, float *delta)
 {
     kfac_net *k = kfac_of(net);
     if (!k->in_fisher_pass || !k->lean_fisher || !k->be->ops->fisher_layer_backward) return 0;
-    /* the layers below the lowest covered one feed no statistics; their deltas are
+    /* the layers below the lowest whose backward the statistics need (a covered layer,
+     * or the one above a batch-norm block) feed no statistics; their deltas are
      * cleared after the pass anyway */
-    if (k->nlayers == 0 || index < k->layers[0].index) return 1;
+    if (index < k->lowest) return 1;
     return k->be->ops->fisher_layer_backward(k->be, net, index, input, delta);
 }

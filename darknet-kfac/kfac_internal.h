@@ -7,6 +7,8 @@
  *     kfac_adaptive.c  Martens & Grosse's adaptive step (step=adaptive, auto)
  *     kfac_fisher.c    the true-Fisher pass (sampled labels, its own backward)
  *     kfac_inverses.c  one layer's decompositions, damping and preconditioning
+ *     kfac_bn.c        the batch-norm blocks: scales and shifts
+ *     kfac_ekfac.c     scaling=ekfac: eigenvalue-corrected K-FAC
  *     kfac_worker.c    decompositions in the background: launched from the factors of
  *                      one update, installed at a fixed later one
  *     kfac_schedule.c  when statistics and decompositions are due (fixed or chosen
@@ -34,6 +36,9 @@ typedef enum { KFAC_FISHER_TRUE = 0, KFAC_FISHER_EMPIRICAL = 1 } kfac_fisher_kin
 /* the step rule: the KL-clipped step inside Darknet's SGD update, or Martens &
  * Grosse's adaptive step (kfac_adaptive.c) */
 typedef enum { KFAC_STEP_KL_CLIP = 0, KFAC_STEP_ADAPTIVE = 1, KFAC_STEP_AUTO = 2 } kfac_step_kind;
+/* what scales the Kronecker eigenbasis: the eigenvalue products (K-FAC) or the
+ * gradients' own second moments there (EKFAC, kfac_ekfac.c) */
+typedef enum { KFAC_SCALING_KFAC = 0, KFAC_SCALING_EKFAC = 1 } kfac_scaling_kind;
 
 typedef struct {
     char *cfgfile;          /* for messages */
@@ -51,6 +56,7 @@ typedef struct {
     kfac_step_kind step;    /* step= */
     float lambda;           /* step=adaptive: the initial Levenberg-Marquardt damping */
     int probe_batch;        /* step=adaptive: images of the model's probe batch; 0 = all */
+    kfac_scaling_kind scaling; /* scaling= */
     int *layer_on;          /* per layer (index in net->layers): 0 after kfac=0 */
     int nlayers;            /* entries in layer_on */
 } kfac_config;
@@ -133,7 +139,49 @@ typedef struct {
     float *w_pre, *b_pre;   /* those of the last update whose ratio is pending */
     int adaptive;           /* in this update's quadratic model */
     int pend;               /* moved by the step whose ratio is pending */
+    /* scaling=ekfac (kfac_ekfac.c) */
+    int basis_gen;          /* counts the decompositions EA, EG have held */
+    struct kfac_ekfac *ek;  /* NULL unless scaling=ekfac */
 } kfac_layer;
+
+/* ---- batch-norm blocks (kfac_bn.c) ------------------------------------------------- */
+
+/* The scales and shifts of one batch norm (a batch-normalized convolutional or
+ * connected layer, or a [batchnorm]): per image n the 2C-vector g_n of their
+ * gradients, per channel c (scale, shift) = (sum_t delta x_norm, sum_t delta) over the
+ * image's T positions, interleaved; F = E_n[g_n g_n^T] (shared/DESIGN.md 6b), whole
+ * (2C x 2C) or, when 2C > max_dim, its C diagonal 2 x 2 blocks, one per channel.
+ * Every float pointer is a buffer of the net's backend. */
+typedef struct {
+    int index;              /* position in net->layers */
+    /* F as a factor: type BATCHNORM, groups 1, M 1, K = k_in = 2C, T, a_blocks 1 or C;
+     * preconditioning P = D Finv is the backend's precondition with G = [1] */
+    kfac_shape s;
+    /* the parameters as Darknet's update buffers: C rows (scale, shift), k_in 1 and
+     * has_bias 1, so that gather and scatter move [scale_updates | bias_updates] */
+    kfac_shape u;
+    float *F, *F_acc;       /* kfac_a_len(&s): running average, sum over the update's images */
+    int n_acc;              /* images in F_acc */
+    int have_factors;       /* batches folded into F (0: none) */
+    float *E, *d;           /* decomposition: kfac_a_len(&s), 2C */
+    int have_inverse;
+    float *Finv;            /* kfac_a_len(&s): damped inverse, block by block */
+    float inv_damping;      /* the damping key Finv was built with; 0 = stale */
+    int inv_ok;             /* 0: F is all zeros, the block stays on SGD */
+    float *s_snap, *b_snap; /* C each: scale_updates, bias_updates after the last update */
+    float *D, *P;           /* 2C: the new gradient, interleaved, and its preconditioned form */
+    float *tmp;             /* 2C: scratch of the preconditioning */
+    int mode;               /* KFAC_MODE_* of this update */
+    /* the adaptive step (kfac_adaptive.c through kfac_bn_adaptive_*) */
+    float *theta;           /* 2C: the scales and shifts, interleaved */
+    float *prev;            /* 2C: the block's last update (delta_0) */
+    float *s_save, *b_save; /* C each: Darknet's scales and shifts before the update */
+    float *s_pre, *b_pre;   /* those of the last update whose ratio is pending */
+    int adaptive;           /* in this update's quadratic model */
+    int pend;               /* moved by the step whose ratio is pending */
+    int bad_factors_logged, bad_eig_logged, bad_grad_logged;
+    float *host_F;          /* host copy for kfac_bn_factor when the backend's memory is not the host's */
+} kfac_bn;
 
 /* ---- network state ---------------------------------------------------------------- */
 
@@ -149,6 +197,7 @@ typedef enum {
     KFAC_LOSS_LOGISTIC,
     KFAC_LOSS_GAUSSIAN,     /* [cost] sse, masked */
     KFAC_LOSS_YOLO,
+    KFAC_LOSS_REGION,       /* kfac_region.c */
     KFAC_LOSS_EMPIRICAL     /* a loss layer whose data-label delta is kept */
 } kfac_loss_kind;
 
@@ -164,6 +213,16 @@ typedef struct {
     kfac_backend *be;       /* where the buffers live and the numbers are computed */
     kfac_layer *layers;     /* covered layers, in net order */
     int nlayers;
+    kfac_bn *bn;            /* batch-norm blocks, in net order (kfac_bn.c) */
+    int nbn;
+    int *bn_of;             /* per net layer: its position in bn, or -1 */
+    float *bn_delta, *bn_xnorm; /* backend scratch, bn_len each: one batch norm's inputs */
+    size_t bn_len;
+    float *one;             /* backend: a single 1, the batch-norm blocks' G */
+    float *bn_host, *bn_lambda; /* host, the largest 2C: a block's eigenvalues, its damping */
+    int lowest;             /* the lowest layer whose backward the statistics need (net->n: none) */
+    int bn_dir;             /* the adaptive step's probes move the blocks along: KFAC_BN_DIR_* */
+    int ek_step;            /* scaling=ekfac: the update whose decompositions were taken early, or -1 */
     int step;               /* completed updates since K-FAC was attached (saved) */
     uint64_t rng;           /* true-Fisher sampler state (saved) */
     int identity;           /* tests: preconditioner replaced by the identity */
@@ -304,6 +363,105 @@ int kfac_inverse_refresh(kfac_net *k, kfac_layer *kl);
 void kfac_precondition_layer(kfac_net *k, kfac_layer *kl);
 void kfac_precondition_layer_to(kfac_net *k, kfac_layer *kl, float *out);
 
+/* Mean of the eigenvalues d (n, >= 0) above KFAC_RANK_TOL times the largest: the
+ * trace over the numerical rank (0 when all are 0). */
+float kfac_eig_mean(const float *d, int n);
+/* The factors' damping of the decomposition e under dmp: A's blocks into sc->lambda,
+ * G's groups into sc->lambda_g (kfac_inverses.c's rule).  Returns 0 when a factor
+ * group is all zeros. */
+int kfac_damping_values(kfac_backend *be, kfac_scratch *sc, const kfac_shape *s, const kfac_eigs *e, kfac_damping dmp);
+
+/* ---- kfac_bn.c --------------------------------------------------------------------- */
+
+/* Chooses the batch-norm blocks of the net (after the covered layers): the start
+ * line's part into note, the batch norms left on SGD appended to skipped. */
+void kfac_bn_choose(kfac_net *k, const network *net, char *note, size_t note_len, char *skipped, size_t skipped_len);
+void kfac_bn_alloc(kfac_net *k, const network *net);
+void kfac_bn_free(kfac_net *k);
+/* Statistics of the batch norm of layer `index`, whose delta is now complete (called
+ * after the backward of layer index + 1, before its own). */
+void kfac_bn_capture(kfac_net *k, network *net, int index);
+/* The update's statistics into the running averages (a non-finite batch is dropped). */
+void kfac_bn_fold(kfac_net *k);
+/* Decompositions when `refresh` (or when a block has none yet). */
+void kfac_bn_refresh(kfac_net *k, int refresh);
+/* Decomposes one block's F: 0, or -1 keeping the last good decomposition (logged). */
+int kfac_bn_decompose(kfac_net *k, kfac_bn *b);
+/* The KL-clipped step's part: each block's D and P (P = D on SGD) and its <P, D> and
+ * finiteness into result slots from `slot0` on (KFAC_SLOTS_PER_LAYER per block); then,
+ * with the results read, the blocks' share of the KL quadratic. */
+void kfac_bn_step(kfac_net *k, network *net, int on, int slot0);
+double kfac_bn_step_results(kfac_net *k, network *net, const update_args *a, const double *results);
+/* The write-back into scale_updates and bias_updates, with the KL factor nu. */
+void kfac_bn_write_back(kfac_net *k, network *net, float nu);
+/* Snapshots of scale_updates and bias_updates after Darknet's update. */
+void kfac_bn_snapshot(kfac_net *k, network *net);
+/* The adaptive step (kfac_adaptive.c) on the blocks: the blocks take part in its
+ * quadratic model as the covered layers do, each with the damping gamma^2 = lambda +
+ * eta of the model itself (no decay applies to scales and shifts in Darknet, so none
+ * enters their gradient or the ratio's decay term). */
+enum { KFAC_BN_DIR_NONE = 0, KFAC_BN_DIR_DELTA = 1, KFAC_BN_DIR_PREV = 2 };
+typedef struct {
+    double gd, gp, dd, dp, pp, tt; /* <D,P>, <D,prev>, <P,P>, <P,prev>, <prev,prev>, <theta,theta> */
+    int any;                /* a block takes part */
+} kfac_bn_sums;
+/* The direction of every block with an inverse (P = Delta = (F + gamma^2)^-1 D / B, D
+ * the negative gradient summed over the batch), their sums; the others' modes set. */
+void kfac_bn_adaptive_direction(kfac_net *k, network *net, int on, double B, kfac_bn_sums *sums);
+/* The blocks in the model moved by scale times their k->bn_dir vector (probes), and back */
+void kfac_bn_adaptive_move(kfac_net *k, network *net, float scale);
+void kfac_bn_adaptive_restore(kfac_net *k, network *net);
+/* prev <- a prev + b P (the step delta = r (alpha Delta + mu delta_0)), or 0 */
+void kfac_bn_adaptive_combine(kfac_net *k, float a, float b);
+void kfac_bn_adaptive_forget(kfac_net *k);
+/* A ratio pending: mark the blocks that moved; rho_next_batch: to the weights before
+ * that step (to 1) and back (to 0) */
+void kfac_bn_adaptive_pend(kfac_net *k);
+void kfac_bn_adaptive_swap_pre(kfac_net *k, network *net, int to_pre);
+/* After Darknet's update: the blocks' scales and shifts become their saved values +
+ * prev, their update buffers zero */
+void kfac_bn_adaptive_updated(kfac_net *k, network *net);
+
+/* Replicas (kfac_networks_sync): the blocks' F averaged and, when `decompose`, each
+ * replica's decomposed; kfac_bn_need_inverse: a block has factors but no inverse. */
+void kfac_bn_sync(kfac_net **ks, kfac_backend **bs, int n, int decompose);
+int kfac_bn_need_inverse(const kfac_net *k);
+
+/* ---- kfac_ekfac.c ------------------------------------------------------------------ */
+
+/* scaling=ekfac (George et al. 2018, shared/DESIGN.md 6b): a covered layer's scaling
+ * S_ij = E_n[(E_G dW_n E_A^T)_ij^2] in its current Kronecker eigenbasis, in place of
+ * the eigenvalue products dG_i dA_j.  Every float pointer is a backend buffer. */
+typedef struct kfac_ekfac {
+    float *S, *S_acc;       /* groups x M x K: running average, sum over the update's images */
+    float *R;               /* groups x M x K: the reciprocal damped denominators (ekfac_scale) */
+    int n_acc;              /* images in S_acc */
+    int acc_gen;            /* the basis S_acc was taken in (kfac_layer.basis_gen) */
+    int gen;                /* the basis S belongs to */
+    int batches;            /* batches in S since that basis (0: none, K-FAC's scaling is used) */
+    int R_ok;               /* R is built from the current S ... */
+    int R_gen;              /* ... in the basis of this generation ... */
+    float R_key;            /* ... with this damping key */
+    int bad_logged;
+} kfac_ekfac;
+
+void kfac_ekfac_attach(kfac_net *k);
+void kfac_ekfac_free(kfac_net *k);
+/* Statistics step, start of the update: the decompositions due in this update are
+ * taken now, from the factors so far, so that its scaling is estimated in the basis
+ * it will precondition with. */
+void kfac_ekfac_begin_update(kfac_net *k);
+/* 1 when kfac_ekfac_begin_update took this update's decompositions. */
+int kfac_ekfac_refreshed(const kfac_net *k);
+/* The scaling's statistics of one layer from its input and delta (a statistics
+ * backward), in its current basis. */
+void kfac_ekfac_capture(kfac_net *k, kfac_layer *kl, const layer *l, const float *input, const float *delta);
+/* The update's statistics into S; a batch of another basis or non-finite is dropped. */
+void kfac_ekfac_fold(kfac_net *k);
+/* out = E_G^T [(E_G D E_A^T) / (S + damping)] E_A when the layer's scaling is ready:
+ * returns 1, or 0 (K-FAC's preconditioning applies). */
+int kfac_ekfac_precondition(kfac_net *k, kfac_layer *kl, float *out);
+
 /* ---- kfac_fisher.c ---------------------------------------------------------------- */
 
 /* Finds the loss layers and how each is sampled (k->losses, k->true_fisher); writes
@@ -316,6 +474,15 @@ void kfac_fisher_setup(kfac_net *k, const network *net, char *note, size_t note_
  * assigns them (from the truth and the anchors alone). */
 size_t kfac_yolo_index(const layer *l, int b, int n, int loc, int e);
 void kfac_yolo_assignments(const layer *l, const network *net, float *weight);
+
+/* ---- kfac_region.c ----------------------------------------------------------------- */
+
+/* NULL when [region] layer l can be sampled, else why not. */
+const char *kfac_region_supported(const layer *l);
+/* The sampled delta of [region] layer l on the host: p its output, d its real delta on
+ * entry (which objectness outputs carry a term) and the sample on return; the slots'
+ * scales go through k->yolo_weight (batch x n x locations). */
+void kfac_region_sample(kfac_net *k, const network *net, const layer *l, const float *p, float *d);
 
 /* ---- kfac_adaptive.c --------------------------------------------------------------- */
 

@@ -24,7 +24,7 @@ kfac_damping kfac_damping_now(const kfac_net *k)
  * directions no sample reached by a tenth of what its data directions get, and those
  * directions then take over the step (measured: an MLP on the digits fell to 35%
  * test accuracy with the plain mean, 85% with this one). */
-static float mean_of(const float *d, int n)
+float kfac_eig_mean(const float *d, int n)
 {
     double s = 0, mx = 0;
     int i, r = 0;
@@ -47,7 +47,7 @@ static int relative_of(kfac_backend *be, kfac_scratch *sc, const float *d, int d
     int g, ok = 1;
     be->ops->to_host(be, sc->host_d, d, (size_t)groups * dim);
     for (g = 0; g < groups; ++g) {
-        out[g] = sd * mean_of(sc->host_d + (size_t)g * dim, dim);
+        out[g] = sd * kfac_eig_mean(sc->host_d + (size_t)g * dim, dim);
         ok &= out[g] > 0;
     }
     return ok;
@@ -103,19 +103,20 @@ static int tikhonov_of(kfac_backend *be, kfac_scratch *sc, const kfac_shape *s, 
     return ok;
 }
 
+int kfac_damping_values(kfac_backend *be, kfac_scratch *sc, const kfac_shape *s, const kfac_eigs *e, kfac_damping dmp)
+{
+    if (dmp.tikhonov) return tikhonov_of(be, sc, s, e, dmp.key, sqrtf(dmp.floor));
+    const float sd = sqrtf(dmp.key);
+    return relative_of(be, sc, e->dA, kfac_a_dim(s), kfac_a_count(s), sd, sc->lambda) &&
+           relative_of(be, sc, e->dG, s->M, s->groups, sd, sc->lambda_g);
+}
+
 /* Ainv = (A + lA I)^-1 and Ginv = (G + lG I)^-1 from the decompositions in e.  Because
  * this damping is separable, the two damped inverses are formed once per decomposition
  * (and damping) and each update costs two products instead of four. */
 static void damped_inverses(kfac_backend *be, kfac_scratch *sc, const kfac_shape *s, kfac_eigs *e, kfac_damping dmp)
 {
-    int ok;
-    if (dmp.tikhonov) {
-        ok = tikhonov_of(be, sc, s, e, dmp.key, sqrtf(dmp.floor));
-    } else {
-        const float sd = sqrtf(dmp.key);
-        ok = relative_of(be, sc, e->dA, kfac_a_dim(s), kfac_a_count(s), sd, sc->lambda) &&
-             relative_of(be, sc, e->dG, s->M, s->groups, sd, sc->lambda_g);
-    }
+    const int ok = kfac_damping_values(be, sc, s, e, dmp);
     if (ok) {
         be->ops->damped_inverse(be, e->EA, e->dA, kfac_a_dim(s), kfac_a_count(s), sc->lambda, e->Ainv);
         be->ops->damped_inverse(be, e->EG, e->dG, s->M, s->groups, sc->lambda_g, e->Ginv);
@@ -182,6 +183,7 @@ int kfac_inverse_install(kfac_net *k, kfac_layer *kl)
     kl->inv_damping = e->damping; /* 0: built at the next preconditioning */
     kl->inv_ok = e->inv_ok;
     kl->have_inverse = 1;
+    ++kl->basis_gen; /* scaling=ekfac: a scaling measured in the old basis no longer applies */
     return 0;
 }
 
@@ -218,5 +220,6 @@ void kfac_precondition_layer_to(kfac_net *k, kfac_layer *kl, float *out)
         be->ops->copy(be, out, kl->D, (size_t)kl->s.groups * kl->s.M * kl->s.K);
         return;
     }
+    if (kfac_ekfac_precondition(k, kl, out)) return; /* scaling=ekfac, once its scaling is measured */
     be->ops->precondition(be, &kl->s, kl->Ginv, kl->Ainv, kl->D, kl->tmp, out);
 }

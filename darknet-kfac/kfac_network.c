@@ -138,8 +138,14 @@ void kfac_network_attach(network *net, void *cfgp)
     k->lean_fisher = 1;
     k->layers = (kfac_layer *)kfac_calloc((size_t)net->n, sizeof(kfac_layer));
 
-    char skipped[1024] = "", fisher_note[1024];
+    char skipped[1024] = "", fisher_note[1024], bn_note[1024];
     choose_layers(k, net, skipped, sizeof skipped);
+    kfac_bn_choose(k, net, bn_note, sizeof bn_note, skipped, sizeof skipped);
+    /* the lowest layer whose backward the statistics need: a covered layer, or the
+     * layer above a batch-norm block (whose hook takes the block's statistics) */
+    k->lowest = net->n;
+    if (k->nlayers) k->lowest = k->layers[0].index;
+    if (k->nbn && k->bn[0].index + 1 < k->lowest) k->lowest = k->bn[0].index + 1;
     kfac_fisher_setup(k, net, fisher_note, sizeof fisher_note);
     if (k->true_fisher) {
         for (i = 0; i < net->n; ++i) {
@@ -149,7 +155,7 @@ void kfac_network_attach(network *net, void *cfgp)
         if (!k->sink_len) k->sink_len = 1;
     }
 
-    const int nslots = KFAC_SLOTS_PER_LAYER * (k->nlayers > 0 ? k->nlayers : 1);
+    const int nslots = KFAC_SLOTS_PER_LAYER * (k->nlayers + k->nbn > 0 ? k->nlayers + k->nbn : 1);
 #ifdef GPU
     if (net->gpu_index >= 0) k->be = kfac_backend_cuda_create(net->gpu_index, nslots);
 #endif
@@ -157,6 +163,8 @@ void kfac_network_attach(network *net, void *cfgp)
     kfac_backend *be = k->be;
 
     for (i = 0; i < k->nlayers; ++i) alloc_layer(be, &k->layers[i], &net->layers[k->layers[i].index]);
+    kfac_bn_alloc(k, net);
+    kfac_ekfac_attach(k);
     k->eta = net->decay;
     k->results = (double *)kfac_calloc((size_t)nslots, sizeof(double));
     k->mode = (int *)kfac_calloc((size_t)(k->nlayers > 0 ? k->nlayers : 1), sizeof(int));
@@ -169,7 +177,8 @@ void kfac_network_attach(network *net, void *cfgp)
             k->losses[i].delta_save = be->ops->alloc(be, n);
             k->losses[i].len = n;
             if (n > most) most = n;
-            if (l->type == YOLO && (size_t)l->batch * l->n * l->w * l->h > yolo) yolo = (size_t)l->batch * l->n * l->w * l->h;
+            if ((l->type == YOLO || l->type == REGION) && (size_t)l->batch * l->n * l->w * l->h > yolo)
+                yolo = (size_t)l->batch * l->n * l->w * l->h;
         }
         k->uniforms = (float *)kfac_calloc((size_t)net->batch, sizeof(float));
         k->host_p = (float *)kfac_calloc(most, sizeof(float));
@@ -204,6 +213,7 @@ void kfac_network_attach(network *net, void *cfgp)
         if (kl->s.groups > 1) fprintf(stderr, " xgroups%d", kl->s.groups);
         fputc(i + 1 < k->nlayers ? ',' : ';', stderr);
     }
+    if (k->nbn) fprintf(stderr, " batch norm:%s;", bn_note);
     fprintf(stderr, " on SGD:%s; Fisher: %s\n", skipped[0] ? skipped : " none", fisher_note);
     fputs(step_note, stderr);
     if (!be->ops->host_memory) fprintf(stderr, "K-FAC: on %s\n", be->description);
@@ -222,6 +232,8 @@ void kfac_network_free(network *net)
         net->layers[k->layers[i].index].kfac = NULL;
         free_layer_state(be, &k->layers[i]);
     }
+    kfac_bn_free(k);
+    kfac_ekfac_free(k);
     be->ops->release(be, k->sink);
     for (i = 0; i < k->nlosses; ++i) be->ops->release(be, k->losses[i].delta_save);
     be->ops->destroy(be);

@@ -9,7 +9,8 @@
  *   per covered layer: i32 index, type, groups, K, M, has_bias, A's blocks per group,
  *                      have_factors (batches), have_inverse; f32 A, G, EA, dA, EG, dG,
  *                      w_snap, b_snap (A and EA: the blocks, one after another)
- *   per conv/connected layer: i32 index, u32 counts; f32 weight, bias, scale updates
+ *   per conv/connected/batchnorm layer: i32 index, u32 counts; f32 weight, bias,
+ *                      scale updates
  *   u32 step rule (0 kl_clip, 1 adaptive, 2 auto); adaptive and auto: f32 lambda,
  *   i32 have_prev, updates, active, low_ratios, check_next, per covered layer f32
  *   delta_0
@@ -18,7 +19,18 @@
  *   measured t_update, t_stats, t_decomp; i32 the update the background job is
  *   installed at (-1: none); per covered layer i32 in the job, and for those i32 its
  *   status and f32 its EA, dA, EG, dG (the job finished, not yet installed)
+ *   u32 batch-norm blocks; per block: i32 index, channels, blocks, have_factors
+ *                      (batches), have_inverse; f32 F, E, d, scale and shift
+ *                      snapshots, and with step=adaptive or auto delta_0 (2C;
+ *                      kfac_bn.c)
+ *   u32 scaling (0 kfac, 1 ekfac); ekfac: per covered layer i32 batches in S (0 when
+ *                      S does not belong to the saved decomposition), f32 S
+ *                      (groups x M x K; kfac_ekfac.c)
  *   u64 FNV-1a hash of everything before it
+ *
+ * Version 5 added the batch-norm blocks, the [batchnorm] momentum and the EKFAC
+ * scaling (version 4: the schedule and the background job); a file of another version
+ * is refused with its number named.
  *
  * Written to <file>.tmp, flushed to disk and renamed, so a crash mid-write never
  * leaves a torn file.  A file is read whole and checked before anything of the net
@@ -42,7 +54,7 @@
 #include "kfac_internal.h"
 
 #define KFAC_STATE_MAGIC 0x4341464bu /* "KFAC" */
-#define KFAC_STATE_VERSION 4u
+#define KFAC_STATE_VERSION 5u
 
 typedef struct {
     FILE *fp;
@@ -96,14 +108,29 @@ static int get(kfac_stream *s, void *p, size_t size, size_t n)
 
 void kfac_layer_update_counts(const layer *l, size_t c[3])
 {
+    /* outputs per image of a connected layer, filters of a conv, channels of a [batchnorm] */
+    const size_t per = (size_t)(l->type == CONNECTED ? l->outputs : l->type == BATCHNORM ? l->c : l->n);
     c[0] = l->weight_updates ? (size_t)(l->type == CONNECTED ? l->inputs * l->outputs : l->nweights) : 0;
-    c[1] = l->bias_updates ? (size_t)(l->type == CONNECTED ? l->outputs : l->n) : 0;
-    c[2] = l->scale_updates ? (size_t)(l->type == CONNECTED ? l->outputs : l->n) : 0;
+    c[1] = l->bias_updates ? per : 0;
+    c[2] = l->scale_updates ? per : 0;
 }
 
+/* the layers whose momentum (Darknet's *_updates) the file keeps */
 static int is_weighted(const layer *l)
 {
-    return l->type == CONVOLUTIONAL || l->type == CONNECTED;
+    return l->type == CONVOLUTIONAL || l->type == CONNECTED || l->type == BATCHNORM;
+}
+
+/* The arrays of one batch-norm block the file holds, in file order, with their lengths. */
+#define KFAC_BN_ARRAYS 5
+static void bn_arrays(kfac_bn *b, float **p[KFAC_BN_ARRAYS], size_t n[KFAC_BN_ARRAYS])
+{
+    const size_t len = kfac_a_len(&b->s), K = (size_t)b->s.K;
+    p[0] = &b->F;      n[0] = len;
+    p[1] = &b->E;      n[1] = len;
+    p[2] = &b->d;      n[2] = K;
+    p[3] = &b->s_snap; n[3] = K / 2;
+    p[4] = &b->b_snap; n[4] = K / 2;
 }
 
 /* The arrays of one covered layer the file holds, in file order, with their lengths. */
@@ -168,6 +195,8 @@ void kfac_state_save(network *net, const char *weightfile)
         kfac_layer_update_counts(&net->layers[i], c);
         for (j = 0; j < 3; ++j) if (c[j] > longest) longest = c[j];
     }
+    for (i = 0; i < k->nbn; ++i)
+        if (kfac_a_len(&k->bn[i].s) > longest) longest = kfac_a_len(&k->bn[i].s);
     float *host = (float *)kfac_calloc(longest, sizeof(float));
 
     uint32_t head[4] = {KFAC_STATE_MAGIC, KFAC_STATE_VERSION, (uint32_t)net->n, (uint32_t)k->nlayers};
@@ -257,6 +286,39 @@ void kfac_state_save(network *net, const char *weightfile)
             }
         }
     }
+    uint32_t nbn = (uint32_t)k->nbn;
+    put(&s, &nbn, sizeof nbn, 1);
+    for (i = 0; i < k->nbn; ++i) {
+        kfac_bn *b = &k->bn[i];
+        float **p[KFAC_BN_ARRAYS];
+        size_t n[KFAC_BN_ARRAYS];
+        int32_t d[5] = {b->index, b->s.K / 2, kfac_a_count(&b->s), b->have_factors, b->have_inverse};
+        put(&s, d, sizeof(int32_t), 5);
+        bn_arrays(b, p, n);
+        for (j = 0; j < KFAC_BN_ARRAYS; ++j) {
+            be->ops->to_host(be, host, *p[j], n[j]);
+            put(&s, host, sizeof(float), n[j]);
+        }
+        if (k->adapt) {
+            be->ops->to_host(be, host, b->prev, (size_t)b->s.K);
+            put(&s, host, sizeof(float), (size_t)b->s.K);
+        }
+    }
+    uint32_t scaling = (uint32_t)k->cfg.scaling;
+    put(&s, &scaling, sizeof scaling, 1);
+    for (i = 0; scaling && i < k->nlayers; ++i) {
+        kfac_layer *kl = &k->layers[i];
+        const size_t n = (size_t)kl->s.groups * kl->s.M * kl->s.K;
+        int32_t batches = kl->ek->gen == kl->basis_gen ? kl->ek->batches : 0;
+        if (n > longest) {
+            free(host);
+            host = (float *)kfac_calloc(n, sizeof(float));
+            longest = n;
+        }
+        put(&s, &batches, sizeof batches, 1);
+        be->ops->to_host(be, host, kl->ek->S, n);
+        put(&s, host, sizeof(float), n);
+    }
     free(host);
     uint64_t h = s.hash;
     put(&s, &h, sizeof h, 1);
@@ -288,6 +350,13 @@ typedef struct {
     double times[3];        /* t_update, t_stats, t_decomp */
     int32_t (*job)[2];      /* per covered layer: in the job, its status */
     float **next;           /* per covered layer 4 host arrays (the job's layers only) */
+    int32_t (*bn_flags)[2]; /* per batch-norm block: have_factors, have_inverse */
+    float **bn;             /* per batch-norm block KFAC_BN_ARRAYS host arrays */
+    float **bn_prev;        /* per batch-norm block delta_0, when saved with step=adaptive */
+    int nbn;
+    uint32_t scaling;       /* the scaling it was saved with */
+    int32_t *ek_batches;    /* per covered layer, when saved with scaling=ekfac */
+    float **ek_S;
     int n;                  /* net->n */
 } kfac_staged;
 
@@ -302,6 +371,17 @@ static void staged_free(kfac_staged *st)
         for (i = 0; i < st->nlayers; ++i) free(st->prev[i]);
     if (st->next)
         for (i = 0; i < st->nlayers * 4; ++i) free(st->next[i]);
+    if (st->bn)
+        for (i = 0; i < st->nbn * KFAC_BN_ARRAYS; ++i) free(st->bn[i]);
+    if (st->bn_prev)
+        for (i = 0; i < st->nbn; ++i) free(st->bn_prev[i]);
+    free(st->bn_prev);
+    free(st->bn);
+    free(st->bn_flags);
+    if (st->ek_S)
+        for (i = 0; i < st->nlayers; ++i) free(st->ek_S[i]);
+    free(st->ek_S);
+    free(st->ek_batches);
     free(st->prev);
     free(st->next);
     free(st->job);
@@ -319,6 +399,46 @@ static int fail(char *err, size_t errlen, const char *fmt, ...)
     vsnprintf(err, errlen, fmt, ap);
     va_end(ap);
     return -1;
+}
+
+/* The batch-norm blocks' section into st; 0, or -1 with the message in err. */
+static int read_bn(kfac_net *k, const char *path, kfac_stream *s, kfac_staged *st, char *err, size_t errlen)
+{
+    uint32_t nbn;
+    int i, j;
+    if (get(s, &nbn, sizeof nbn, 1)) return fail(err, errlen, "%s: truncated K-FAC state file (batch-norm blocks)", path);
+    if (nbn != (uint32_t)k->nbn)
+        return fail(err, errlen, "%s: saved with %u batch-norm blocks; this cfg has %d (another net or another [kfac])", path,
+                    nbn, k->nbn);
+    st->nbn = k->nbn;
+    st->bn_flags = (int32_t(*)[2])kfac_calloc((size_t)(k->nbn ? k->nbn : 1), sizeof *st->bn_flags);
+    st->bn = (float **)kfac_calloc((size_t)(k->nbn ? k->nbn : 1) * KFAC_BN_ARRAYS, sizeof(float *));
+    st->bn_prev = (float **)kfac_calloc((size_t)(k->nbn ? k->nbn : 1), sizeof(float *));
+    for (i = 0; i < k->nbn; ++i) {
+        kfac_bn *b = &k->bn[i];
+        float **p[KFAC_BN_ARRAYS];
+        size_t n[KFAC_BN_ARRAYS];
+        int32_t d[5];
+        if (get(s, d, sizeof(int32_t), 5))
+            return fail(err, errlen, "%s: truncated K-FAC state file (batch-norm block of layer %d)", path, b->index);
+        if (d[0] != b->index || d[1] != b->s.K / 2 || d[2] != kfac_a_count(&b->s))
+            return fail(err, errlen, "%s: the batch-norm block of layer %d was saved with %d channels in %d blocks; this cfg gives layer %d %d channels in %d blocks: another net or another cfg",
+                        path, d[0], d[1], d[2], b->index, b->s.K / 2, kfac_a_count(&b->s));
+        st->bn_flags[i][0] = d[3];
+        st->bn_flags[i][1] = d[4];
+        bn_arrays(b, p, n);
+        for (j = 0; j < KFAC_BN_ARRAYS; ++j) {
+            float **a = &st->bn[i * KFAC_BN_ARRAYS + j];
+            *a = (float *)kfac_calloc(n[j], sizeof(float));
+            if (get(s, *a, sizeof(float), n[j]))
+                return fail(err, errlen, "%s: truncated K-FAC state file (batch-norm block of layer %d)", path, b->index);
+        }
+        if (st->rule == 0) continue;
+        st->bn_prev[i] = (float *)kfac_calloc((size_t)b->s.K, sizeof(float));
+        if (get(s, st->bn_prev[i], sizeof(float), (size_t)b->s.K))
+            return fail(err, errlen, "%s: truncated K-FAC state file (batch-norm block of layer %d)", path, b->index);
+    }
+    return 0;
 }
 
 /* Reads and checks path for this net.  Returns 0 with st filled, 1 when the file does
@@ -460,6 +580,24 @@ static int state_read(network *net, const char *path, kfac_staged *st, char *err
             }
         }
     }
+    if (read_bn(k, path, &s, st, err, errlen)) goto done;
+    if (get(&s, &st->scaling, sizeof st->scaling, 1) || st->scaling > 1) {
+        fail(err, errlen, "%s: truncated or corrupt K-FAC state file (scaling)", path);
+        goto done;
+    }
+    if (st->scaling) {
+        st->ek_batches = (int32_t *)kfac_calloc((size_t)(k->nlayers ? k->nlayers : 1), sizeof(int32_t));
+        st->ek_S = (float **)kfac_calloc((size_t)(k->nlayers ? k->nlayers : 1), sizeof(float *));
+        for (i = 0; i < k->nlayers; ++i) {
+            const kfac_shape *sh = &k->layers[i].s;
+            const size_t n = (size_t)sh->groups * sh->M * sh->K;
+            st->ek_S[i] = (float *)kfac_calloc(n, sizeof(float));
+            if (get(&s, &st->ek_batches[i], sizeof(int32_t), 1) || get(&s, st->ek_S[i], sizeof(float), n)) {
+                fail(err, errlen, "%s: truncated K-FAC state file (EKFAC scaling of layer %d)", path, k->layers[i].index);
+                goto done;
+            }
+        }
+    }
     uint64_t want = s.hash, h;
     if (fread(&h, sizeof h, 1, s.fp) != 1) { fail(err, errlen, "%s: truncated K-FAC state file (no checksum)", path); goto done; }
     if (h != want) { fail(err, errlen, "%s: K-FAC state file is corrupt (checksum mismatch)", path); goto done; }
@@ -534,6 +672,30 @@ static void state_commit(network *net, const kfac_staged *st)
         next_lengths(kl, n);
         for (j = 0; j < 4; ++j) be->ops->from_host(be, arr[j], st->next[i * 4 + j], n[j]);
     }
+    for (i = 0; i < k->nbn; ++i) {
+        kfac_bn *b = &k->bn[i];
+        float **p[KFAC_BN_ARRAYS];
+        size_t n[KFAC_BN_ARRAYS];
+        bn_arrays(b, p, n);
+        for (j = 0; j < KFAC_BN_ARRAYS; ++j) be->ops->from_host(be, *p[j], st->bn[i * KFAC_BN_ARRAYS + j], n[j]);
+        b->have_factors = st->bn_flags[i][0];
+        b->have_inverse = st->bn_flags[i][1];
+        b->inv_damping = 0; /* the damped inverse is rebuilt from the loaded decomposition */
+        if (k->adapt && st->rule != 0) be->ops->from_host(be, b->prev, st->bn_prev[i], (size_t)b->s.K);
+    }
+    for (i = 0; i < k->nlayers; ++i) {
+        kfac_layer *kl = &k->layers[i];
+        ++kl->basis_gen; /* the loaded decomposition */
+        if (!kl->ek || !st->scaling) continue;
+        const size_t n = (size_t)kl->s.groups * kl->s.M * kl->s.K;
+        be->ops->from_host(be, kl->ek->S, st->ek_S[i], n);
+        kl->ek->batches = st->ek_batches[i];
+        kl->ek->gen = kl->basis_gen;
+        kl->ek->R_ok = 0;
+    }
+    if ((uint32_t)k->cfg.scaling != st->scaling)
+        kfac_log("the state was saved with scaling=%s, this cfg has scaling=%s: factors and momentum resumed, the "
+                 "EKFAC scaling starts fresh", st->scaling ? "ekfac" : "kfac", k->cfg.scaling ? "ekfac" : "kfac");
     k->step = st->step;
     k->rng = st->rng;
 }

@@ -105,6 +105,9 @@ void kfac_networks_sync(network **nets, int n)
     /* inverses: due when a replica hit a refresh step, or a layer has none yet */
     for (i = 0; i < n; ++i) due |= ks[i]->inverse_due;
     for (j = 0; j < k0->nlayers; ++j) due |= k0->layers[j].have_factors && !k0->layers[j].have_inverse;
+    due |= kfac_bn_need_inverse(k0);
+    /* the batch-norm blocks: averaged, and decomposed by every replica when due */
+    kfac_bn_sync(ks, bs, n, due && !k0->identity);
     if (due && !k0->identity) {
         int *owner = (int *)kfac_calloc((size_t)(k0->nlayers ? k0->nlayers : 1), sizeof(int));
         pthread_t *threads = (pthread_t *)kfac_calloc((size_t)n, sizeof(pthread_t));
@@ -129,6 +132,7 @@ void kfac_networks_sync(network **nets, int n)
                 ks[i]->layers[j].inv_damping = 0; /* damped inverses rebuilt from the shared decomposition */
             }
             if (!src->have_inverse) continue;
+            for (i = 0; i < n; ++i) ++ks[i]->layers[j].basis_gen; /* scaling=ekfac: a new basis */
             for (a = 0; a < 4; ++a) {
                 for (i = 0; i < n; ++i) {
                     kfac_layer *kl = &ks[i]->layers[j];

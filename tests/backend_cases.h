@@ -436,6 +436,77 @@ static void bc_case_capture(const bc_ctx *c, const layer *l, int index, int is_G
     free(data); free(acc0); free(ref); free(abs_sum); free(tol); free(v); free(got); free(orc);
 }
 
+/* the result of capture_bn on backend b: acc0 + the batch's sum */
+static float *bc_capture_bn_run(kfac_backend *b, const kfac_shape *s, int B, const float *delta, const float *xn,
+                                size_t ndata, const float *acc0, size_t nacc)
+{
+    float *d = bc_up(b, delta, ndata), *x = bc_up(b, xn, ndata), *acc = bc_up(b, acc0, nacc);
+    b->ops->capture_bn(b, s, B, d, x, acc);
+    float *out = bc_down(b, acc, nacc);
+    b->ops->release(b, d);
+    b->ops->release(b, x);
+    b->ops->release(b, acc);
+    return out;
+}
+
+/* A batch-norm block's shape (kfac_bn.c): F of 2C, whole or in C blocks of 2 */
+static kfac_shape bc_bn_shape(int C, int T, int per_channel)
+{
+    kfac_shape s;
+    memset(&s, 0, sizeof s);
+    s.type = BATCHNORM;
+    s.groups = 1;
+    s.M = 1;
+    s.K = s.k_in = 2 * C;
+    s.T = T;
+    s.a_blocks = per_channel ? C : 1;
+    return s;
+}
+
+/* capture_bn: per image n the 2C-vector g_n = per channel (sum_t delta x_norm,
+ * sum_t delta), and acc (blocks, upper triangles) += sum_n g_n g_n^T, into an
+ * accumulator holding random values (the sum must be added). */
+static void bc_case_capture_bn(const bc_ctx *c, int per_channel)
+{
+    const int B = 5, C = 3, T = 7;
+    const kfac_shape s = bc_bn_shape(C, T, per_channel);
+    const int nb = kfac_a_blocks(&s), Ka = kfac_a_dim(&s), K = s.K;
+    const size_t ndata = (size_t)B * C * T, nacc = kfac_a_len(&s), dd = (size_t)Ka * Ka;
+    kt_rng r = kt_rng_make(915, (uint64_t)per_channel);
+    float *delta = bc_f(ndata), *xn = bc_f(ndata), *acc0 = bc_f(nacc);
+    double *ref = bc_d(nacc), *abs_sum = bc_d(nacc), *tol = bc_d(nacc), *v = bc_d((size_t)K);
+    int b, ch, t, blk;
+    size_t i;
+    bc_fill(&r, delta, ndata, -1, 1);
+    bc_fill(&r, xn, ndata, -2, 2);
+    bc_random_symmetric(&r, acc0, Ka, nb);
+    for (i = 0; i < nacc; ++i) {
+        ref[i] = acc0[i];
+        abs_sum[i] = fabs(acc0[i]);
+    }
+    for (b = 0; b < B; ++b) {
+        for (ch = 0; ch < C; ++ch) {
+            double sg = 0, sb = 0;
+            for (t = 0; t < T; ++t) {
+                sg += (double)delta[((size_t)b * C + ch) * T + t] * xn[((size_t)b * C + ch) * T + t];
+                sb += delta[((size_t)b * C + ch) * T + t];
+            }
+            v[2 * ch] = sg;
+            v[2 * ch + 1] = sb;
+        }
+        for (blk = 0; blk < nb; ++blk) bc_add_outer_upper(ref + blk * dd, abs_sum + blk * dd, v + blk * Ka, Ka, 1.0);
+    }
+    /* each g_n rounded once to float (its sum in double), then B products summed in
+     * float and added to the accumulator; lower triangles undefined */
+    for (blk = 0; blk < nb; ++blk)
+        for (i = 0; i < dd; ++i)
+            tol[blk * dd + i] = i / Ka <= i % Ka ? (B + 6) * BC_U * abs_sum[blk * dd + i] : -1;
+    float *got = bc_capture_bn_run(c->be, &s, B, delta, xn, ndata, acc0, nacc);
+    float *orc = c->oracle ? bc_capture_bn_run(c->oracle, &s, B, delta, xn, ndata, acc0, nacc) : NULL;
+    bc_report(c, per_channel ? "capture_bn_per_channel" : "capture_bn_whole", got, orc, ref, tol, nacc);
+    free(delta); free(xn); free(acc0); free(ref); free(abs_sum); free(tol); free(v); free(got); free(orc);
+}
+
 static float *bc_fold_run(kfac_backend *b, const float *X0, const float *acc0, int dim, int groups, float w_old,
                           float w_new, float inv_n, float **acc_after)
 {
@@ -970,7 +1041,7 @@ static void bc_case_gather(const bc_ctx *c, const kfac_shape *s, int index)
 static float *bc_precondition_run(kfac_backend *b, const kfac_shape *s, const float *Ginv, const float *Ainv,
                                   const float *D)
 {
-    const size_t nG = (size_t)s->groups * s->M * s->M, nA = (size_t)s->groups * s->K * s->K;
+    const size_t nG = (size_t)s->groups * s->M * s->M, nA = kfac_a_len(s);
     const size_t nD = (size_t)s->groups * s->M * s->K;
     float *g = bc_up(b, Ginv, nG), *a = bc_up(b, Ainv, nA), *d = bc_up(b, D, nD);
     float *tmp = b->ops->alloc(b, nD), *P = b->ops->alloc(b, nD);
@@ -981,12 +1052,13 @@ static float *bc_precondition_run(kfac_backend *b, const kfac_shape *s, const fl
     return out;
 }
 
-/* P_g = Ginv_g D_g Ainv_g against the explicit product in double.  Ginv and Ainv are
- * random and not symmetric, so a transposed operand shows. */
+/* P_g = Ginv_g D_g Ainv_g against the explicit product in double, Ainv_g block
+ * diagonal when s keeps A in blocks.  Ginv and Ainv are random and not symmetric, so a
+ * transposed operand shows. */
 static void bc_case_precondition(const bc_ctx *c, const kfac_shape *s, int index)
 {
-    const int M = s->M, K = s->K;
-    const size_t nG = (size_t)s->groups * M * M, nA = (size_t)s->groups * K * K, nD = (size_t)s->groups * M * K;
+    const int M = s->M, K = s->K, nb = kfac_a_blocks(s), Ka = kfac_a_dim(s);
+    const size_t nG = (size_t)s->groups * M * M, nA = kfac_a_len(s), nD = (size_t)s->groups * M * K;
     kt_rng r = kt_rng_make(980, (uint64_t)index);
     float *Ginv = bc_f(nG), *Ainv = bc_f(nA), *D = bc_f(nD);
     double *ref = bc_d(nD), *tol = bc_d(nD), *t = bc_d((size_t)M * K), *ta = bc_d((size_t)M * K);
@@ -995,7 +1067,7 @@ static void bc_case_precondition(const bc_ctx *c, const kfac_shape *s, int index
     bc_fill(&r, Ainv, nA, -1, 1);
     bc_fill(&r, D, nD, -1, 1);
     for (g = 0; g < s->groups; ++g) {
-        const float *Gi = Ginv + (size_t)g * M * M, *Ai = Ainv + (size_t)g * K * K, *Dg = D + (size_t)g * M * K;
+        const float *Gi = Ginv + (size_t)g * M * M, *Ai = Ainv + (size_t)g * nb * Ka * Ka, *Dg = D + (size_t)g * M * K;
         for (i = 0; i < M; ++i)
             for (j = 0; j < K; ++j) {
                 double x = 0, a = 0;
@@ -1008,22 +1080,26 @@ static void bc_case_precondition(const bc_ctx *c, const kfac_shape *s, int index
             }
         for (i = 0; i < M; ++i)
             for (j = 0; j < K; ++j) {
+                /* column j lies in block j / Ka: rows of that block only */
+                const int b0 = j / Ka * Ka;
+                const float *Ab = Ai + (size_t)(j / Ka) * Ka * Ka;
                 double x = 0, a = 0;
-                for (m = 0; m < K; ++m) {
-                    x += t[(size_t)i * K + m] * Ai[(size_t)m * K + j];
-                    a += ta[(size_t)i * K + m] * fabs((double)Ai[(size_t)m * K + j]);
+                for (m = 0; m < Ka; ++m) {
+                    x += t[(size_t)i * K + b0 + m] * Ab[(size_t)m * Ka + j - b0];
+                    a += ta[(size_t)i * K + b0 + m] * fabs((double)Ab[(size_t)m * Ka + j - b0]);
                 }
                 size_t e = (size_t)g * M * K + (size_t)i * K + j;
                 ref[e] = x;
-                /* two float products of M and K terms: to first order within
-                 * (M + K) u (|Ginv| |D| |Ainv|)_ij */
-                tol[e] = (M + K + 4) * BC_U * a;
+                /* two float products of M and Ka terms: to first order within
+                 * (M + Ka) u (|Ginv| |D| |Ainv|)_ij */
+                tol[e] = (M + Ka + 4) * BC_U * a;
             }
     }
     float *got = bc_precondition_run(c->be, s, Ginv, Ainv, D);
     float *orc = c->oracle ? bc_precondition_run(c->oracle, s, Ginv, Ainv, D) : NULL;
     char what[96];
-    snprintf(what, sizeof what, "precondition_layer%d", index);
+    if (nb > 1) snprintf(what, sizeof what, "precondition_layer%d_A_in_%d_blocks", index, nb);
+    else snprintf(what, sizeof what, "precondition_layer%d", index);
     bc_report(c, what, got, orc, ref, tol, nD);
     free(Ginv); free(Ainv); free(D); free(ref); free(tol); free(t); free(ta); free(got); free(orc);
 }
@@ -1079,6 +1155,241 @@ static void bc_case_scatter(const bc_ctx *c, const kfac_shape *s, int index)
     free(same);
     bc_grad_free(&q);
     free(P); free(D); free(before); free(ref); free(tol);
+}
+
+/* ---- scaling=ekfac --------------------------------------------------------------------------- */
+
+/* E_G (groups x M x M) and E_A (kfac_a_count(s) blocks): rows of random orthogonal
+ * matrices, as a decomposition leaves them */
+static void bc_random_bases(kt_rng *r, const kfac_shape *s, float *EG, float *EA)
+{
+    const int na = kfac_a_count(s), Ka = kfac_a_dim(s);
+    int g;
+    for (g = 0; g < s->groups; ++g) bc_random_orthogonal(r, EG + (size_t)g * s->M * s->M, s->M);
+    for (g = 0; g < na; ++g) bc_random_orthogonal(r, EA + (size_t)g * Ka * Ka, Ka);
+}
+
+/* Z (M x K) = E_G X E_A^T and, into Za, the same with every factor's absolute value
+ * (for the rounding bound), E_A by blocks of Ka */
+static void bc_project(int M, int K, int Ka, const float *EG, const float *EA, const double *X, const double *Xa,
+                       double *Z, double *Za)
+{
+    double *Y = bc_d((size_t)M * K), *Ya = bc_d((size_t)M * K);
+    int i, j, m;
+    for (i = 0; i < M; ++i)
+        for (j = 0; j < K; ++j)
+            for (m = 0; m < M; ++m) {
+                Y[(size_t)i * K + j] += (double)EG[(size_t)i * M + m] * X[(size_t)m * K + j];
+                Ya[(size_t)i * K + j] += fabs((double)EG[(size_t)i * M + m]) * Xa[(size_t)m * K + j];
+            }
+    for (i = 0; i < M; ++i)
+        for (j = 0; j < K; ++j) {
+            const int b0 = j / Ka * Ka;
+            const float *E = EA + (size_t)(j / Ka) * Ka * Ka;
+            double z = 0, za = 0;
+            for (m = 0; m < Ka; ++m) {
+                z += Y[(size_t)i * K + b0 + m] * E[(size_t)(j - b0) * Ka + m];
+                za += Ya[(size_t)i * K + b0 + m] * fabs((double)E[(size_t)(j - b0) * Ka + m]);
+            }
+            Z[(size_t)i * K + j] = z;
+            Za[(size_t)i * K + j] = za;
+        }
+    free(Y);
+    free(Ya);
+}
+
+static float *bc_capture_ekfac_run(kfac_backend *b, const kfac_shape *s, const layer *l, const float *in, size_t nin,
+                                   const float *delta, size_t nd, const float *EG, const float *EA, const float *acc0,
+                                   size_t nacc)
+{
+    float *di = bc_up(b, in, nin), *dd = bc_up(b, delta, nd), *eg = bc_up(b, EG, (size_t)s->groups * s->M * s->M);
+    float *ea = bc_up(b, EA, kfac_a_len(s)), *acc = bc_up(b, acc0, nacc);
+    b->ops->capture_ekfac(b, s, l, di, dd, eg, ea, acc);
+    float *out = bc_down(b, acc, nacc);
+    b->ops->release(b, di);
+    b->ops->release(b, dd);
+    b->ops->release(b, eg);
+    b->ops->release(b, ea);
+    b->ops->release(b, acc);
+    return out;
+}
+
+/* capture_ekfac of layer l (A whole, or in nb blocks over its input channels) on
+ * random inputs, deltas and orthogonal bases: acc += sum_n (E_G dW_n E_A^T)^2. */
+static void bc_case_capture_ekfac(const bc_ctx *c, const layer *l, int index, int nb)
+{
+    kfac_shape s = bc_shape_of(l);
+    s.a_blocks = nb;
+    const int M = s.M, K = s.K, T = s.T, B = l->batch, Ka = kfac_a_dim(&s);
+    const size_t MK = (size_t)M * K, nacc = (size_t)s.groups * MK, nin = (size_t)B * l->inputs, nd = (size_t)B * l->outputs;
+    kt_rng r = kt_rng_make(925, (uint64_t)(index * 4 + nb));
+    float *in = bc_f(nin), *delta = bc_f(nd), *EG = bc_f((size_t)s.groups * M * M), *EA = bc_f(kfac_a_len(&s));
+    float *acc0 = bc_f(nacc);
+    double *ref = bc_d(nacc), *tol = bc_d(nacc), *dW = bc_d(MK), *dWa = bc_d(MK), *Z = bc_d(MK), *Za = bc_d(MK);
+    double *a = bc_d((size_t)K);
+    int n, g, t, m, j;
+    size_t e;
+    bc_fill(&r, in, nin, -1, 1);
+    bc_fill(&r, delta, nd, -1, 1);
+    bc_fill(&r, acc0, nacc, 0, 1);
+    bc_random_bases(&r, &s, EG, EA);
+    for (e = 0; e < nacc; ++e) {
+        ref[e] = acc0[e];
+        tol[e] = 0;
+    }
+    for (n = 0; n < B; ++n)
+        for (g = 0; g < s.groups; ++g) {
+            memset(dW, 0, MK * sizeof(double));
+            memset(dWa, 0, MK * sizeof(double));
+            for (t = 0; t < T; ++t) {
+                bc_patch(l, &s, in, n, g, t, a);
+                for (m = 0; m < M; ++m) {
+                    const double gt = s.type == CONNECTED ? delta[(size_t)n * l->outputs + m]
+                                                          : delta[(((size_t)n * s.groups + g) * M + m) * T + t];
+                    for (j = 0; j < K; ++j) {
+                        dW[(size_t)m * K + j] += gt * a[j];
+                        dWa[(size_t)m * K + j] += fabs(gt * a[j]);
+                    }
+                }
+            }
+            bc_project(M, K, Ka, EG + (size_t)g * M * M, EA + (size_t)g * nb * Ka * Ka, dW, dWa, Z, Za);
+            for (e = 0; e < MK; ++e) {
+                /* Z in float: T products summed, then two projections of M and Ka
+                 * terms (or the connected layer's form, fewer); its square then
+                 * doubles the relative error, and the B squares are summed */
+                const double dz = (T + M + Ka + 6) * BC_U * Za[e];
+                ref[g * MK + e] += Z[e] * Z[e];
+                tol[g * MK + e] += 2 * fabs(Z[e]) * dz + dz * dz + (B + 4) * BC_U * Z[e] * Z[e];
+            }
+        }
+    for (e = 0; e < nacc; ++e) tol[e] += (B + 4) * BC_U * acc0[e];
+    float *got = bc_capture_ekfac_run(c->be, &s, l, in, nin, delta, nd, EG, EA, acc0, nacc);
+    float *orc = c->oracle ? bc_capture_ekfac_run(c->oracle, &s, l, in, nin, delta, nd, EG, EA, acc0, nacc) : NULL;
+    char what[96];
+    snprintf(what, sizeof what, "capture_ekfac_layer%d_%s_A_in_%d", index, s.type == CONNECTED ? "connected" : "conv", nb);
+    bc_report(c, what, got, orc, ref, tol, nacc);
+    free(in); free(delta); free(EG); free(EA); free(acc0); free(ref); free(tol); free(dW); free(dWa); free(Z); free(Za);
+    free(a); free(got); free(orc);
+}
+
+static float *bc_ekfac_scale_run(kfac_backend *b, const kfac_shape *s, const float *S, const float *dG, const float *dA,
+                                 const float *lG, const float *lA)
+{
+    const size_t n = (size_t)s->groups * s->M * s->K;
+    float *dS = bc_up(b, S, n), *g = bc_up(b, dG, (size_t)s->groups * s->M), *a = bc_up(b, dA, (size_t)s->groups * s->K);
+    float *R = bc_up(b, NULL, n);
+    b->ops->ekfac_scale(b, s, dS, g, a, lG, lA, R);
+    float *out = bc_down(b, R, n);
+    b->ops->release(b, dS);
+    b->ops->release(b, g);
+    b->ops->release(b, a);
+    b->ops->release(b, R);
+    return out;
+}
+
+/* R = 1 / (S + lA dG_i + lG dA_j + lA lG), lA per block of A */
+static void bc_case_ekfac_scale(const bc_ctx *c, const kfac_shape *s, int index)
+{
+    const int M = s->M, K = s->K, G = s->groups, nb = kfac_a_blocks(s), Ka = kfac_a_dim(s);
+    const size_t n = (size_t)G * M * K;
+    kt_rng r = kt_rng_make(935, (uint64_t)index);
+    float *S = bc_f(n), *dG = bc_f((size_t)G * M), *dA = bc_f((size_t)G * K), *lG = bc_f((size_t)G);
+    float *lA = bc_f((size_t)G * nb);
+    double *ref = bc_d(n), *tol = bc_d(n);
+    int g, i, j;
+    bc_fill(&r, S, n, 0, 2);
+    bc_fill(&r, dG, (size_t)G * M, 0, 3);
+    bc_fill(&r, dA, (size_t)G * K, 0, 3);
+    bc_fill(&r, lG, (size_t)G, 0.01, 0.1);
+    bc_fill(&r, lA, (size_t)G * nb, 0.01, 0.1);
+    for (g = 0; g < G; ++g)
+        for (i = 0; i < M; ++i)
+            for (j = 0; j < K; ++j) {
+                const size_t e = ((size_t)g * M + i) * K + j;
+                const double la = lA[g * nb + j / Ka], lg = lG[g];
+                ref[e] = 1.0 / (S[e] + la * dG[(size_t)g * M + i] + lg * dA[(size_t)g * K + j] + la * lg);
+                /* three products, three sums of positive terms and a division */
+                tol[e] = 8 * BC_U * ref[e];
+            }
+    float *got = bc_ekfac_scale_run(c->be, s, S, dG, dA, lG, lA);
+    float *orc = c->oracle ? bc_ekfac_scale_run(c->oracle, s, S, dG, dA, lG, lA) : NULL;
+    char what[96];
+    snprintf(what, sizeof what, "ekfac_scale_layer%d_A_in_%d", index, nb);
+    bc_report(c, what, got, orc, ref, tol, n);
+    free(S); free(dG); free(dA); free(lG); free(lA); free(ref); free(tol); free(got); free(orc);
+}
+
+static float *bc_precondition_eigen_run(kfac_backend *b, const kfac_shape *s, const float *EG, const float *EA,
+                                        const float *R, const float *D)
+{
+    const size_t n = (size_t)s->groups * s->M * s->K;
+    float *g = bc_up(b, EG, (size_t)s->groups * s->M * s->M), *a = bc_up(b, EA, kfac_a_len(s)), *dR = bc_up(b, R, n);
+    float *dD = bc_up(b, D, n), *tmp = bc_up(b, NULL, n), *P = bc_up(b, NULL, n);
+    b->ops->precondition_eigen(b, s, g, a, dR, dD, tmp, P);
+    float *out = bc_down(b, P, n);
+    b->ops->release(b, g);
+    b->ops->release(b, a);
+    b->ops->release(b, dR);
+    b->ops->release(b, dD);
+    b->ops->release(b, tmp);
+    b->ops->release(b, P);
+    return out;
+}
+
+/* P_g = E_G^T [(E_G D_g E_A^T) o R_g] E_A against the products in double */
+static void bc_case_precondition_eigen(const bc_ctx *c, const kfac_shape *s, int index)
+{
+    const int M = s->M, K = s->K, G = s->groups, nb = kfac_a_blocks(s), Ka = kfac_a_dim(s);
+    const size_t MK = (size_t)M * K, n = (size_t)G * MK;
+    kt_rng r = kt_rng_make(945, (uint64_t)index);
+    float *EG = bc_f((size_t)G * M * M), *EA = bc_f(kfac_a_len(s)), *R = bc_f(n), *D = bc_f(n);
+    float *EGt = bc_f((size_t)M * M), *EAt = bc_f((size_t)nb * Ka * Ka);
+    double *ref = bc_d(n), *tol = bc_d(n), *X = bc_d(MK), *Xa = bc_d(MK), *Z = bc_d(MK), *Za = bc_d(MK);
+    int g, i, j, bk;
+    size_t e;
+    bc_random_bases(&r, s, EG, EA);
+    bc_fill(&r, R, n, 0.1, 10);
+    bc_fill(&r, D, n, -1, 1);
+    for (g = 0; g < G; ++g) {
+        const float *Eg = EG + (size_t)g * M * M, *Ea = EA + (size_t)g * nb * Ka * Ka;
+        for (e = 0; e < MK; ++e) {
+            X[e] = D[g * MK + e];
+            Xa[e] = fabs(X[e]);
+        }
+        bc_project(M, K, Ka, Eg, Ea, X, Xa, Z, Za);
+        for (e = 0; e < MK; ++e) {
+            X[e] = Z[e] * R[g * MK + e];
+            Xa[e] = Za[e] * R[g * MK + e];
+        }
+        /* back: E_G^T X E_A, the same projection with the transposed bases */
+        for (i = 0; i < M; ++i)
+            for (j = 0; j < M; ++j) EGt[(size_t)i * M + j] = Eg[(size_t)j * M + i];
+        for (bk = 0; bk < nb; ++bk)
+            for (i = 0; i < Ka; ++i)
+                for (j = 0; j < Ka; ++j) EAt[((size_t)bk * Ka + i) * Ka + j] = Ea[((size_t)bk * Ka + j) * Ka + i];
+        bc_project(M, K, Ka, EGt, EAt, X, Xa, Z, Za);
+        for (e = 0; e < MK; ++e) {
+            ref[g * MK + e] = Z[e];
+            /* four float products of M or Ka terms and a scaling */
+            tol[g * MK + e] = (2 * M + 2 * Ka + 8) * BC_U * Za[e];
+        }
+    }
+    float *got = bc_precondition_eigen_run(c->be, s, EG, EA, R, D);
+    float *orc = c->oracle ? bc_precondition_eigen_run(c->oracle, s, EG, EA, R, D) : NULL;
+    char what[96];
+    snprintf(what, sizeof what, "precondition_eigen_layer%d_A_in_%d", index, nb);
+    bc_report(c, what, got, orc, ref, tol, n);
+    free(EG); free(EA); free(R); free(D); free(EGt); free(EAt); free(ref); free(tol); free(X); free(Xa); free(Z);
+    free(Za); free(got); free(orc);
+}
+
+/* A in 2 blocks over the layer's input channels where its shape allows (no bias row,
+ * an even number of channels), else whole */
+static int bc_ekfac_blocks(const layer *l)
+{
+    const kfac_shape s = bc_shape_of(l);
+    const int ch = l->type == CONVOLUTIONAL ? l->c / l->groups : s.k_in;
+    return !s.has_bias && ch % 2 == 0 ? 2 : 1;
 }
 
 /* ---- true Fisher --------------------------------------------------------------------------- */
@@ -1334,6 +1645,20 @@ static void bc_run_all(const bc_ctx *c, const network *geom)
         bc_case_gather(c, &s, i);
         bc_case_precondition(c, &s, i);
         bc_case_scatter(c, &s, i);
+        /* scaling=ekfac: A whole, and in blocks where the layer's shape allows */
+        const int nb = bc_ekfac_blocks(l);
+        bc_case_capture_ekfac(c, l, i, 1);
+        if (nb > 1) bc_case_capture_ekfac(c, l, i, nb);
+        s.a_blocks = nb;
+        bc_case_ekfac_scale(c, &s, i);
+        bc_case_precondition_eigen(c, &s, i);
+    }
+    /* batch-norm blocks: their statistics, and P = D Finv with F whole and in the
+     * per-channel 2 x 2 blocks (M = 1) */
+    for (i = 0; i < 2; ++i) {
+        kfac_shape s = bc_bn_shape(5, 1, i);
+        bc_case_capture_bn(c, i);
+        bc_case_precondition(c, &s, 100 + i);
     }
     bc_case_fold(c);
     bc_case_flags(c);

@@ -19,7 +19,11 @@
 # code keeps the arithmetic; bn_cnn re-recorded after patches/0009 and 0010 (batch
 # norm's training forward now normalizes by the variance its backward differentiates,
 # with the GPU's epsilon), which change that net's numbers on purpose: 200 updates
-# reach test accuracy 0.904 (was 0.905) and loss 0.297 (was 0.303).  A change that is meant to change the numbers (a new
+# reach test accuracy 0.904 (was 0.905) and loss 0.297 (was 0.303); bn_cnn re-recorded
+# again when the batch-norm scales and shifts got their own Fisher block (issue 13,
+# kfac_bn.c: they were on plain SGD): test accuracy 0.949 and loss 0.185 after 200
+# updates.  The other three nets have no batch norm and keep their bits.  A change
+# that is meant to change the numbers (a new
 # default, a Darknet gradient fix) records a new value here and says why in its
 # commit.
 #
@@ -88,7 +92,7 @@ printf "%s\nstep=kl_clip\n$sched\n" "$(cat cfg/digits-kfac.cfg)" >"$W/demo-kfac.
 printf "%s\n\n[kfac]\nstep=kl_clip\n$sched\n" "$(cat cfg/digits-bn.cfg)" >"$W/bn-kfac.cfg"
 printf '%s\n\n[kfac]\nstep=kl_clip\nfisher=empirical\nstats_interval=3\ninverse_interval=25\ninverse_lag=0\n' "$(cat cfg/digits-mlp.cfg)" >"$W/mlp-kfac.cfg"
 run demo_cnn "$W/demo-kfac.cfg" fe2236b700a478545c1c93617b7528d295bf5554b900f1494800cc9dc50f5f7c
-run bn_cnn "$W/bn-kfac.cfg" edd7d8add0032e63b54f05f6d45d74aa0973e4bc9151d9a71ccf73f2089d624c
+run bn_cnn "$W/bn-kfac.cfg" 52f3c55d6fd7cba5ecace11ab4e8becf6c6f080ba199512163a4aa832c707580
 run mlp "$W/mlp-kfac.cfg" d28bf38efc1c0bd3643ee4d5ecbf49b69de715525274f501943e7e24a41a5eeb
 # the default since issue 7: step=auto (adaptive steps to update 26, then the KL clip)
 printf "%s\n$sched\n" "$(cat cfg/digits-kfac.cfg)" >"$W/demo-kfac-auto.cfg"

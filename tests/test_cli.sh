@@ -100,6 +100,8 @@ EOF
 corrupt truncated 'del b[len(b)//2:]'
 corrupt magic 'b[0:4] = b"XXXX"'
 corrupt version 'b[4] ^= 0x7f'
+# a file of the version before the batch-norm blocks and EKFAC (issue 13)
+corrupt old_version 'b[4:8] = (4).to_bytes(4, "little")'
 corrupt flipped 'b[80] ^= 0x10'
 corrupt trailing 'b += b"\0"'
 cp "$W/backup/cli.weights" "$W/bad/foreign.weights"
@@ -123,6 +125,7 @@ bad_state() { # bad_state NAME EXPECTED-MESSAGE
 bad_state truncated "truncated K-FAC state file"
 bad_state magic "not a K-FAC state file (bad magic number)"
 bad_state version "K-FAC state file version"
+bad_state old_version "K-FAC state file version 4, this build reads version 5 (delete it to start K-FAC fresh from these weights)"
 bad_state flipped "K-FAC state file is corrupt (checksum mismatch)"
 bad_state trailing "K-FAC state file has trailing bytes"
 bad_state longer "saved for a network of 5 layers with 2 under K-FAC; this cfg has 4 and 2"
@@ -149,6 +152,7 @@ bad_cfg damping_not_number "[kfac] damping=1e-3x: not a number" <<<'/^\[kfac\]$/
 # with "Config file error line N, could parse"; a key without "=" does reach it)
 bad_cfg damping_no_value "[kfac] damping: has no value" <<<'/^\[kfac\]$/a damping'
 bad_cfg decay_one "[kfac] decay=1: must be in [0, 1)" <<<'/^\[kfac\]$/a decay=1'
+bad_cfg scaling_unknown "[kfac] scaling=eigen: must be kfac or ekfac" <<<'/^\[kfac\]$/a scaling=eigen'
 bad_cfg stats_interval_zero "[kfac] stats_interval=0: must be in [1, 1e+06]" <<<'s/^stats_interval=1$/stats_interval=0/'
 bad_cfg stats_interval_word "[kfac] stats_interval=often: must be a whole number or auto" <<<'s/^stats_interval=1$/stats_interval=often/'
 bad_cfg inverse_lag_negative "[kfac] inverse_lag=-1: must be in [0, 1e+06]" <<<'/^\[kfac\]$/a inverse_lag=-1'
@@ -156,7 +160,7 @@ bad_cfg inverse_interval_fraction "[kfac] inverse_interval=2.5: must be a whole 
 bad_cfg fisher_maybe "[kfac] fisher=maybe: must be true or empirical" <<<'/^\[kfac\]$/a fisher=maybe'
 bad_cfg two_kfac_sections "@: more than one [kfac] section" <<<'$a [kfac]'
 bad_cfg kfac_first_section "@: [kfac] cannot be the first section" <<<'1i [kfac]'
-bad_cfg kfac_off_on_maxpool "[maxpool] (layer 1) kfac=0: only convolutional and connected layers have K-FAC" \
+bad_cfg kfac_off_on_maxpool "[maxpool] (layer 1) kfac=0: only convolutional, connected and batchnorm layers have K-FAC" \
     <<<'/^\[maxpool\]$/a kfac=0'
 bad_cfg kfac_2 "[convolutional] (layer 0) kfac=2: must be 0 or 1" <<<'/^\[convolutional\]$/a kfac=2'
 bad_cfg kfac_in_net "[net] kfac=1: kfac= belongs in a layer section" <<<'/^\[net\]$/a kfac=1'

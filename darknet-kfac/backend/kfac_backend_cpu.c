@@ -52,6 +52,8 @@ typedef struct {
     int nslots;
     float *patches;         /* K x (images*T) im2col buffer for A */
     size_t patches_len;
+    float *ek;              /* scaling=ekfac scratch: projected gradients */
+    size_t ek_len;
     double seconds[KFAC_NPHASES];
     double phase_start;
 } cpu_impl;
@@ -67,6 +69,7 @@ static void cpu_darknet_buffers(const layer *l, kfac_darknet_buffers *out)
     out->output = l->output;
     out->weights = l->weights;
     out->biases = l->biases;
+    out->scales = l->scales;
     out->x = l->x;
     out->x_norm = l->x_norm;
     out->mean = l->mean;
@@ -201,6 +204,102 @@ static void cpu_capture_G(kfac_backend *b, const kfac_shape *s, const layer *l, 
             /* image i, group g: M x T block of the NCHW delta */
             const float *d = delta + ((size_t)i * s->groups + g) * M * T;
             cblas_ssyrk(CblasRowMajor, CblasUpper, CblasNoTrans, M, T, 1.0f / T, d, T, 1.0f, Gg, M);
+        }
+    }
+}
+
+static void cpu_bn_inputs(kfac_backend *b, const layer *l, float *delta_out, float *xnorm_out)
+{
+    const size_t n = (size_t)l->outputs * l->batch;
+    (void)b;
+    memcpy(delta_out, l->delta, n * sizeof(float));
+    /* backward_convolutional_layer / backward_connected_layer begin so (a [batchnorm]
+     * has no activation of its own) */
+    if (l->type != BATCHNORM) gradient_array(l->output, (int)n, l->activation, delta_out);
+    memcpy(xnorm_out, l->x_norm, n * sizeof(float));
+}
+
+static void cpu_capture_bn(kfac_backend *b, const kfac_shape *s, int batch, const float *delta, const float *x_norm,
+                           float *acc)
+{
+    cpu_impl *c = impl_of(b);
+    const int K = s->K, C = K / 2, T = s->T, nb = kfac_a_blocks(s), Ka = kfac_a_dim(s);
+    float *g = patch_buffer(c, (size_t)batch * K); /* batch x 2C: the images' gradients */
+    int n, ch, t, blk;
+    for (n = 0; n < batch; ++n)
+        for (ch = 0; ch < C; ++ch) {
+            const float *dl = delta + ((size_t)n * C + ch) * T, *xn = x_norm + ((size_t)n * C + ch) * T;
+            double sg = 0, sb = 0;
+            for (t = 0; t < T; ++t) {
+                sg += (double)dl[t] * xn[t];
+                sb += dl[t];
+            }
+            g[(size_t)n * K + 2 * ch] = (float)sg;
+            g[(size_t)n * K + 2 * ch + 1] = (float)sb;
+        }
+    /* block j of acc += g_j^T g_j, g_j the columns [j Ka, (j+1) Ka) */
+    for (blk = 0; blk < nb; ++blk)
+        cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, Ka, batch, 1.0f, g + (size_t)blk * Ka, K, 1.0f,
+                    acc + (size_t)blk * Ka * Ka, Ka);
+}
+
+static float *ek_buffer(cpu_impl *c, size_t len)
+{
+    if (len > c->ek_len) {
+        free(c->ek);
+        c->ek = (float *)kfac_calloc(len, sizeof(float));
+        c->ek_len = len;
+    }
+    return c->ek;
+}
+
+/* out[:, block j] = X[:, block j] E_j^T (trans 1) or X[:, block j] E_j (trans 0) for the
+ * nb blocks of Ka columns of the rows x K matrix X (row-major, leading dimension K) */
+static void blocks_times(int rows, int K, int nb, int Ka, const float *X, const float *E, int trans, float *out)
+{
+    int blk;
+    for (blk = 0; blk < nb; ++blk)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, trans ? CblasTrans : CblasNoTrans, rows, Ka, Ka, 1.0f,
+                    X + (size_t)blk * Ka, K, E + (size_t)blk * Ka * Ka, Ka, 0.0f, out + (size_t)blk * Ka, K);
+}
+
+static void cpu_capture_ekfac(kfac_backend *b, const kfac_shape *s, const layer *l, const float *input,
+                              const float *delta, const float *EG, const float *EA, float *acc)
+{
+    cpu_impl *c = impl_of(b);
+    const int K = s->K, M = s->M, T = s->T, B = l->batch, nb = kfac_a_blocks(s), Ka = kfac_a_dim(s);
+    size_t i;
+    if (s->type == CONNECTED) {
+        /* dW_n = g_n a_n^T, so E_G dW_n E_A^T = (E_G g_n)(E_A a_n)^T and its square is
+         * the outer product of the squares: acc += (Gp o Gp)^T (Xp o Xp) with
+         * Xp = X E_A^T (B x K, X the inputs with a 1) and Gp = delta E_G^T (B x M) */
+        float *X = patch_buffer(c, (size_t)B * K), *Xp = ek_buffer(c, (size_t)B * (K + M)), *Gp = Xp + (size_t)B * K;
+        int n;
+        for (n = 0; n < B; ++n) {
+            memcpy(X + (size_t)n * K, input + (size_t)n * l->inputs, (size_t)l->inputs * sizeof(float));
+            if (s->has_bias) X[(size_t)n * K + l->inputs] = 1.0f;
+        }
+        blocks_times(B, K, nb, Ka, X, EA, 1, Xp);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, M, M, 1.0f, delta, M, EG, M, 0.0f, Gp, M);
+        for (i = 0; i < (size_t)B * (K + M); ++i) Xp[i] *= Xp[i];
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, M, K, B, 1.0f, Gp, M, Xp, K, 1.0f, acc, K);
+        return;
+    }
+    /* per image and group: P (K x T) its patches, dW = delta P^T (M x K),
+     * Z = (E_G dW) E_A^T, acc += Z o Z */
+    const size_t MK = (size_t)M * K, group_in = (size_t)(l->c / l->groups) * l->h * l->w;
+    float *P = patch_buffer(c, (size_t)K * T), *dW = ek_buffer(c, 2 * MK), *Z = dW + MK;
+    int g, n;
+    for (g = 0; g < s->groups; ++g) {
+        const float *Eg = EG + (size_t)g * M * M, *Ea = EA + (size_t)g * nb * Ka * Ka;
+        float *ag = acc + (size_t)g * MK;
+        for (n = 0; n < B; ++n) {
+            const float *d = delta + ((size_t)n * s->groups + g) * M * T;
+            patches_one_image(l, input + ((size_t)n * s->groups + g) * group_in, s->has_bias, P, (size_t)T, 0);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, K, T, 1.0f, d, T, P, T, 0.0f, dW, K);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, K, M, 1.0f, Eg, M, dW, K, 0.0f, Z, K);
+            blocks_times(M, K, nb, Ka, Z, Ea, 1, dW);
+            for (i = 0; i < MK; ++i) ag[i] += dW[i] * dW[i];
         }
     }
 }
@@ -370,6 +469,40 @@ static void cpu_precondition(kfac_backend *b, const kfac_shape *s, const float *
     }
 }
 
+static void cpu_ekfac_scale(kfac_backend *b, const kfac_shape *s, const float *S, const float *dG, const float *dA,
+                            const float *lG, const float *lA, float *R)
+{
+    const int M = s->M, K = s->K, nb = kfac_a_blocks(s), Ka = kfac_a_dim(s);
+    int g, i, j;
+    (void)b;
+    for (g = 0; g < s->groups; ++g)
+        for (i = 0; i < M; ++i)
+            for (j = 0; j < K; ++j) {
+                const size_t e = ((size_t)g * M + i) * K + j;
+                const float la = lA[g * nb + j / Ka], lg = lG[g];
+                R[e] = 1.0f / (S[e] + la * dG[(size_t)g * M + i] + lg * dA[(size_t)g * K + j] + la * lg);
+            }
+}
+
+static void cpu_precondition_eigen(kfac_backend *b, const kfac_shape *s, const float *EG, const float *EA,
+                                   const float *R, const float *D, float *tmp, float *P)
+{
+    const int M = s->M, K = s->K, nb = kfac_a_blocks(s), Ka = kfac_a_dim(s);
+    const size_t MK = (size_t)M * K;
+    int g;
+    size_t i;
+    for (g = 0; g < s->groups; ++g) {
+        const float *Eg = EG + (size_t)g * M * M, *Ea = EA + (size_t)g * nb * Ka * Ka, *Rg = R + g * MK;
+        float *t = tmp + g * MK, *p = P + g * MK;
+        /* into the eigenbasis, scaled, and back */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, K, M, 1.0f, Eg, M, D + g * MK, K, 0.0f, t, K);
+        blocks_times(M, K, nb, Ka, t, Ea, 1, p);
+        for (i = 0; i < MK; ++i) p[i] *= Rg[i];
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, M, K, M, 1.0f, Eg, M, p, K, 0.0f, t, K);
+        blocks_times(M, K, nb, Ka, t, Ea, 0, p);
+    }
+}
+
 static void cpu_scatter(kfac_backend *b, const kfac_shape *s, float *wu, float *bu, const float *P, const float *D,
                         float scale)
 {
@@ -511,6 +644,7 @@ static void cpu_destroy(kfac_backend *b)
     cpu_impl *c = impl_of(b);
     free(c->slots);
     free(c->patches);
+    free(c->ek);
     free(c);
     free(b);
 }
@@ -534,6 +668,9 @@ static const kfac_backend_ops cpu_ops = {
     .from_host = cpu_copy,
     .capture_A = cpu_capture_A,
     .capture_G = cpu_capture_G,
+    .bn_inputs = cpu_bn_inputs,
+    .capture_bn = cpu_capture_bn,
+    .capture_ekfac = cpu_capture_ekfac,
     .fold = cpu_fold,
     .flag_nonfinite = cpu_flag_nonfinite,
     .dot = cpu_dot,
@@ -544,6 +681,8 @@ static const kfac_backend_ops cpu_ops = {
     .scale = cpu_scale,
     .gather = cpu_gather,
     .precondition = cpu_precondition,
+    .ekfac_scale = cpu_ekfac_scale,
+    .precondition_eigen = cpu_precondition_eigen,
     .scatter = cpu_scatter,
     .sample = cpu_sample,
     .fisher_layer_backward = cpu_fisher_layer_backward,

@@ -27,6 +27,8 @@
 #include <string.h>
 #include <stddef.h>
 #include "kfac_backend_cuda.h"
+#include "activations.h"
+#include "blas.h"
 
 
 /* Largest patch buffer, in floats (128 MiB), as on the CPU: big layers go in chunks. */
@@ -90,6 +92,8 @@ typedef struct {
     size_t patches_len;
     float *part;            /* S x K x K split-k partial products */
     size_t part_len;
+    float *ek;              /* scaling=ekfac: the images' projected gradients */
+    size_t ek_len;
     float *scratch;         /* groups x dim x dim: damped-inverse rows, replica sums */
     size_t scratch_len;
     float *eig_work;        /* cuSOLVER syevd workspace */
@@ -120,6 +124,7 @@ static void cuda_darknet_buffers(const layer *l, kfac_darknet_buffers *out)
     out->output = l->output_gpu;
     out->weights = l->weights_gpu;
     out->biases = l->biases_gpu;
+    out->scales = l->scales_gpu;
     out->x = l->x_gpu;
     out->x_norm = l->x_norm_gpu;
     out->mean = l->mean_gpu;
@@ -336,6 +341,41 @@ static void cuda_capture_G(kfac_backend *b, const kfac_shape *s, const layer *l,
     }
 }
 
+static void cuda_bn_inputs(kfac_backend *b, const layer *l, float *delta_out, float *xnorm_out)
+{
+    const size_t n = (size_t)l->outputs * l->batch;
+    cuda_copy(b, delta_out, l->delta_gpu, n);
+    /* backward_connected_layer_gpu / backward_convolutional_layer_gpu begin so (a
+     * [batchnorm] has no activation of its own) */
+    if (l->type == CONNECTED) constrain_gpu(as_int(n), 1, delta_out, 1);
+    if (l->type != BATCHNORM) gradient_array_gpu(l->output_gpu, as_int(n), l->activation, delta_out);
+#ifdef CUDNN
+    /* cuDNN's training forward leaves x_norm_gpu unwritten (its backward uses it as
+     * scratch) and saves the mean and 1/sqrt(variance + epsilon) */
+    kfac_cuda_bn_normalize(l->x_gpu, l->mean_gpu, l->variance_gpu, l->batch, l->out_c, l->out_h * l->out_w, xnorm_out,
+                           impl_of(b)->stream);
+#else
+    cuda_copy(b, xnorm_out, l->x_norm_gpu, n);
+#endif
+}
+
+static void cuda_capture_bn(kfac_backend *b, const kfac_shape *s, int batch, const float *delta, const float *x_norm,
+                            float *acc)
+{
+    cuda_impl *c = impl_of(b);
+    const int K = s->K, nb = kfac_a_blocks(s), Ka = kfac_a_dim(s);
+    /* gT is 2C x batch: block j of acc += gT_j gT_j^T, gT_j its rows [j Ka, (j+1) Ka) */
+    float *gT = float_scratch(&c->patches, &c->patches_len, (size_t)K * batch);
+    int blk;
+    kfac_cuda_bn_grads(delta, x_norm, batch, K / 2, s->T, gT, impl_of(b)->stream);
+    if (Ka == 2 && nb == K / 2) {
+        kfac_cuda_bn_pairs(gT, batch, K / 2, acc, impl_of(b)->stream);
+        return;
+    }
+    for (blk = 0; blk < nb; ++blk)
+        kfac_cuda_factor_product(b, Ka, (size_t)batch, gT + (size_t)blk * Ka * batch, 1.0f, acc + (size_t)blk * Ka * Ka);
+}
+
 static void cuda_fold(kfac_backend *b, float *X, float *acc, int dim, int groups, float w_old, float w_new,
                       float inv_n)
 {
@@ -492,6 +532,113 @@ static void cuda_precondition(kfac_backend *b, const kfac_shape *s, const float 
                 Ainv + (size_t)g * nb * Ka * Ka, Ka, (long long)Ka * Ka, P + (size_t)g * M * K, K, Ka, nb);
 }
 
+/* ---- scaling=ekfac ------------------------------------------------------------------------------ */
+
+/* Row-major C (m x n) += op(A) (m x k) op(B) (k x n) */
+static void gemm_rm_acc(cuda_impl *c, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const float *A,
+                        int lda, const float *B, int ldb, float *C, int ldc)
+{
+    const float one = 1.0f;
+    KFAC_CUBLAS_CHECK(cublasSgemm(c->blas, tb, ta, n, m, k, &one, B, ldb, A, lda, &one, C, ldc));
+}
+
+/* out = X E_A^T (trans) or X E_A per group, X and out groups x M x K, E_A's blocks
+ * (block diagonal when A is kept in blocks) */
+static void times_EA(cuda_impl *c, const kfac_shape *s, const float *X, const float *EA, int trans, float *out)
+{
+    const int M = s->M, K = s->K, G = s->groups, nb = kfac_a_blocks(s), Ka = kfac_a_dim(s);
+    const long long MK = (long long)M * K, KK = (long long)K * K;
+    const cublasOperation_t tb = trans ? CUBLAS_OP_T : CUBLAS_OP_N;
+    int g;
+    if (nb == 1) {
+        gemm_rm(c, CUBLAS_OP_N, tb, M, K, K, X, K, MK, EA, K, KK, out, K, MK, G);
+        return;
+    }
+    for (g = 0; g < G; ++g)
+        gemm_rm(c, CUBLAS_OP_N, tb, M, Ka, Ka, X + (size_t)g * MK, K, Ka, EA + (size_t)g * nb * Ka * Ka, Ka,
+                (long long)Ka * Ka, out + (size_t)g * MK, K, Ka, nb);
+}
+
+static void cuda_capture_ekfac(kfac_backend *b, const kfac_shape *s, const layer *l, const float *input,
+                               const float *delta, const float *EG, const float *EA, float *acc)
+{
+    cuda_impl *c = impl_of(b);
+    const int K = s->K, M = s->M, B = l->batch, nb = kfac_a_blocks(s), Ka = kfac_a_dim(s);
+    const long long MM = (long long)M * M, MK = (long long)M * K, KaKa = (long long)Ka * Ka;
+    int blk;
+    if (s->type == CONNECTED) {
+        /* XT (K x B) the inputs with a row of ones, XpT = E_A XT by blocks, GT = delta^T
+         * (M x B), GpT = E_G GT: acc += (GpT o GpT) (XpT o XpT)^T (kfac_backend_cpu.c) */
+        float *XT = float_scratch(&c->patches, &c->patches_len, (size_t)K * B);
+        float *w = float_scratch(&c->ek, &c->ek_len, (size_t)B * (K + 2 * M));
+        float *XpT = w, *GT = w + (size_t)K * B, *GpT = GT + (size_t)M * B;
+        kfac_cuda_rows(input, (size_t)l->inputs, B, l->inputs, 1, s->has_bias, XT, impl_of(b)->stream);
+        for (blk = 0; blk < nb; ++blk)
+            gemm_rm(c, CUBLAS_OP_N, CUBLAS_OP_N, Ka, B, Ka, EA + (size_t)blk * KaKa, Ka, 0, XT + (size_t)blk * Ka * B, B, 0,
+                    XpT + (size_t)blk * Ka * B, B, 0, 1);
+        kfac_cuda_rows(delta, (size_t)M, B, M, 1, 0, GT, impl_of(b)->stream);
+        gemm_rm(c, CUBLAS_OP_N, CUBLAS_OP_N, M, B, M, EG, M, 0, GT, B, 0, GpT, B, 0, 1);
+        kfac_cuda_square(XpT, (size_t)K * B, impl_of(b)->stream);
+        kfac_cuda_square(GpT, (size_t)M * B, impl_of(b)->stream);
+        gemm_rm_acc(c, CUBLAS_OP_N, CUBLAS_OP_T, M, K, B, GpT, B, XpT, B, acc, K);
+        return;
+    }
+    /* per chunk of images, group g: P (K x n*T) their patches; dW_i = delta_i P_i^T,
+     * Y_i = E_G dW_i, Z_i = Y_i E_A^T (into dW) as strided batches over the images;
+     * acc += sum_i Z_i o Z_i */
+    const size_t T = (size_t)s->T, group_in = (size_t)(l->c / l->groups) * l->h * l->w;
+    int ni = chunk_images((size_t)K, T, B);
+    size_t cap = KFAC_CUDA_PATCH_BUDGET / (2 * (size_t)MK);
+    if (cap < 1) cap = 1;
+    if ((size_t)ni > cap) ni = (int)cap;
+    float *P = float_scratch(&c->patches, &c->patches_len, (size_t)K * T * ni);
+    float *dW = float_scratch(&c->ek, &c->ek_len, 2 * (size_t)MK * ni), *Y = dW + (size_t)MK * ni;
+    int g, b0;
+    for (g = 0; g < s->groups; ++g) {
+        for (b0 = 0; b0 < B; b0 += ni) {
+            const int n = B - b0 < ni ? B - b0 : ni;
+            const float *im = input + ((size_t)b0 * s->groups + g) * group_in;
+            const float *d = delta + ((size_t)b0 * s->groups + g) * M * T;
+            kfac_cuda_patches(im, group_in * s->groups, n, l->c / l->groups, l->h, l->w, l->size, l->stride, l->pad,
+                              l->out_h, l->out_w, s->has_bias, P, impl_of(b)->stream);
+            gemm_rm(c, CUBLAS_OP_N, CUBLAS_OP_T, M, K, as_int(T), d, as_int(T), (long long)s->groups * M * T, P,
+                    as_int((size_t)n * T), (long long)T, dW, K, MK, n);
+            gemm_rm(c, CUBLAS_OP_N, CUBLAS_OP_N, M, K, M, EG + (size_t)g * MM, M, 0, dW, K, MK, Y, K, MK, n);
+            for (blk = 0; blk < nb; ++blk)
+                gemm_rm(c, CUBLAS_OP_N, CUBLAS_OP_T, M, Ka, Ka, Y + (size_t)blk * Ka, K, MK,
+                        EA + ((size_t)g * nb + blk) * KaKa, Ka, 0, dW + (size_t)blk * Ka, K, MK, n);
+            kfac_cuda_sum_squares(dW, n, (size_t)MK, acc + (size_t)g * MK, impl_of(b)->stream);
+        }
+    }
+}
+
+static void cuda_ekfac_scale(kfac_backend *b, const kfac_shape *s, const float *S, const float *dG, const float *dA,
+                             const float *lG, const float *lA, float *R)
+{
+    cuda_impl *c = impl_of(b);
+    const int G = s->groups, na = kfac_a_count(s);
+    float *lam = float_scratch(&c->lambda, &c->lambda_len, (size_t)G + na);
+    KFAC_CUDA_CHECK(cudaMemcpyAsync(lam, lG, (size_t)G * sizeof(float), cudaMemcpyHostToDevice, impl_of(b)->stream));
+    KFAC_CUDA_CHECK(cudaMemcpyAsync(lam + G, lA, (size_t)na * sizeof(float), cudaMemcpyHostToDevice, impl_of(b)->stream));
+    kfac_cuda_ekfac_scale(S, dG, dA, lam, lam + G, G, s->M, s->K, kfac_a_dim(s), R, impl_of(b)->stream);
+    /* lG and lA are the driver's host arrays: the copies must be done */
+    KFAC_CUDA_CHECK(cudaStreamSynchronize(impl_of(b)->stream));
+}
+
+/* into the eigenbasis, scaled by R, and back (kfac_backend.h precondition_eigen) */
+static void cuda_precondition_eigen(kfac_backend *b, const kfac_shape *s, const float *EG, const float *EA,
+                                    const float *R, const float *D, float *tmp, float *P)
+{
+    cuda_impl *c = impl_of(b);
+    const int M = s->M, K = s->K, G = s->groups;
+    const long long MM = (long long)M * M, MK = (long long)M * K;
+    gemm_rm(c, CUBLAS_OP_N, CUBLAS_OP_N, M, K, M, EG, M, MM, D, K, MK, tmp, K, MK, G);
+    times_EA(c, s, tmp, EA, 1, P);
+    kfac_cuda_hadamard(P, R, (size_t)G * MK, impl_of(b)->stream);
+    gemm_rm(c, CUBLAS_OP_T, CUBLAS_OP_N, M, K, M, EG, M, MM, P, K, MK, tmp, K, MK, G);
+    times_EA(c, s, tmp, EA, 0, P);
+}
+
 static void cuda_scatter(kfac_backend *b, const kfac_shape *s, float *wu, float *bu, const float *P, const float *D,
                          float scale)
 {
@@ -629,7 +776,7 @@ static void cuda_destroy(kfac_backend *b)
     int i;
     int prev = enter_device(c->device);
     KFAC_CUDA_CHECK(cudaDeviceSynchronize());
-    void *bufs[] = {c->patches, c->part, c->scratch, c->eig_work, c->eig_info, c->lambda, c->uniforms, c->slots};
+    void *bufs[] = {c->patches, c->part, c->scratch, c->eig_work, c->eig_info, c->lambda, c->uniforms, c->slots, c->ek};
     for (i = 0; i < (int)(sizeof bufs / sizeof bufs[0]); ++i)
         if (bufs[i]) KFAC_CUDA_CHECK(cudaFree(bufs[i]));
     for (i = 0; i < c->spans_made; ++i) {
@@ -666,6 +813,9 @@ static const kfac_backend_ops cuda_ops = {
     .from_host = cuda_from_host,
     .capture_A = cuda_capture_A,
     .capture_G = cuda_capture_G,
+    .bn_inputs = cuda_bn_inputs,
+    .capture_bn = cuda_capture_bn,
+    .capture_ekfac = cuda_capture_ekfac,
     .fold = cuda_fold,
     .flag_nonfinite = cuda_flag_nonfinite,
     .dot = cuda_dot,
@@ -676,6 +826,8 @@ static const kfac_backend_ops cuda_ops = {
     .scale = cuda_scale,
     .gather = cuda_gather,
     .precondition = cuda_precondition,
+    .ekfac_scale = cuda_ekfac_scale,
+    .precondition_eigen = cuda_precondition_eigen,
     .scatter = cuda_scatter,
     .sample = cuda_sample,
     .fisher_layer_backward = NULL, /* Darknet's GPU backward has no per-layer hook for it */

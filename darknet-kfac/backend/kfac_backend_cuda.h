@@ -38,6 +38,26 @@ void kfac_cuda_patches(const float *input, size_t im_stride, int nb, int c, int 
 /* out (rows + bias_row) x (nb*T): out[r][b*T + t] = src[b*im_stride + r*T + t]. */
 void kfac_cuda_rows(const float *src, size_t im_stride, int nb, int rows, int T, int bias_row, float *out,
                     cudaStream_t s);
+/* gT (2C x batch, row-major): per image n and channel c, gT[2c][n] = sum_t delta x_norm
+ * and gT[2c+1][n] = sum_t delta over the T positions (summed in double); delta and
+ * x_norm batch x C x T */
+void kfac_cuda_bn_grads(const float *delta, const float *x_norm, int batch, int C, int T, float *gT, cudaStream_t s);
+/* acc (C x 2 x 2, upper triangles) += per channel c the sum over n of the outer
+ * product of (gT[2c][n], gT[2c+1][n]) (summed in double) */
+void kfac_cuda_bn_pairs(const float *gT, int batch, int C, float *acc, cudaStream_t s);
+/* out (batch x C x T) = (x - mean[c]) * inv_std[c]: the normalized inputs from the
+ * statistics cuDNN's training forward saves (mean and 1/sqrt(variance + epsilon)) */
+void kfac_cuda_bn_normalize(const float *x, const float *mean, const float *inv_std, int batch, int C, int T,
+                            float *out, cudaStream_t s);
+/* scaling=ekfac: x <- x o x (n values); P <- P o R (n values); acc[e] += sum over the
+ * nb matrices of Z[i*n + e]^2, e < n */
+void kfac_cuda_square(float *x, size_t n, cudaStream_t s);
+void kfac_cuda_hadamard(float *P, const float *R, size_t n, cudaStream_t s);
+void kfac_cuda_sum_squares(const float *Z, int nb, size_t n, float *acc, cudaStream_t s);
+/* R (groups x M x K) = 1 / (S + lA dG_i + lG dA_j + lA lG) (kfac_backend.h
+ * ekfac_scale), lG (groups) and lA (groups x blocks) device arrays */
+void kfac_cuda_ekfac_scale(const float *S, const float *dG, const float *dA, const float *lG, const float *lA,
+                           int groups, int M, int K, int Ka, float *R, cudaStream_t s);
 /* C[e] += alpha * sum_s part[s*n + e], e < n */
 void kfac_cuda_sum_parts(const float *part, int S, size_t n, float alpha, float *C, cudaStream_t s);
 /* *slot = 1 when x holds a NaN or an infinity (never cleared here) */

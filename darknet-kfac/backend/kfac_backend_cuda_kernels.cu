@@ -94,6 +94,139 @@ extern "C" void kfac_cuda_rows(const float *src, size_t im_stride, int nb, int r
     KFAC_CUDA_CHECK(cudaGetLastError());
 }
 
+/* ---- batch-norm blocks (kfac_backend_cpu.c: cpu_capture_bn, cpu_bn_inputs) ------------- */
+
+/* one thread per (image, channel): the same double sums as the CPU */
+static __global__ void kfac_bn_grads_kernel(const float *delta, const float *x_norm, int batch, int C, int T,
+                                            float *gT)
+{
+    KFAC_FOR(i, (size_t)batch * C) {
+        size_t n = i / C, c = i % C;
+        const float *dl = delta + i * T, *xn = x_norm + i * T;
+        double sg = 0, sb = 0;
+        for (int t = 0; t < T; ++t) {
+            sg += (double)dl[t] * xn[t];
+            sb += dl[t];
+        }
+        gT[(2 * c) * batch + n] = (float)sg;
+        gT[(2 * c + 1) * batch + n] = (float)sb;
+    }
+}
+
+extern "C" void kfac_cuda_bn_grads(const float *delta, const float *x_norm, int batch, int C, int T, float *gT,
+                                   cudaStream_t s)
+{
+    size_t n = (size_t)batch * C;
+    kfac_bn_grads_kernel<<<kfac_blocks(n), KFAC_THREADS, 0, s>>>(delta, x_norm, batch, C, T, gT);
+    KFAC_CUDA_CHECK(cudaGetLastError());
+}
+
+/* one thread per channel: its 2 x 2 block's upper triangle */
+static __global__ void kfac_bn_pairs_kernel(const float *gT, int batch, int C, float *acc)
+{
+    KFAC_FOR(c, (size_t)C) {
+        const float *g0 = gT + 2 * c * batch, *g1 = g0 + batch;
+        double s00 = 0, s01 = 0, s11 = 0;
+        for (int n = 0; n < batch; ++n) {
+            s00 += (double)g0[n] * g0[n];
+            s01 += (double)g0[n] * g1[n];
+            s11 += (double)g1[n] * g1[n];
+        }
+        acc[4 * c] += (float)s00;
+        acc[4 * c + 1] += (float)s01;
+        acc[4 * c + 3] += (float)s11;
+    }
+}
+
+extern "C" void kfac_cuda_bn_pairs(const float *gT, int batch, int C, float *acc, cudaStream_t s)
+{
+    kfac_bn_pairs_kernel<<<kfac_blocks((size_t)C), KFAC_THREADS, 0, s>>>(gT, batch, C, acc);
+    KFAC_CUDA_CHECK(cudaGetLastError());
+}
+
+static __global__ void kfac_bn_normalize_kernel(const float *x, const float *mean, const float *inv_std, int batch,
+                                                int C, int T, float *out)
+{
+    KFAC_FOR(i, (size_t)batch * C * T) {
+        size_t c = (i / T) % C;
+        out[i] = (x[i] - mean[c]) * inv_std[c];
+    }
+}
+
+extern "C" void kfac_cuda_bn_normalize(const float *x, const float *mean, const float *inv_std, int batch, int C,
+                                       int T, float *out, cudaStream_t s)
+{
+    size_t n = (size_t)batch * C * T;
+    kfac_bn_normalize_kernel<<<kfac_blocks(n), KFAC_THREADS, 0, s>>>(x, mean, inv_std, batch, C, T, out);
+    KFAC_CUDA_CHECK(cudaGetLastError());
+}
+
+/* ---- scaling=ekfac (kfac_backend_cpu.c: cpu_capture_ekfac, cpu_ekfac_scale,
+ * cpu_precondition_eigen) ------------------------------------------------------------- */
+
+static __global__ void kfac_square_kernel(float *x, size_t n)
+{
+    KFAC_FOR(i, n) x[i] *= x[i];
+}
+
+extern "C" void kfac_cuda_square(float *x, size_t n, cudaStream_t s)
+{
+    if (n == 0) return;
+    kfac_square_kernel<<<kfac_blocks(n), KFAC_THREADS, 0, s>>>(x, n);
+    KFAC_CUDA_CHECK(cudaGetLastError());
+}
+
+static __global__ void kfac_hadamard_kernel(float *P, const float *R, size_t n)
+{
+    KFAC_FOR(i, n) P[i] *= R[i];
+}
+
+extern "C" void kfac_cuda_hadamard(float *P, const float *R, size_t n, cudaStream_t s)
+{
+    if (n == 0) return;
+    kfac_hadamard_kernel<<<kfac_blocks(n), KFAC_THREADS, 0, s>>>(P, R, n);
+    KFAC_CUDA_CHECK(cudaGetLastError());
+}
+
+/* one thread per element: the images' squares added in image order */
+static __global__ void kfac_sum_squares_kernel(const float *Z, int nb, size_t n, float *acc)
+{
+    KFAC_FOR(e, n) {
+        float sum = 0.0f;
+        for (int i = 0; i < nb; ++i) {
+            const float z = Z[(size_t)i * n + e];
+            sum += z * z;
+        }
+        acc[e] += sum;
+    }
+}
+
+extern "C" void kfac_cuda_sum_squares(const float *Z, int nb, size_t n, float *acc, cudaStream_t s)
+{
+    if (n == 0) return;
+    kfac_sum_squares_kernel<<<kfac_blocks(n), KFAC_THREADS, 0, s>>>(Z, nb, n, acc);
+    KFAC_CUDA_CHECK(cudaGetLastError());
+}
+
+static __global__ void kfac_ekfac_scale_kernel(const float *S, const float *dG, const float *dA, const float *lG,
+                                               const float *lA, int groups, int M, int K, int Ka, float *R)
+{
+    const int nb = K / Ka;
+    KFAC_FOR(e, (size_t)groups * M * K) {
+        size_t g = e / ((size_t)M * K), i = (e / K) % M, j = e % K;
+        const float la = lA[g * nb + j / Ka], lg = lG[g];
+        R[e] = 1.0f / (S[e] + la * dG[g * M + i] + lg * dA[g * K + j] + la * lg);
+    }
+}
+
+extern "C" void kfac_cuda_ekfac_scale(const float *S, const float *dG, const float *dA, const float *lG,
+                                      const float *lA, int groups, int M, int K, int Ka, float *R, cudaStream_t s)
+{
+    size_t n = (size_t)groups * M * K;
+    kfac_ekfac_scale_kernel<<<kfac_blocks(n), KFAC_THREADS, 0, s>>>(S, dG, dA, lG, lA, groups, M, K, Ka, R);
+    KFAC_CUDA_CHECK(cudaGetLastError());
+}
+
 /* ---- factor accumulation and running averages ---------------------------------------- */
 
 static __global__ void kfac_sum_parts_kernel(const float *part, int S, size_t n, float alpha, float *C)

@@ -12,7 +12,8 @@
  *   fallbacks   non-finite statistics, factors and gradients keep the last good state,
  *               a factor of zeros leaves the layer on SGD, on a GPU and a CPU net
  *   update      whole training updates (true Fisher, two subdivisions) of a small CNN
- *               on the CPU and on the GPU from the same weights and batches
+ *               on the CPU and on the GPU from the same weights and batches: weights,
+ *               biases, batch-norm scales, factors and batch-norm blocks
  *   state       a GPU net's state file read by a CPU net bit for bit, and a GPU resume
  *   multigpu    two replicas on one device through Darknet's sync_nets: factors
  *               averaged, one decomposition shared (backend_cases.h, as the CPU test
@@ -231,11 +232,13 @@ static void pull_params(network *net)
         if (l->type != CONVOLUTIONAL && l->type != CONNECTED) continue;
         cuda_pull_array(l->weights_gpu, l->weights, kt_nweights(l));
         cuda_pull_array(l->biases_gpu, l->biases, n_biases(l));
+        if (l->batch_normalize) cuda_pull_array(l->scales_gpu, l->scales, n_biases(l));
     }
 }
 
-/* (w - w0) of every conv/connected layer against the CPU's, and the factors */
-static void compare_nets(network *nc, network *ng, float **w0, float **b0, int update, double tol)
+/* (w - w0) of every conv/connected layer against the CPU's (and of the batch-norm
+ * scales, s0), and the factors and batch-norm blocks */
+static void compare_nets(network *nc, network *ng, float **w0, float **b0, float **s0, int update, double tol)
 {
     char name[128];
     int i;
@@ -251,6 +254,20 @@ static void compare_nets(network *nc, network *ng, float **w0, float **b0, int u
         close_rel(name, dg, dc, nw, tol);
         snprintf(name, sizeof name, "update%d_layer%d_bias_change", update, i);
         close_rel(name, bg, bc, nb, tol);
+        if (lc->batch_normalize) {
+            for (j = 0; j < nb; ++j) { bc[j] = lc->scales[j] - s0[i][j]; bg[j] = lg->scales[j] - s0[i][j]; }
+            snprintf(name, sizeof name, "update%d_layer%d_scale_change", update, i);
+            close_rel(name, bg, bc, nb, tol);
+            const float *Fc, *Fg;
+            int blocks, dim;
+            if (kfac_bn_factor(nc, i, &Fc, &blocks, &dim) && kfac_bn_factor(ng, i, &Fg, &blocks, &dim)) {
+                snprintf(name, sizeof name, "update%d_layer%d_batchnorm_F", update, i);
+                close_rel(name, Fg, Fc, (size_t)blocks * dim * dim, tol);
+            } else {
+                snprintf(name, sizeof name, "update%d_layer%d_batchnorm_block", update, i);
+                kt_check(name, 0, "the layer has no batch-norm block on the CPU or the GPU");
+            }
+        }
         free(dc); free(dg); free(bc); free(bg);
         const float *Ac, *Gc, *Ag, *Gg;
         int groups, ka, kg2;
@@ -268,6 +285,7 @@ static void test_update(void)
     network *nc = make_net(path("gpu-train.cfg"), 21, -1), *ng = make_net(path("gpu-train.cfg"), 21, 0);
     float **w0 = (float **)bc_alloc((size_t)nc->n, sizeof(float *));
     float **b0 = (float **)bc_alloc((size_t)nc->n, sizeof(float *));
+    float **s0 = (float **)bc_alloc((size_t)nc->n, sizeof(float *));
     int i, u;
     const char *be_c = kfac_of(nc)->be->ops->name, *be_g = kfac_of(ng)->be->ops->name;
     kt_check("update_backends", !strcmp(be_c, "cpu") && !strcmp(be_g, "cuda"),
@@ -279,6 +297,10 @@ static void test_update(void)
         b0[i] = bc_f(n_biases(l));
         memcpy(w0[i], l->weights, kt_nweights(l) * sizeof(float));
         memcpy(b0[i], l->biases, n_biases(l) * sizeof(float));
+        if (l->batch_normalize) {
+            s0[i] = bc_f(n_biases(l));
+            memcpy(s0[i], l->scales, n_biases(l) * sizeof(float));
+        }
     }
     pull_params(ng);
     int same = kt_nets_same_bits(nc, ng);
@@ -302,12 +324,12 @@ static void test_update(void)
     for (u = 0; u < 3; ++u) {
         kt_train_updates(nc, 1, u, 1);
         kt_train_updates(ng, 1, u, 1);
-        compare_nets(nc, ng, w0, b0, u + 1, tol);
+        compare_nets(nc, ng, w0, b0, s0, u + 1, tol);
     }
     kt_check("update_steps", kfac_network_step(nc) == 3 && kfac_network_step(ng) == 3,
              "steps CPU %d GPU %d", kfac_network_step(nc), kfac_network_step(ng));
-    for (i = 0; i < nc->n; ++i) { free(w0[i]); free(b0[i]); }
-    free(w0); free(b0);
+    for (i = 0; i < nc->n; ++i) { free(w0[i]); free(b0[i]); free(s0[i]); }
+    free(w0); free(b0); free(s0);
     free_network(nc);
     free_network(ng);
 }
@@ -330,6 +352,22 @@ static int same_kfac_state(network *a, network *b)
         static const char *what[8] = {"A", "G", "EA", "dA", "EG", "dG", "w_snap", "b_snap"};
         same &= x->have_factors == y->have_factors && x->have_inverse == y->have_inverse;
         for (j = 0; j < 8; ++j) {
+            float *hx = bc_down(ka->be, xs[j], len[j]), *hy = bc_down(kb->be, ys[j], len[j]);
+            same &= kt_same_bits(what[j], hx, hy, len[j], 0);
+            free(hx);
+            free(hy);
+        }
+    }
+    same &= ka->nbn == kb->nbn;
+    for (i = 0; same && i < ka->nbn; ++i) {
+        kfac_bn *x = &ka->bn[i], *y = &kb->bn[i];
+        const size_t n = kfac_a_len(&x->s), K = (size_t)x->s.K;
+        float *const xs[5] = {x->F, x->E, x->d, x->s_snap, x->b_snap};
+        float *const ys[5] = {y->F, y->E, y->d, y->s_snap, y->b_snap};
+        const size_t len[5] = {n, n, K, K / 2, K / 2};
+        static const char *what[5] = {"F", "E", "d", "s_snap", "b_snap"};
+        same &= x->have_factors == y->have_factors && x->have_inverse == y->have_inverse;
+        for (j = 0; j < 5; ++j) {
             float *hx = bc_down(ka->be, xs[j], len[j]), *hy = bc_down(kb->be, ys[j], len[j]);
             same &= kt_same_bits(what[j], hx, hy, len[j], 0);
             free(hx);
