@@ -1,9 +1,11 @@
 /* darknet-kfac: K-FAC's share of training across ranks (Ba, Grosse & Martens 2017;
  * shared/DESIGN.md 6b).  kfac_dist.c averages the gradients; here:
  *
- *   - statistics: A_acc, G_acc and their image counts are summed over the ranks before
- *     they are folded (kfac_driver.c), so every rank folds the statistics of all N*B
- *     images into the same running factors, as one process at N*B would;
+ *   - statistics: A_acc, G_acc, the batch-norm blocks' F_acc, EKFAC's S_acc and their
+ *     image counts are summed over the ranks before they are folded (kfac_driver.c),
+ *     so every rank folds the statistics of all N*B images into the same running
+ *     factors, as one process at N*B would (batch norm's blocks: of the images as each
+ *     rank normalized them);
  *   - decompositions: each covered layer has an owner (kfac_owners_assign, the
  *     assignment of the multi-GPU replicas: largest factors first, each to the least
  *     loaded rank).  When decompositions fall due every rank stages the factors (the
@@ -37,7 +39,9 @@ void kfac_dist_factors_attach(kfac_net *k, kfac_dist *d)
     int i, r;
     d->owner = (int *)kfac_calloc((size_t)n, sizeof(int));
     d->due = (int *)kfac_calloc((size_t)n, sizeof(int));
-    d->flags = (double *)kfac_calloc(3 * (size_t)n, sizeof(double));
+    /* three values per covered layer, or two per layer, one per batch-norm block and
+     * one per EKFAC scaling (kfac_dist_sum_statistics) */
+    d->flags = (double *)kfac_calloc(3 * (size_t)n + (size_t)k->nbn, sizeof(double));
     d->shared_job = -1;
     kfac_owners_assign(k, size, d->owner);
     k->dist = d;
@@ -65,36 +69,51 @@ void kfac_dist_factors_free(kfac_dist *d)
 
 /* ---- statistics ------------------------------------------------------------------------ */
 
+/* buffer p (n floats, K-FAC's backend memory) <- the sum over the ranks */
+static void sum_floats(kfac_dist *d, float *p, size_t n)
+{
+    if (d->device) d->comm->ops->device_sum(d->comm, p, n);
+    else d->comm->ops->sum(d->comm, p, n);
+    kfac_dist_count(d, n * sizeof(float));
+}
+
 void kfac_dist_sum_statistics(kfac_net *k)
 {
     kfac_dist *d = k->dist;
     kfac_comm *c = d->comm;
+    const int nl = k->nlayers, ek = k->cfg.scaling == KFAC_SCALING_EKFAC;
+    /* the image counts: A's and G's per layer, then each batch-norm block's, then each
+     * EKFAC scaling's */
+    double *nA = d->flags, *nG = d->flags + nl, *nbn = d->flags + 2 * nl, *nek = nbn + k->nbn;
+    const size_t nflags = 2 * (size_t)nl + (size_t)k->nbn + (ek ? (size_t)nl : 0);
     int i;
-    if (c->size == 1) return;
+    if (c->size == 1 || nflags == 0) return;
     double t = kfac_now();
-    for (i = 0; i < k->nlayers; ++i) {
-        d->flags[2 * i] = k->layers[i].n_acc_A;
-        d->flags[2 * i + 1] = k->layers[i].n_acc_G;
+    for (i = 0; i < nl; ++i) {
+        nA[i] = k->layers[i].n_acc_A;
+        nG[i] = k->layers[i].n_acc_G;
+        if (ek) nek[i] = k->layers[i].ek->n_acc;
     }
-    c->ops->sum_double(c, d->flags, 2 * (size_t)k->nlayers);
-    kfac_dist_count(d, 2 * (size_t)k->nlayers * sizeof(double));
-    for (i = 0; i < k->nlayers; ++i) {
+    for (i = 0; i < k->nbn; ++i) nbn[i] = k->bn[i].n_acc;
+    c->ops->sum_double(c, d->flags, nflags);
+    kfac_dist_count(d, nflags * sizeof(double));
+    /* every rank skips the same layers and blocks: the counts are the sums */
+    for (i = 0; i < nl; ++i) {
         kfac_layer *kl = &k->layers[i];
-        const size_t nA = kfac_a_len(&kl->s), nG = (size_t)kl->s.groups * kl->s.M * kl->s.M;
-        kl->n_acc_A = (int)d->flags[2 * i];
-        kl->n_acc_G = (int)d->flags[2 * i + 1];
-        if (kl->n_acc_A == 0 || kl->n_acc_G == 0) continue; /* every rank skips the same layers */
+        kl->n_acc_A = (int)nA[i];
+        kl->n_acc_G = (int)nG[i];
         /* whole matrices: only the upper triangles are read, but packing them would cost
          * a copy each way for half the bytes */
-        if (d->device) {
-            c->ops->device_sum(c, kl->A_acc, nA);
-            c->ops->device_sum(c, kl->G_acc, nG);
-        } else {
-            c->ops->sum(c, kl->A_acc, nA);
-            c->ops->sum(c, kl->G_acc, nG);
+        if (kl->n_acc_A != 0 && kl->n_acc_G != 0) {
+            sum_floats(d, kl->A_acc, kfac_a_len(&kl->s));
+            sum_floats(d, kl->G_acc, (size_t)kl->s.groups * kl->s.M * kl->s.M);
         }
-        kfac_dist_count(d, (nA + nG) * sizeof(float));
+        /* scaling=ekfac: each rank's images' gradients in the basis every rank holds */
+        if (ek && (kl->ek->n_acc = (int)nek[i]) != 0)
+            sum_floats(d, kl->ek->S_acc, (size_t)kl->s.groups * kl->s.M * kl->s.K);
     }
+    for (i = 0; i < k->nbn; ++i)
+        if ((k->bn[i].n_acc = (int)nbn[i]) != 0) sum_floats(d, k->bn[i].F_acc, kfac_a_len(&k->bn[i].s));
     kfac_dist_tick(t, &d->times.statistics);
 }
 

@@ -586,8 +586,9 @@ void kfac_owners_assign(const kfac_net *k, int n, int *owner);
 /* Makes K-FAC's side of a net train as a rank of d's job: the owners of the layers'
  * decompositions (kfac_owners_assign over the ranks); sets k->dist. */
 void kfac_dist_factors_attach(kfac_net *k, struct kfac_dist *d);
-/* Before the statistics are folded: A_acc, G_acc and their image counts summed over
- * the ranks, so every rank folds the statistics of the global batch. */
+/* Before the statistics are folded: A_acc, G_acc, the batch-norm blocks' F_acc,
+ * EKFAC's S_acc and their image counts summed over the ranks, so every rank folds the
+ * statistics of the global batch. */
 void kfac_dist_sum_statistics(kfac_net *k);
 /* 1 when this rank decomposes covered layer i (always without ranks) */
 int kfac_dist_owns(const kfac_net *k, int i);
