@@ -15,6 +15,22 @@
  *     are broadcast from their owners first (kfac_dist_share_one, _share_job).  So the
  *     ranks split the decompositions and no rank waits for one unless its owner has
  *     not finished by the install;
+ *   - dist_precondition=owner (KAISA's trade, Pauloski et al. SC21; shared/DESIGN.md
+ *     6b): a layer's decomposition stays with its owner, which preconditions the
+ *     layer's gradient and broadcasts the result (kfac_dist_share_preconditioned)
+ *     every update where the layer is preconditioned; the others receive only how
+ *     each decomposition went (its status, damping and inv_ok: a few doubles), so
+ *     that every rank knows which layers are preconditioned.  The gradient D is the
+ *     same on every rank and P is the owner's bits everywhere, so everything computed
+ *     from them afterwards (the KL clip's <P, D>, the adaptive step's dots and probes
+ *     along P, the write-back, the momentum) is too: the run is the `everyone` run,
+ *     bit for bit, with another traffic (tests/test_mpi.sh checks it).  A save gathers
+ *     every decomposition from its owner first (kfac_dist_gather), so that rank 0's
+ *     state file is the one `everyone` writes and resumes on any number of ranks in
+ *     either mode.  The batch-norm blocks (2C x 2C at most, decomposed by every rank
+ *     at once) send nothing either way.  With scaling=ekfac every rank projects its
+ *     own images' gradients onto each layer's eigenbasis, so the bases must be
+ *     everywhere: owner then falls back to everyone, and says so;
  *   - the schedule: with `auto` intervals each rank measures its own times, and rank
  *     0's choice is everyone's after every update (kfac_dist_agree_schedule), so that
  *     statistics, launches and installs stay at the same updates on all ranks;
@@ -45,7 +61,13 @@ void kfac_dist_factors_attach(kfac_net *k, kfac_dist *d)
     d->shared_job = -1;
     kfac_owners_assign(k, size, d->owner);
     k->dist = d;
+    const int owner_asked = k->cfg.dist_precondition == KFAC_DIST_OWNER;
+    d->owner_precondition = size > 1 && owner_asked && k->cfg.scaling != KFAC_SCALING_EKFAC;
     if (size == 1 || d->comm->rank != 0) return;
+    if (owner_asked && !d->owner_precondition)
+        fprintf(stderr, "darknet-kfac: %s [kfac] dist_precondition=owner with scaling=ekfac: every rank measures the "
+                "EKFAC scaling in each layer's eigenbasis, so the decompositions are broadcast and every rank "
+                "preconditions, as with dist_precondition=everyone\n", k->cfg.cfgfile);
     /* the start line: who decomposes what */
     char line[2048] = "";
     size_t len = 0;
@@ -54,7 +76,9 @@ void kfac_dist_factors_attach(kfac_net *k, kfac_dist *d)
         for (i = 0; i < k->nlayers && len < sizeof line; ++i)
             if (d->owner[i] == r) len += (size_t)snprintf(line + len, sizeof line - len, " %d", k->layers[i].index);
     }
-    fprintf(stderr, "darknet-kfac: decompositions by layer owner:%s\n", line);
+    fprintf(stderr, "darknet-kfac: decompositions by layer owner%s:%s\n",
+            d->owner_precondition ? ", who also preconditions the layer and broadcasts its preconditioned gradient "
+                                    "(dist_precondition=owner)" : "", line);
 }
 
 void kfac_dist_factors_free(kfac_dist *d)
@@ -132,11 +156,17 @@ static void share(kfac_dist *d, float *p, size_t n, int owner)
     kfac_dist_count(d, n * sizeof(float));
 }
 
+int kfac_dist_preconditions(const kfac_net *k, int i)
+{
+    return !k->dist || !k->dist->owner_precondition || k->dist->owner[i] == k->dist->comm->rank;
+}
+
 /* The next decompositions (kfac_layer.next) of the layers in mask from their owners:
  * first how each went (status, the damping its inverses were built with, inv_ok: one
- * sum over the ranks, to which each owner adds its layers'), then the buffers of those
- * that succeeded, so that every rank installs the same bits. */
-static void share_next(kfac_net *k, const int *mask)
+ * sum over the ranks, to which each owner adds its layers'), then, when `whole` or
+ * every rank preconditions, the buffers of those that succeeded, so that every rank
+ * installs the same bits. */
+static void share_next(kfac_net *k, const int *mask, int whole)
 {
     kfac_dist *d = k->dist;
     kfac_comm *c = d->comm;
@@ -160,7 +190,7 @@ static void share_next(kfac_net *k, const int *mask)
         e->status = (int)d->flags[3 * i];
         e->damping = (float)d->flags[3 * i + 1];
         e->inv_ok = (int)d->flags[3 * i + 2];
-        if (e->status != 0) continue;
+        if (e->status != 0 || !(whole || !d->owner_precondition)) continue;
         share(d, e->EA, kfac_a_len(s), o);
         share(d, e->dA, (size_t)s->groups * s->K, o);
         share(d, e->EG, (size_t)s->groups * s->M * s->M, o);
@@ -180,18 +210,49 @@ void kfac_dist_share_one(kfac_net *k, const kfac_layer *kl)
     if (d->comm->size == 1) return;
     memset(d->due, 0, (size_t)k->nlayers * sizeof(int));
     d->due[i] = 1;
-    share_next(k, d->due);
+    share_next(k, d->due, 0);
 }
 
-void kfac_dist_share_job(kfac_net *k)
+void kfac_dist_share_job(kfac_net *k, int whole)
 {
     kfac_dist *d = k->dist;
     int i;
     if (d->comm->size == 1 || k->job_install_at < 0 || d->shared_job == k->job_install_at) return;
     kfac_worker_wait(k); /* this rank's share of the job */
     for (i = 0; i < k->nlayers; ++i) d->due[i] = k->layers[i].in_job;
-    share_next(k, d->due);
+    share_next(k, d->due, whole);
     d->shared_job = k->job_install_at;
+}
+
+void kfac_dist_gather(kfac_net *k)
+{
+    kfac_dist *d = k->dist;
+    int i;
+    if (!d->owner_precondition) return;
+    double t = kfac_now();
+    for (i = 0; i < k->nlayers; ++i) {
+        kfac_layer *kl = &k->layers[i];
+        const kfac_shape *s = &kl->s;
+        if (!kl->have_inverse) continue;
+        /* what the state file keeps; the damped inverses are rebuilt from them */
+        share(d, kl->EA, kfac_a_len(s), d->owner[i]);
+        share(d, kl->dA, (size_t)s->groups * s->K, d->owner[i]);
+        share(d, kl->EG, (size_t)s->groups * s->M * s->M, d->owner[i]);
+        share(d, kl->dG, (size_t)s->groups * s->M, d->owner[i]);
+    }
+    kfac_dist_tick(t, &d->times.sharing);
+}
+
+void kfac_dist_share_preconditioned(kfac_net *k, int mode)
+{
+    kfac_dist *d = k->dist;
+    int i;
+    if (!d || !d->owner_precondition) return;
+    double t = kfac_now();
+    for (i = 0; i < k->nlayers; ++i)
+        if (k->mode[i] == mode)
+            share(d, k->layers[i].P, (size_t)k->layers[i].s.groups * k->layers[i].s.M * k->layers[i].s.K, d->owner[i]);
+    kfac_dist_tick(t, &d->times.preconditioned);
 }
 
 void kfac_dist_agree_schedule(kfac_net *k)
