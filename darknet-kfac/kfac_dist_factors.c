@@ -156,6 +156,15 @@ static void share(kfac_dist *d, float *p, size_t n, int owner)
     kfac_dist_count(d, n * sizeof(float));
 }
 
+/* one decomposition's eigenvectors and eigenvalues (layer shape s) <- the owner's */
+static void share_eigs(kfac_dist *d, const kfac_shape *s, float *EA, float *dA, float *EG, float *dG, int owner)
+{
+    share(d, EA, kfac_a_len(s), owner);
+    share(d, dA, (size_t)s->groups * s->K, owner);
+    share(d, EG, (size_t)s->groups * s->M * s->M, owner);
+    share(d, dG, (size_t)s->groups * s->M, owner);
+}
+
 int kfac_dist_preconditions(const kfac_net *k, int i)
 {
     return !k->dist || !k->dist->owner_precondition || k->dist->owner[i] == k->dist->comm->rank;
@@ -190,11 +199,8 @@ static void share_next(kfac_net *k, const int *mask, int whole)
         e->status = (int)d->flags[3 * i];
         e->damping = (float)d->flags[3 * i + 1];
         e->inv_ok = (int)d->flags[3 * i + 2];
-        if (e->status != 0 || !(whole || !d->owner_precondition)) continue;
-        share(d, e->EA, kfac_a_len(s), o);
-        share(d, e->dA, (size_t)s->groups * s->K, o);
-        share(d, e->EG, (size_t)s->groups * s->M * s->M, o);
-        share(d, e->dG, (size_t)s->groups * s->M, o);
+        if (e->status != 0 || (d->owner_precondition && !whole)) continue;
+        share_eigs(d, s, e->EA, e->dA, e->EG, e->dG, o);
         if (e->damping != 0 && e->inv_ok) { /* 0: built at the next preconditioning */
             share(d, e->Ainv, kfac_a_len(s), o);
             share(d, e->Ginv, (size_t)s->groups * s->M * s->M, o);
@@ -232,13 +238,8 @@ void kfac_dist_gather(kfac_net *k)
     double t = kfac_now();
     for (i = 0; i < k->nlayers; ++i) {
         kfac_layer *kl = &k->layers[i];
-        const kfac_shape *s = &kl->s;
-        if (!kl->have_inverse) continue;
         /* what the state file keeps; the damped inverses are rebuilt from them */
-        share(d, kl->EA, kfac_a_len(s), d->owner[i]);
-        share(d, kl->dA, (size_t)s->groups * s->K, d->owner[i]);
-        share(d, kl->EG, (size_t)s->groups * s->M * s->M, d->owner[i]);
-        share(d, kl->dG, (size_t)s->groups * s->M, d->owner[i]);
+        if (kl->have_inverse) share_eigs(d, &kl->s, kl->EA, kl->dA, kl->EG, kl->dG, d->owner[i]);
     }
     kfac_dist_tick(t, &d->times.sharing);
 }
