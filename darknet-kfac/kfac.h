@@ -125,6 +125,8 @@ typedef struct {
     double gradients;       /* the gradient (and batch-norm statistics) all-reduce */
     double statistics;      /* K-FAC's factor statistics all-reduce */
     double sharing;         /* the decompositions from their owners (waits for them) */
+    double preconditioned;  /* the preconditioned gradients from their owners
+                               (dist_precondition=owner; waits for them) */
     double scalars;         /* the loss, the adaptive step's scalars, start-up checks */
     double bytes;           /* handed to the collectives */
     int updates;            /* updates since kfac_dist_start */

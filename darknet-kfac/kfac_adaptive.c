@@ -515,12 +515,16 @@ static void direction(kfac_net *k, double B, kfac_sums *sm)
     kfac_backend *be = k->be;
     int i;
     memset(sm, 0, sizeof *sm);
+    for (i = 0; i < k->nlayers; ++i)
+        if (k->layers[i].adaptive && kfac_dist_preconditions(k, i)) kfac_precondition_layer(k, &k->layers[i]);
+    /* dist_precondition=owner: the other layers' from their owners, so that the model
+     * and its probes move every rank along the same Delta */
+    kfac_dist_share_preconditioned(k, KFAC_MODE_ADAPTIVE);
     for (i = 0; i < k->nlayers; ++i) {
         kfac_layer *kl = &k->layers[i];
         const size_t len = (size_t)kl->s.groups * kl->s.M * kl->s.K;
         const int slot = KFAC_SLOTS_PER_LAYER * i;
         if (!kl->adaptive) continue;
-        kfac_precondition_layer(k, kl);
         be->ops->scale(be, (float)(1.0 / B), kl->P, len); /* P is now Delta */
         be->ops->flag_nonfinite(be, kl->P, len, slot + S_BAD_P);
         be->ops->dot(be, kl->D, kl->P, len, slot + S_GD);

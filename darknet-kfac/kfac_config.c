@@ -36,11 +36,12 @@ static const kfac_config kfac_defaults = {
     .lambda = 1.0f,
     .probe_batch = 0,       /* all: the whole last subdivision */
     .scaling = KFAC_SCALING_KFAC,
+    .dist_precondition = KFAC_DIST_EVERYONE,
 };
 
 static const char *kfac_known_keys =
     "damping, decay, stats_interval, inverse_interval, inverse_lag, kl_clip, fisher, warmup, max_dim, seed, step, lambda, "
-    "probe_batch, scaling";
+    "probe_batch, scaling, dist_precondition";
 
 /* A parse error: the message goes to err, the return value is -1. */
 typedef struct {
@@ -132,6 +133,12 @@ static int parse_kfac_section(kfac_err *e, kfac_config *c, const char *file, lis
             if (!strcmp(v, "kfac")) c->scaling = KFAC_SCALING_KFAC;
             else if (!strcmp(v, "ekfac")) c->scaling = KFAC_SCALING_EKFAC;
             else return fail(e, "%s [kfac] scaling=%s: must be kfac or ekfac", file, v);
+            continue;
+        }
+        if (!strcmp(k, "dist_precondition")) {
+            if (!strcmp(v, "everyone")) c->dist_precondition = KFAC_DIST_EVERYONE;
+            else if (!strcmp(v, "owner")) c->dist_precondition = KFAC_DIST_OWNER;
+            else return fail(e, "%s [kfac] dist_precondition=%s: must be everyone or owner", file, v);
             continue;
         }
         if (!strcmp(k, "step")) {
@@ -324,6 +331,7 @@ void kfac_config_print(const kfac_config *c, FILE *out)
     if (c->inverse_interval > 0) snprintf(ii, sizeof ii, "%d", c->inverse_interval);
     if (c->inverse_lag >= 0) snprintf(il, sizeof il, "%d", c->inverse_lag);
     fprintf(out, "decay=%g stats_interval=%s inverse_interval=%s inverse_lag=%s fisher=%s scaling=%s warmup=%d max_dim=%d "
-            "seed=%d", c->decay, si, ii, il, c->fisher == KFAC_FISHER_TRUE ? "true" : "empirical",
-            c->scaling == KFAC_SCALING_EKFAC ? "ekfac" : "kfac", c->warmup, c->max_dim, c->seed);
+            "seed=%d dist_precondition=%s", c->decay, si, ii, il, c->fisher == KFAC_FISHER_TRUE ? "true" : "empirical",
+            c->scaling == KFAC_SCALING_EKFAC ? "ekfac" : "kfac", c->warmup, c->max_dim, c->seed,
+            c->dist_precondition == KFAC_DIST_OWNER ? "owner" : "everyone");
 }

@@ -430,14 +430,15 @@ static void report(kfac_dist *d)
     const double now = kfac_now(), total = (now - d->t_start) / n;
     const double wait = (a->waiting - b->waiting) / n, grad = (a->gradients - b->gradients) / n,
                  stats = (a->statistics - b->statistics) / n, share = (a->sharing - b->sharing) / n,
-                 sc = (a->scalars - b->scalars) / n;
+                 pre = (a->preconditioned - b->preconditioned) / n, sc = (a->scalars - b->scalars) / n;
     if (d->comm->rank == 0)
         fprintf(stderr, "darknet-kfac: update %d: seconds per update over the last %d on %d ranks: %.4f, of which "
                 "waiting for the slowest rank %.4f, gradient all-reduce %.4f, statistics all-reduce %.4f, "
-                "decompositions from their owners %.4f, loss, step scalars and schedule %.4f, the rest (forward, "
-                "backward, K-FAC's own work) %.4f; %.0f bytes per update to the collectives\n",
-                a->updates, n, d->comm->size, total, wait, grad, stats, share, sc,
-                total - wait - grad - stats - share - sc, (a->bytes - b->bytes) / n);
+                "decompositions from their owners %.4f, preconditioned gradients from their owners %.4f, loss, step "
+                "scalars and schedule %.4f, the rest (forward, backward, K-FAC's own work) %.4f; %.0f bytes per update "
+                "to the collectives\n",
+                a->updates, n, d->comm->size, total, wait, grad, stats, share, pre, sc,
+                total - wait - grad - stats - share - pre - sc, (a->bytes - b->bytes) / n);
     d->reported = *a;
     d->t_start = now;
 }
@@ -473,8 +474,12 @@ int kfac_dist_save(network *net, const char *filename)
         for (i = 0; i < d->ngrad; ++i) d->be->ops->axpy(d->be, 1.0f, d->stash + d->grad[i].off, d->grad[i].buf, d->grad[i].len);
         d->folded = 1;
     }
-    /* a background job in flight is saved with the state: rank 0 needs all of it */
-    if (net->kfac) kfac_dist_share_job(kfac_of(net));
+    /* a background job in flight is saved with the state: rank 0 needs all of it, and
+     * with dist_precondition=owner the decompositions in force too */
+    if (net->kfac) {
+        kfac_dist_share_job(kfac_of(net), 1);
+        kfac_dist_gather(kfac_of(net));
+    }
     double t = kfac_now();
     uint64_t h = params_hash(d, net), *all = (uint64_t *)kfac_calloc((size_t)c->size, sizeof *all);
     c->ops->allgather(c, &h, all, sizeof h);

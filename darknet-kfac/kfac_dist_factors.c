@@ -1,9 +1,11 @@
 /* darknet-kfac: K-FAC's share of training across ranks (Ba, Grosse & Martens 2017;
  * shared/DESIGN.md 6b).  kfac_dist.c averages the gradients; here:
  *
- *   - statistics: A_acc, G_acc and their image counts are summed over the ranks before
- *     they are folded (kfac_driver.c), so every rank folds the statistics of all N*B
- *     images into the same running factors, as one process at N*B would;
+ *   - statistics: A_acc, G_acc, the batch-norm blocks' F_acc, EKFAC's S_acc and their
+ *     image counts are summed over the ranks before they are folded (kfac_driver.c),
+ *     so every rank folds the statistics of all N*B images into the same running
+ *     factors, as one process at N*B would (batch norm's blocks: of the images as each
+ *     rank normalized them);
  *   - decompositions: each covered layer has an owner (kfac_owners_assign, the
  *     assignment of the multi-GPU replicas: largest factors first, each to the least
  *     loaded rank).  When decompositions fall due every rank stages the factors (the
@@ -13,6 +15,22 @@
  *     are broadcast from their owners first (kfac_dist_share_one, _share_job).  So the
  *     ranks split the decompositions and no rank waits for one unless its owner has
  *     not finished by the install;
+ *   - dist_precondition=owner (KAISA's trade, Pauloski et al. SC21; shared/DESIGN.md
+ *     6b): a layer's decomposition stays with its owner, which preconditions the
+ *     layer's gradient and broadcasts the result (kfac_dist_share_preconditioned)
+ *     every update where the layer is preconditioned; the others receive only how
+ *     each decomposition went (its status, damping and inv_ok: a few doubles), so
+ *     that every rank knows which layers are preconditioned.  The gradient D is the
+ *     same on every rank and P is the owner's bits everywhere, so everything computed
+ *     from them afterwards (the KL clip's <P, D>, the adaptive step's dots and probes
+ *     along P, the write-back, the momentum) is too: the run is the `everyone` run,
+ *     bit for bit, with another traffic (tests/test_mpi.sh checks it).  A save gathers
+ *     every decomposition from its owner first (kfac_dist_gather), so that rank 0's
+ *     state file is the one `everyone` writes and resumes on any number of ranks in
+ *     either mode.  The batch-norm blocks (2C x 2C at most, decomposed by every rank
+ *     at once) send nothing either way.  With scaling=ekfac every rank projects its
+ *     own images' gradients onto each layer's eigenbasis, so the bases must be
+ *     everywhere: owner then falls back to everyone, and says so;
  *   - the schedule: with `auto` intervals each rank measures its own times, and rank
  *     0's choice is everyone's after every update (kfac_dist_agree_schedule), so that
  *     statistics, launches and installs stay at the same updates on all ranks;
@@ -37,11 +55,19 @@ void kfac_dist_factors_attach(kfac_net *k, kfac_dist *d)
     int i, r;
     d->owner = (int *)kfac_calloc((size_t)n, sizeof(int));
     d->due = (int *)kfac_calloc((size_t)n, sizeof(int));
-    d->flags = (double *)kfac_calloc(3 * (size_t)n, sizeof(double));
+    /* three values per covered layer, or two per layer, one per batch-norm block and
+     * one per EKFAC scaling (kfac_dist_sum_statistics) */
+    d->flags = (double *)kfac_calloc(3 * (size_t)n + (size_t)k->nbn, sizeof(double));
     d->shared_job = -1;
     kfac_owners_assign(k, size, d->owner);
     k->dist = d;
+    const int owner_asked = k->cfg.dist_precondition == KFAC_DIST_OWNER;
+    d->owner_precondition = size > 1 && owner_asked && k->cfg.scaling != KFAC_SCALING_EKFAC;
     if (size == 1 || d->comm->rank != 0) return;
+    if (owner_asked && !d->owner_precondition)
+        fprintf(stderr, "darknet-kfac: %s [kfac] dist_precondition=owner with scaling=ekfac: every rank measures the "
+                "EKFAC scaling in each layer's eigenbasis, so the decompositions are broadcast and every rank "
+                "preconditions, as with dist_precondition=everyone\n", k->cfg.cfgfile);
     /* the start line: who decomposes what */
     char line[2048] = "";
     size_t len = 0;
@@ -50,7 +76,9 @@ void kfac_dist_factors_attach(kfac_net *k, kfac_dist *d)
         for (i = 0; i < k->nlayers && len < sizeof line; ++i)
             if (d->owner[i] == r) len += (size_t)snprintf(line + len, sizeof line - len, " %d", k->layers[i].index);
     }
-    fprintf(stderr, "darknet-kfac: decompositions by layer owner:%s\n", line);
+    fprintf(stderr, "darknet-kfac: decompositions by layer owner%s:%s\n",
+            d->owner_precondition ? ", who also preconditions the layer and broadcasts its preconditioned gradient "
+                                    "(dist_precondition=owner)" : "", line);
 }
 
 void kfac_dist_factors_free(kfac_dist *d)
@@ -65,36 +93,51 @@ void kfac_dist_factors_free(kfac_dist *d)
 
 /* ---- statistics ------------------------------------------------------------------------ */
 
+/* buffer p (n floats, K-FAC's backend memory) <- the sum over the ranks */
+static void sum_floats(kfac_dist *d, float *p, size_t n)
+{
+    if (d->device) d->comm->ops->device_sum(d->comm, p, n);
+    else d->comm->ops->sum(d->comm, p, n);
+    kfac_dist_count(d, n * sizeof(float));
+}
+
 void kfac_dist_sum_statistics(kfac_net *k)
 {
     kfac_dist *d = k->dist;
     kfac_comm *c = d->comm;
+    const int nl = k->nlayers, ek = k->cfg.scaling == KFAC_SCALING_EKFAC;
+    /* the image counts: A's and G's per layer, then each batch-norm block's, then each
+     * EKFAC scaling's */
+    double *nA = d->flags, *nG = d->flags + nl, *nbn = d->flags + 2 * nl, *nek = nbn + k->nbn;
+    const size_t nflags = 2 * (size_t)nl + (size_t)k->nbn + (ek ? (size_t)nl : 0);
     int i;
-    if (c->size == 1) return;
+    if (c->size == 1 || nflags == 0) return;
     double t = kfac_now();
-    for (i = 0; i < k->nlayers; ++i) {
-        d->flags[2 * i] = k->layers[i].n_acc_A;
-        d->flags[2 * i + 1] = k->layers[i].n_acc_G;
+    for (i = 0; i < nl; ++i) {
+        nA[i] = k->layers[i].n_acc_A;
+        nG[i] = k->layers[i].n_acc_G;
+        if (ek) nek[i] = k->layers[i].ek->n_acc;
     }
-    c->ops->sum_double(c, d->flags, 2 * (size_t)k->nlayers);
-    kfac_dist_count(d, 2 * (size_t)k->nlayers * sizeof(double));
-    for (i = 0; i < k->nlayers; ++i) {
+    for (i = 0; i < k->nbn; ++i) nbn[i] = k->bn[i].n_acc;
+    c->ops->sum_double(c, d->flags, nflags);
+    kfac_dist_count(d, nflags * sizeof(double));
+    /* every rank skips the same layers and blocks: the counts are the sums */
+    for (i = 0; i < nl; ++i) {
         kfac_layer *kl = &k->layers[i];
-        const size_t nA = kfac_a_len(&kl->s), nG = (size_t)kl->s.groups * kl->s.M * kl->s.M;
-        kl->n_acc_A = (int)d->flags[2 * i];
-        kl->n_acc_G = (int)d->flags[2 * i + 1];
-        if (kl->n_acc_A == 0 || kl->n_acc_G == 0) continue; /* every rank skips the same layers */
+        kl->n_acc_A = (int)nA[i];
+        kl->n_acc_G = (int)nG[i];
         /* whole matrices: only the upper triangles are read, but packing them would cost
          * a copy each way for half the bytes */
-        if (d->device) {
-            c->ops->device_sum(c, kl->A_acc, nA);
-            c->ops->device_sum(c, kl->G_acc, nG);
-        } else {
-            c->ops->sum(c, kl->A_acc, nA);
-            c->ops->sum(c, kl->G_acc, nG);
+        if (kl->n_acc_A != 0 && kl->n_acc_G != 0) {
+            sum_floats(d, kl->A_acc, kfac_a_len(&kl->s));
+            sum_floats(d, kl->G_acc, (size_t)kl->s.groups * kl->s.M * kl->s.M);
         }
-        kfac_dist_count(d, (nA + nG) * sizeof(float));
+        /* scaling=ekfac: each rank's images' gradients in the basis every rank holds */
+        if (ek && (kl->ek->n_acc = (int)nek[i]) != 0)
+            sum_floats(d, kl->ek->S_acc, (size_t)kl->s.groups * kl->s.M * kl->s.K);
     }
+    for (i = 0; i < k->nbn; ++i)
+        if ((k->bn[i].n_acc = (int)nbn[i]) != 0) sum_floats(d, k->bn[i].F_acc, kfac_a_len(&k->bn[i].s));
     kfac_dist_tick(t, &d->times.statistics);
 }
 
@@ -113,11 +156,26 @@ static void share(kfac_dist *d, float *p, size_t n, int owner)
     kfac_dist_count(d, n * sizeof(float));
 }
 
+/* one decomposition's eigenvectors and eigenvalues (layer shape s) <- the owner's */
+static void share_eigs(kfac_dist *d, const kfac_shape *s, float *EA, float *dA, float *EG, float *dG, int owner)
+{
+    share(d, EA, kfac_a_len(s), owner);
+    share(d, dA, (size_t)s->groups * s->K, owner);
+    share(d, EG, (size_t)s->groups * s->M * s->M, owner);
+    share(d, dG, (size_t)s->groups * s->M, owner);
+}
+
+int kfac_dist_preconditions(const kfac_net *k, int i)
+{
+    return !k->dist || !k->dist->owner_precondition || k->dist->owner[i] == k->dist->comm->rank;
+}
+
 /* The next decompositions (kfac_layer.next) of the layers in mask from their owners:
  * first how each went (status, the damping its inverses were built with, inv_ok: one
- * sum over the ranks, to which each owner adds its layers'), then the buffers of those
- * that succeeded, so that every rank installs the same bits. */
-static void share_next(kfac_net *k, const int *mask)
+ * sum over the ranks, to which each owner adds its layers'), then, when `whole` or
+ * every rank preconditions, the buffers of those that succeeded, so that every rank
+ * installs the same bits. */
+static void share_next(kfac_net *k, const int *mask, int whole)
 {
     kfac_dist *d = k->dist;
     kfac_comm *c = d->comm;
@@ -141,11 +199,8 @@ static void share_next(kfac_net *k, const int *mask)
         e->status = (int)d->flags[3 * i];
         e->damping = (float)d->flags[3 * i + 1];
         e->inv_ok = (int)d->flags[3 * i + 2];
-        if (e->status != 0) continue;
-        share(d, e->EA, kfac_a_len(s), o);
-        share(d, e->dA, (size_t)s->groups * s->K, o);
-        share(d, e->EG, (size_t)s->groups * s->M * s->M, o);
-        share(d, e->dG, (size_t)s->groups * s->M, o);
+        if (e->status != 0 || (d->owner_precondition && !whole)) continue;
+        share_eigs(d, s, e->EA, e->dA, e->EG, e->dG, o);
         if (e->damping != 0 && e->inv_ok) { /* 0: built at the next preconditioning */
             share(d, e->Ainv, kfac_a_len(s), o);
             share(d, e->Ginv, (size_t)s->groups * s->M * s->M, o);
@@ -161,18 +216,44 @@ void kfac_dist_share_one(kfac_net *k, const kfac_layer *kl)
     if (d->comm->size == 1) return;
     memset(d->due, 0, (size_t)k->nlayers * sizeof(int));
     d->due[i] = 1;
-    share_next(k, d->due);
+    share_next(k, d->due, 0);
 }
 
-void kfac_dist_share_job(kfac_net *k)
+void kfac_dist_share_job(kfac_net *k, int whole)
 {
     kfac_dist *d = k->dist;
     int i;
     if (d->comm->size == 1 || k->job_install_at < 0 || d->shared_job == k->job_install_at) return;
     kfac_worker_wait(k); /* this rank's share of the job */
     for (i = 0; i < k->nlayers; ++i) d->due[i] = k->layers[i].in_job;
-    share_next(k, d->due);
+    share_next(k, d->due, whole);
     d->shared_job = k->job_install_at;
+}
+
+void kfac_dist_gather(kfac_net *k)
+{
+    kfac_dist *d = k->dist;
+    int i;
+    if (!d->owner_precondition) return;
+    double t = kfac_now();
+    for (i = 0; i < k->nlayers; ++i) {
+        kfac_layer *kl = &k->layers[i];
+        /* what the state file keeps; the damped inverses are rebuilt from them */
+        if (kl->have_inverse) share_eigs(d, &kl->s, kl->EA, kl->dA, kl->EG, kl->dG, d->owner[i]);
+    }
+    kfac_dist_tick(t, &d->times.sharing);
+}
+
+void kfac_dist_share_preconditioned(kfac_net *k, int mode)
+{
+    kfac_dist *d = k->dist;
+    int i;
+    if (!d || !d->owner_precondition) return;
+    double t = kfac_now();
+    for (i = 0; i < k->nlayers; ++i)
+        if (k->mode[i] == mode)
+            share(d, k->layers[i].P, (size_t)k->layers[i].s.groups * k->layers[i].s.M * k->layers[i].s.K, d->owner[i]);
+    kfac_dist_tick(t, &d->times.preconditioned);
 }
 
 void kfac_dist_agree_schedule(kfac_net *k)

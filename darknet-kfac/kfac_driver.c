@@ -146,11 +146,18 @@ static float kl_clip_step(kfac_net *k, network *net, const update_args *a)
         be->ops->darknet_buffers(l, &bufs);
         be->ops->gather(be, &kl->s, bufs.weight_updates, kl->w_snap, bufs.bias_updates, kl->b_snap, kl->D);
         if (k->identity || plain) be->ops->copy(be, kl->P, kl->D, len);
-        else kfac_precondition_layer(k, kl);
+        else if (kfac_dist_preconditions(k, i)) kfac_precondition_layer(k, kl);
+        k->mode[i] = plain ? KFAC_MODE_PLAIN : KFAC_MODE_SCALED;
+    }
+    /* dist_precondition=owner: the other layers' P from their owners, before anything
+     * is computed from them, so that nu and the write-back agree on every rank */
+    if (!k->identity) kfac_dist_share_preconditioned(k, KFAC_MODE_SCALED);
+    for (i = 0; i < k->nlayers; ++i) {
+        kfac_layer *kl = &k->layers[i];
+        const size_t len = (size_t)kl->s.groups * kl->s.M * kl->s.K;
         be->ops->dot(be, kl->P, kl->D, len, KFAC_SLOTS_PER_LAYER * i);
         be->ops->flag_nonfinite(be, kl->D, len, KFAC_SLOTS_PER_LAYER * i + 1);
         be->ops->flag_nonfinite(be, kl->P, len, KFAC_SLOTS_PER_LAYER * i + 2);
-        k->mode[i] = plain ? KFAC_MODE_PLAIN : KFAC_MODE_SCALED;
     }
     kfac_bn_step(k, net, on, KFAC_SLOTS_PER_LAYER * k->nlayers);
     /* the one read-back of the update: <P, D> and finiteness of every layer and block */

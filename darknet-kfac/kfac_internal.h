@@ -39,6 +39,10 @@ typedef enum { KFAC_STEP_KL_CLIP = 0, KFAC_STEP_ADAPTIVE = 1, KFAC_STEP_AUTO = 2
 /* what scales the Kronecker eigenbasis: the eigenvalue products (K-FAC) or the
  * gradients' own second moments there (EKFAC, kfac_ekfac.c) */
 typedef enum { KFAC_SCALING_KFAC = 0, KFAC_SCALING_EKFAC = 1 } kfac_scaling_kind;
+/* across ranks, who preconditions a layer's gradient: every rank, from the
+ * decompositions its owner broadcasts, or the owner alone, which broadcasts the
+ * preconditioned gradient (KAISA's trade; kfac_dist_factors.c) */
+typedef enum { KFAC_DIST_EVERYONE = 0, KFAC_DIST_OWNER = 1 } kfac_dist_precondition_kind;
 
 typedef struct {
     char *cfgfile;          /* for messages */
@@ -57,6 +61,7 @@ typedef struct {
     float lambda;           /* step=adaptive: the initial Levenberg-Marquardt damping */
     int probe_batch;        /* step=adaptive: images of the model's probe batch; 0 = all */
     kfac_scaling_kind scaling; /* scaling= */
+    kfac_dist_precondition_kind dist_precondition; /* dist_precondition= (several ranks only) */
     int *layer_on;          /* per layer (index in net->layers): 0 after kfac=0 */
     int nlayers;            /* entries in layer_on */
 } kfac_config;
@@ -586,16 +591,28 @@ void kfac_owners_assign(const kfac_net *k, int n, int *owner);
 /* Makes K-FAC's side of a net train as a rank of d's job: the owners of the layers'
  * decompositions (kfac_owners_assign over the ranks); sets k->dist. */
 void kfac_dist_factors_attach(kfac_net *k, struct kfac_dist *d);
-/* Before the statistics are folded: A_acc, G_acc and their image counts summed over
- * the ranks, so every rank folds the statistics of the global batch. */
+/* Before the statistics are folded: A_acc, G_acc, the batch-norm blocks' F_acc,
+ * EKFAC's S_acc and their image counts summed over the ranks, so every rank folds the
+ * statistics of the global batch. */
 void kfac_dist_sum_statistics(kfac_net *k);
 /* 1 when this rank decomposes covered layer i (always without ranks) */
 int kfac_dist_owns(const kfac_net *k, int i);
 /* Layer kl's next decomposition from its owner, made at once (kfac_inverse_refresh). */
 void kfac_dist_share_one(kfac_net *k, const kfac_layer *kl);
 /* The background job's decompositions from their owners, each rank's worker finished
- * first; once per job (at its install, or before rank 0 saves it in the state). */
-void kfac_dist_share_job(kfac_net *k);
+ * first; once per job (at its install, or before rank 0 saves it in the state).  With
+ * dist_precondition=owner only how each went is shared, unless `whole` (a save). */
+void kfac_dist_share_job(kfac_net *k, int whole);
+/* dist_precondition=owner, before rank 0 saves the state: every layer's decompositions
+ * in force from their owners (the job's: kfac_dist_share_job whole), so that the file
+ * holds them all. */
+void kfac_dist_gather(kfac_net *k);
+/* 1 when this rank computes covered layer i's preconditioned gradient: alone, with
+ * dist_precondition=everyone, or as the layer's owner */
+int kfac_dist_preconditions(const kfac_net *k, int i);
+/* dist_precondition=owner: P of every layer whose k->mode is `mode` from its owner
+ * (nothing otherwise, or without ranks) */
+void kfac_dist_share_preconditioned(kfac_net *k, int mode);
 /* After every update: rank 0's choice of the auto intervals and lag for every rank. */
 void kfac_dist_agree_schedule(kfac_net *k);
 /* x[0..n) <- its mean over the ranks (the adaptive step's per-rank sums over its own

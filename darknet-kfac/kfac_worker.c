@@ -138,7 +138,7 @@ static void install_job(kfac_net *k)
     int i;
     const double t0 = kfac_now();
     kfac_worker_wait(k);
-    if (k->dist) kfac_dist_share_job(k); /* the other ranks' layers from their owners */
+    if (k->dist) kfac_dist_share_job(k, 0); /* the other ranks' layers from their owners */
     k->wait_seconds += kfac_now() - t0;
     for (i = 0; i < k->nlayers; ++i)
         if (k->layers[i].in_job) kfac_inverse_install(k, &k->layers[i]);

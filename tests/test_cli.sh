@@ -153,6 +153,8 @@ bad_cfg damping_not_number "[kfac] damping=1e-3x: not a number" <<<'/^\[kfac\]$/
 bad_cfg damping_no_value "[kfac] damping: has no value" <<<'/^\[kfac\]$/a damping'
 bad_cfg decay_one "[kfac] decay=1: must be in [0, 1)" <<<'/^\[kfac\]$/a decay=1'
 bad_cfg scaling_unknown "[kfac] scaling=eigen: must be kfac or ekfac" <<<'/^\[kfac\]$/a scaling=eigen'
+bad_cfg dist_precondition_unknown "[kfac] dist_precondition=all: must be everyone or owner" \
+    <<<'/^\[kfac\]$/a dist_precondition=all'
 bad_cfg stats_interval_zero "[kfac] stats_interval=0: must be in [1, 1e+06]" <<<'s/^stats_interval=1$/stats_interval=0/'
 bad_cfg stats_interval_word "[kfac] stats_interval=often: must be a whole number or auto" <<<'s/^stats_interval=1$/stats_interval=often/'
 bad_cfg inverse_lag_negative "[kfac] inverse_lag=-1: must be in [0, 1e+06]" <<<'/^\[kfac\]$/a inverse_lag=-1'

@@ -31,11 +31,12 @@ int main(void)
     kt_check("empty_section_gives_defaults",
              c->damping == 1e-2f && c->decay == 0.95f && c->stats_interval == 0 && c->inverse_interval == 0 &&
              c->inverse_lag == -1 && c->kl_clip == 1e-3f && c->fisher == KFAC_FISHER_TRUE && c->warmup == 0 &&
-             c->max_dim == 4096 && c->seed == 1 && c->step == KFAC_STEP_AUTO && c->lambda == 1.0f,
+             c->max_dim == 4096 && c->seed == 1 && c->step == KFAC_STEP_AUTO && c->lambda == 1.0f &&
+             c->dist_precondition == KFAC_DIST_EVERYONE,
              "got damping=%g decay=%g stats_interval=%d inverse_interval=%d inverse_lag=%d kl_clip=%g fisher=%d warmup=%d "
-             "max_dim=%d seed=%d step=%d lambda=%g",
+             "max_dim=%d seed=%d step=%d lambda=%g dist_precondition=%d",
              c->damping, c->decay, c->stats_interval, c->inverse_interval, c->inverse_lag, c->kl_clip, (int)c->fisher,
-             c->warmup, c->max_dim, c->seed, (int)c->step, c->lambda);
+             c->warmup, c->max_dim, c->seed, (int)c->step, c->lambda, (int)c->dist_precondition);
     /* auto (0, -1 above): chosen by the schedule, which starts from statistics and
      * decompositions every update, used one update later, on the worker thread */
     {
@@ -58,17 +59,19 @@ int main(void)
 
     net = kt_net(kt_cfg_with("build/tests/config-all.cfg", base,
                              "[kfac]\ndamping=0.25\ndecay=0.5\nstats_interval=3\ninverse_interval=7\ninverse_lag=4\nkl_clip=0.01\n"
-                             "fisher=empirical\nwarmup=11\nmax_dim=30\nseed=42\nstep=adaptive\nlambda=3.5\n"),
+                             "fisher=empirical\nwarmup=11\nmax_dim=30\nseed=42\nstep=adaptive\nlambda=3.5\n"
+                             "dist_precondition=owner\n"),
                  1);
     c = &kfac_of(net)->cfg;
     kt_check("every_key_arrives",
              c->damping == 0.25f && c->decay == 0.5f && c->stats_interval == 3 && c->inverse_interval == 7 &&
              c->inverse_lag == 4 && c->kl_clip == 0.01f && c->fisher == KFAC_FISHER_EMPIRICAL && c->warmup == 11 &&
-             c->max_dim == 30 && c->seed == 42 && c->step == KFAC_STEP_ADAPTIVE && c->lambda == 3.5f,
+             c->max_dim == 30 && c->seed == 42 && c->step == KFAC_STEP_ADAPTIVE && c->lambda == 3.5f &&
+             c->dist_precondition == KFAC_DIST_OWNER,
              "got damping=%g decay=%g stats_interval=%d inverse_interval=%d inverse_lag=%d kl_clip=%g fisher=%d warmup=%d "
-             "max_dim=%d seed=%d step=%d lambda=%g",
+             "max_dim=%d seed=%d step=%d lambda=%g dist_precondition=%d",
              c->damping, c->decay, c->stats_interval, c->inverse_interval, c->inverse_lag, c->kl_clip, (int)c->fisher,
-             c->warmup, c->max_dim, c->seed, (int)c->step, c->lambda);
+             c->warmup, c->max_dim, c->seed, (int)c->step, c->lambda, (int)c->dist_precondition);
     kt_check("set_schedule_is_used", kfac_of(net)->sched.stats_interval == 3 && kfac_of(net)->sched.inverse_interval == 7 &&
                  kfac_of(net)->sched.inverse_lag == 4 && !kfac_of(net)->sched.auto_lag,
              "intervals %d %d lag %d", kfac_of(net)->sched.stats_interval, kfac_of(net)->sched.inverse_interval,

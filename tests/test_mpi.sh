@@ -8,8 +8,10 @@
 #    one update, every rank's weights bit for bit the same, the tolerance measured
 #    against a one-ulp run, a control that must fail it); the same over Open MPI's TCP
 #    transport (`--mca btl self,tcp`: the network path, not shared memory); save on 2
-#    ranks, resume on 2 (bit for bit the uninterrupted run), on 4 and on 1; a rank
-#    whose weights drift stops every rank at the next save;
+#    ranks, resume on 2 (bit for bit the uninterrupted run), on 4 and on 1; the same
+#    with [kfac] dist_precondition=owner, which must also be the default run bit for
+#    bit (with batch-norm blocks and EKFAC too), saves included; a rank whose weights
+#    drift stops every rank at the next save;
 #  - tools/kfac_compare under mpirun: 2 ranks at batch 4 against one process at 8;
 #  - the MPI build run without mpirun trains bit for bit as the plain build;
 #  - `darknet detector train` under mpirun, with K-FAC, saving every 4 updates;
@@ -91,6 +93,30 @@ RS='[kfac]\nstep=kl_clip\nstats_interval=2\ninverse_interval=4'
 mkdir -p "$W/resume"
 dist save 2 -- save $CFG "$RS" 6 6 "$W/resume"
 for m in 2 4 1; do dist resume$m $m -- resume $CFG "$RS" 6 6 "$W/resume" 2; done
+
+# dist_precondition=owner (KAISA's trade: each layer's owner preconditions it and
+# broadcasts the preconditioned gradient instead of the decomposition): N ranks equal
+# one process as with everyone (the KL-clipped step on 2 and 4 ranks, the adaptive
+# step on 2), once over TCP; the run is the everyone run bit for bit, saves included
+# (a job in flight at the first: tests/mpi/test_dist.c, modes), with batch-norm blocks
+# and the adaptive step too, and with scaling=ekfac (where owner falls back to
+# everyone); save on 2 ranks, resume on 2 (bit for bit) and on 1; save alone, resume
+# on 2
+OW='\ndist_precondition=owner'
+dist kl_owner2 2 -- equal kfac_kl_clip_owner_2ranks $CFG "$KL$OW" 50 "$W"
+dist kl_owner4 4 -- equal kfac_kl_clip_owner_4ranks $CFG "$KL$OW" 50 "$W"
+dist ad_owner2 2 -- equal kfac_adaptive_owner_2ranks $CFG "$AD$OW" 12 "$W"
+dist tcp_kl_owner 2 --mca btl self,tcp -- equal tcp_kfac_kl_clip_owner_2ranks $CFG "$KL$OW" 50 "$W"
+sed 's/^activation=leaky$/activation=leaky\nbatch_normalize=1/' $CFG >"$W/dist-bn.cfg"
+mkdir -p "$W/modes-kl" "$W/modes-bn" "$W/modes-ekfac"
+dist modes_kl 2 -- modes kl_clip $CFG "$KL" 49 50 "$W/modes-kl"
+dist modes_bn 2 -- modes bn_adaptive "$W/dist-bn.cfg" "$AD" 6 12 "$W/modes-bn"
+dist modes_ekfac 2 -- modes ekfac $CFG "$RS\nscaling=ekfac" 5 12 "$W/modes-ekfac"
+mkdir -p "$W/resume-owner" "$W/resume-owner1"
+dist save_owner 2 -- save $CFG "$RS$OW" 6 6 "$W/resume-owner"
+for m in 2 1; do dist resume_owner$m $m -- resume $CFG "$RS$OW" 6 6 "$W/resume-owner" 2; done
+dist save_owner_alone 1 -- save $CFG "$RS$OW" 6 6 "$W/resume-owner1"
+dist resume_owner_alone_on2 2 -- resume $CFG "$RS$OW" 6 6 "$W/resume-owner1" 1
 
 # a rank whose weights drifted: the next save stops every rank, names it, writes nothing
 timeout 120 $MPIRUN -np 2 "$W/test_dist" diverge $CFG "$W" >"$W/diverge.out" 2>"$W/diverge.err"

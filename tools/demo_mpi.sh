@@ -13,6 +13,8 @@
 #   --iters N       updates per run (default 200)
 #   --out DIR       logs and cfgs (default build/demo-mpi)
 #   --repeat R      every run R times, interleaved; the table shows medians (default 1)
+#   --owner         also K-FAC on N ranks with [kfac] dist_precondition=owner (each
+#                   layer's owner preconditions it and broadcasts the result)
 #
 # Prints (tools/demo_mpi_table.py) one row per run: seconds per update (training only:
 # kfac_compare excludes data and evaluation) and their split: forward and backward (the
@@ -28,11 +30,12 @@
 # alike; the machine's load average is printed before each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-COMPARE=${1:?usage: tools/demo_mpi.sh COMPARE [--sgd CFG] [--kfac CFG] [--batch B] [--ranks N] [--iters N] [--out DIR] [--repeat R]}
+COMPARE=${1:?usage: tools/demo_mpi.sh COMPARE [--sgd CFG] [--kfac CFG] [--batch B] [--ranks N] [--iters N] [--out DIR] [--repeat R] [--owner]}
 shift
-SGD=cfg/digits.cfg KFAC="" BATCH="" RANKS=2 ITERS=200 OUT=build/demo-mpi REPEAT=1
+SGD=cfg/digits.cfg KFAC="" BATCH="" RANKS=2 ITERS=200 OUT=build/demo-mpi REPEAT=1 OWNER=0
 while [ $# -gt 0 ]; do
     case "$1" in
+        --owner) OWNER=1; shift; continue ;;
         --sgd) SGD=$2 ;;
         --kfac) KFAC=$2 ;;
         --batch) BATCH=$2 ;;
@@ -77,10 +80,13 @@ run() {
 
 per=$((BATCH / RANKS))
 s1=$(batched "$SGD" "$BATCH") sn=$(batched "$SGD" "$per") k1=$(batched "$KFAC" "$BATCH") kn=$(batched "$KFAC" "$per")
+ko=$OUT/$(basename "$kn" .cfg)-owner.cfg
+sed '/^\[kfac\]$/a dist_precondition=owner' "$kn" >"$ko"
 for r in $(seq 1 "$REPEAT"); do
     run "sgd-1-r$r" 1 "$s1"
     run "sgd-$RANKS-r$r" "$RANKS" "$sn"
     run "kfac-1-r$r" 1 "$k1"
     run "kfac-$RANKS-r$r" "$RANKS" "$kn"
+    if [ "$OWNER" = 1 ]; then run "kfac-owner-$RANKS-r$r" "$RANKS" "$ko"; fi
 done
-python3 tools/demo_mpi_table.py "$OUT" "$RANKS" "$BATCH" "$REPEAT"
+python3 tools/demo_mpi_table.py "$OUT" "$RANKS" "$BATCH" "$REPEAT" $([ "$OWNER" = 1 ] && echo owner)

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""tools/demo_mpi_table.py OUT RANKS BATCH REPEAT: the table of tools/demo_mpi.sh.
+"""tools/demo_mpi_table.py OUT RANKS BATCH REPEAT [owner]: the table of tools/demo_mpi.sh.
 
-Reads OUT/{sgd,kfac}-{1,RANKS}-r{1..REPEAT}.log (rank 0's stdout of tools/kfac_compare
+Reads OUT/{sgd,kfac}-{1,RANKS}-r{1..REPEAT}.log (with `owner` also
+OUT/kfac-owner-RANKS-r*.log, K-FAC with dist_precondition=owner) (rank 0's stdout of tools/kfac_compare
 under `mpirun --tag-output`) and .err (every rank's stderr, tagged) and prints, per
 run, the medians over the repeats of the seconds per update and their split, the
 bytes handed to the collectives, the largest share of an update any rank waited for
@@ -37,8 +38,8 @@ def parse(out, name):
     r["kfac"] = num(r"K-FAC seconds per update: statistics %s, decompositions %s, preconditioning and step %s"
                     % (NUM, NUM, NUM)) or [0.0] * 3
     r["coll"] = num(r"collectives seconds per update \(\d+ ranks\): waiting %s, gradients %s, statistics %s, "
-                    r"decompositions from their owners %s, loss and scalars %s; bytes per update %s"
-                    % ((NUM,) * 6)) or [0.0] * 6
+                    r"decompositions from their owners %s, preconditioned gradients from their owners %s, loss and "
+                    r"scalars %s; bytes per update %s" % ((NUM,) * 7)) or [0.0] * 7
     last = [l for l in log.splitlines() if l.startswith("iter ")][-1]
     r["acc"] = float(re.search(r"test_acc ([0-9.]+)", last).group(1))
     r["loss"] = float(re.search(r"test_loss ([0-9.]+)", last).group(1))
@@ -59,34 +60,34 @@ def parse(out, name):
 
 def main():
     out, ranks, batch, repeat = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    owner = len(sys.argv) > 5 and sys.argv[5] == "owner"
     res = {}
-    for opt in ("sgd", "kfac"):
-        for np_ in (1, ranks):
-            runs = [parse(out, "%s-%d-r%d" % (opt, np_, k)) for k in range(1, repeat + 1)]
-            med = dict(runs[0])
-            for key in ("total", "acc", "loss", "bgwait"):
-                med[key] = statistics.median(x[key] for x in runs)
-            for key in ("kfac", "coll"):
-                med[key] = [statistics.median(x[key][j] for x in runs) for j in range(len(runs[0][key]))]
-            med["all"] = [x["total"] for x in runs]
-            res["%s-%d" % (opt, np_)] = med
+    rows = [("sgd", 1), ("sgd", ranks), ("kfac", 1), ("kfac", ranks)] + ([("kfac-owner", ranks)] if owner else [])
+    for opt, np_ in rows:
+        runs = [parse(out, "%s-%d-r%d" % (opt, np_, k)) for k in range(1, repeat + 1)]
+        med = dict(runs[0])
+        for key in ("total", "acc", "loss", "bgwait"):
+            med[key] = statistics.median(x[key] for x in runs)
+        for key in ("kfac", "coll"):
+            med[key] = [statistics.median(x[key][j] for x in runs) for j in range(len(runs[0][key]))]
+        med["all"] = [x["total"] for x in runs]
+        res["%s-%d" % (opt, np_)] = med
 
     print("\nglobal batch %d; %d ranks at %d each against one process; seconds per update (training only)%s\n" %
           (batch, ranks, batch // ranks, ", medians of %d runs" % repeat if repeat > 1 else ""))
     print("| run | s/update | forward+backward | waiting | gradient all-reduce | K-FAC statistics (all-reduce) "
-          "| decompositions (from the owners) | preconditioning + step | bytes/update | background decompositions: "
-          "most any rank waited | test acc | test loss |")
+          "| decompositions (from the owners) | preconditioning + step (preconditioned gradients from the owners) "
+          "| bytes/update | background decompositions: most any rank waited | test acc | test loss |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for opt in ("sgd", "kfac"):
-        for np_ in (1, ranks):
-            r = res["%s-%d" % (opt, np_)]
-            st, dec, pre = r["kfac"]
-            w, g, sst, share, _, by = r["coll"]
-            rest = r["total"] - st - dec - pre - w - g
-            print("| %s, %d %s | %.4f | %.4f | %.4f | %.4f | %.4f (%.4f) | %.4f (%.4f) | %.4f | %.0f | %s | %.3f | %.4f |"
-                  % ("SGD" if opt == "sgd" else "K-FAC", np_, "process" if np_ == 1 else "ranks", r["total"], rest, w,
-                     g, st, sst, dec, share, pre, by, "%.1f%%" % (100 * r["bgwait"]) if opt == "kfac" else "-",
-                     r["acc"], r["loss"]))
+    names = {"sgd": "SGD", "kfac": "K-FAC", "kfac-owner": "K-FAC owner"}
+    for opt, np_ in rows:
+        r = res["%s-%d" % (opt, np_)]
+        st, dec, pre = r["kfac"]
+        w, g, sst, share, pgrad, _, by = r["coll"]
+        rest = r["total"] - st - dec - pre - w - g
+        print("| %s, %d %s | %.4f | %.4f | %.4f | %.4f | %.4f (%.4f) | %.4f (%.4f) | %.4f (%.4f) | %.0f | %s | %.3f | %.4f |"
+              % (names[opt], np_, "process" if np_ == 1 else "ranks", r["total"], rest, w, g, st, sst, dec, share, pre,
+                 pgrad, by, "%.1f%%" % (100 * r["bgwait"]) if opt != "sgd" else "-", r["acc"], r["loss"]))
     print()
     for opt in ("sgd", "kfac"):
         one, dist = res["%s-1" % opt], res["%s-%d" % (opt, ranks)]
@@ -105,6 +106,12 @@ def main():
     print("K-FAC / SGD seconds per update: one process %.2f, %d ranks %.2f" % (k1 / s1, ranks, kn / sn))
     print("K-FAC's schedule (rank 0's last progress line): one process: %s; %d ranks: %s" % (
         res["kfac-1"]["sched"] or "-", ranks, res["kfac-%d" % ranks]["sched"] or "-"))
+    if owner:
+        ev, ow = res["kfac-%d" % ranks], res["kfac-owner-%d" % ranks]
+        print("K-FAC on %d ranks, dist_precondition=owner against everyone: %.2f x the seconds per update (fastest "
+              "runs %.4f against %.4f), %.0f against %.0f bytes per update; owner's schedule: %s" % (
+                  ranks, ow["total"] / ev["total"], min(ow["all"]), min(ev["all"]), ow["coll"][6], ev["coll"][6],
+                  ow["sched"] or "-"))
 
 
 if __name__ == "__main__":

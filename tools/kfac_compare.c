@@ -663,8 +663,9 @@ int main(int argc, char **argv)
         kfac_dist_times t;
         kfac_dist_timing(net, &t);
         printf("collectives seconds per update (%d ranks): waiting %.4f, gradients %.4f, statistics %.4f, "
-               "decompositions from their owners %.4f, loss and scalars %.4f; bytes per update %.0f\n", ranks,
-               t.waiting / it, t.gradients / it, t.statistics / it, t.sharing / it, t.scalars / it, t.bytes / it);
+               "decompositions from their owners %.4f, preconditioned gradients from their owners %.4f, loss and "
+               "scalars %.4f; bytes per update %.0f\n", ranks, t.waiting / it, t.gradients / it, t.statistics / it,
+               t.sharing / it, t.preconditioned / it, t.scalars / it, t.bytes / it);
     }
     if (tsv && fclose(tsv) != 0) {
         fprintf(stderr, "kfac_compare: error writing %s\n", o.out);

@@ -16,10 +16,16 @@ costs the GPU's own compute T_c plus:
                  layer; their computation is spread over the owners and runs on each
                  rank's background worker, hidden while it finishes within inverse_lag
                  updates (on a GPU the worker's stream still takes GPU time);
-  KAISA          the alternative darknet-kfac does not implement: the owner
+  owner          [kfac] dist_precondition=owner (KAISA's trade): the owner
                  preconditions its layers and broadcasts the preconditioned gradients,
-                 4 sum(M K) bytes every update, instead of the decompositions; it saves
-                 the other ranks' preconditioning and the decompositions' memory.
+                 4 sum(M K) bytes every update (one broadcast per layer), instead of
+                 the decompositions every inverse_interval; each rank then
+                 preconditions only the layers it owns (the most loaded owner's share,
+                 by kfac_owners_assign's assignment, sets the time).  It wins when the
+                 broadcasts cost less than the preconditioning saved plus the
+                 decompositions' sharing per update: below the break-even
+                 inverse_interval the table prints (or always, where the saved
+                 preconditioning alone pays for the broadcasts).
 
 The stats_interval column keeps a statistics step's own work (STATS_EXTRA of T_c) and
 its all-reduce under 10% of an update on average; inverse_interval keeps the sharing
@@ -107,12 +113,40 @@ def sizes(net):
     return fwd, 4 * net["params"], stats, dec, cube, pre
 
 
+def assign(cube, N):
+    """kfac_owners_assign: largest first (stable), each to the least loaded; the owner of each layer"""
+    load, owner = [0.0] * N, [0] * len(cube)
+    for j in sorted(range(len(cube)), key=lambda j: -cube[j]):
+        owner[j] = load.index(min(load))
+        load[owner[j]] += cube[j]
+    return owner
+
+
 def owners(cube, N):
-    """kfac_owners_assign: largest first, each to the least loaded; the most loaded rank's share"""
-    load = [0.0] * N
-    for c in sorted(cube, reverse=True):
-        load[load.index(min(load))] += c
-    return max(load) / sum(cube)
+    """the most loaded rank's share of the decompositions"""
+    own = assign(cube, N)
+    return max(sum(c for c, o in zip(cube, own) if o == r) for r in range(N)) / sum(cube)
+
+
+def precondition_time(layers):
+    """the preconditioning of these layers per update: FLOPs or kernel launches"""
+    flops = sum(2 * (K * K // nb * M + M * M * K) for K, M, nb, T in layers)
+    return max(flops / GPU_FLOPS, len(layers) * 2 * LAUNCH) if layers else 0.0
+
+
+def owner_mode(net, cube, N, link, tdec):
+    """dist_precondition=owner per update: the broadcasts of the preconditioned gradients,
+    the preconditioning it saves (every layer on every rank against the most loaded
+    owner's), and the break-even inverse_interval below which it wins (0: never, inf:
+    always)"""
+    own = assign(cube, N)
+    layers = net["layers"]
+    bcast = sum(broadcast(4 * M * K, N, link) for K, M, nb, T in layers)
+    mine = max(precondition_time([l for l, o in zip(layers, own) if o == r]) for r in range(N))
+    saved = precondition_time(layers) - mine
+    if bcast <= saved:
+        return bcast, saved, math.inf
+    return bcast, saved, tdec / (bcast - saved)
 
 
 def main():
@@ -131,12 +165,12 @@ def main():
         fwd, g, s, d, cube, pre = sizes(net)
         tc = max(3 * fwd * net["batch"] / GPU_FLOPS, net["kernels"] * LAUNCH)
         t_eig = net["cpu_eig"] / GPU_EIGH_SPEEDUP
-        t_pre = max(pre / GPU_FLOPS, len(net["layers"]) * 2 * LAUNCH)
         print("%s, T_c %.3g ms per update:\n" % (name, 1e3 * tc))
         print("| GPUs | link across nodes | gradients ms (of T_c) | statistics all-reduce ms | stats_interval >= | "
               "decompositions from the owners ms | inverse_interval >= | most loaded owner's eigh ms | "
-              "inverse_lag >= | KAISA: preconditioning saved / gradients broadcast, ms per update |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+              "inverse_lag >= | owner: preconditioned gradients broadcast / preconditioning saved, ms per update | "
+              "owner wins below inverse_interval |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for N in Ns:
             for link in (["NVLink"] if N <= NODE else ["InfiniBand NDR", "100 GbE"]):
                 tg = allreduce(g, N, link)
@@ -144,12 +178,12 @@ def main():
                 tdec = sum(broadcast(4 * (2 * (K * K // nb + M * M) + K + M), N, link)
                            for K, M, nb, T in net["layers"])
                 own = owners(cube, N) * t_eig
-                kaisa = sum(broadcast(4 * M * K, N, link) for K, M, nb, T in net["layers"])
-                print("| %d | %s | %.3g (%.0f%%) | %.3g | %d | %.3g | %d | %.3g | %d | %.3g / %.3g |" % (
+                bcast, saved, even = owner_mode(net, cube, N, link, tdec)
+                print("| %d | %s | %.3g (%.0f%%) | %.3g | %d | %.3g | %d | %.3g | %d | %.3g / %.3g | %s |" % (
                     N, link if N > NODE else "(one node)", 1e3 * tg, 100 * tg / tc, 1e3 * ts,
                     max(1, math.ceil((STATS_EXTRA * tc + ts) / (0.1 * tc))), 1e3 * tdec,
                     max(1, math.ceil(tdec / (0.1 * tc))), 1e3 * own, max(1, math.ceil(own / tc)),
-                    1e3 * t_pre * (1 - 1.0 / N), 1e3 * kaisa))
+                    1e3 * bcast, 1e3 * saved, "always" if even == math.inf else "%.3g" % even))
         print()
 
 

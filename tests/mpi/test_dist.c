@@ -15,6 +15,15 @@
  *       the weights and state equal DIR/straight.weights bit for bit.  Any M: within
  *       the tolerance of one process at N0*b for U0 updates, saved, then at M*b for U;
  *       control: that chain without the change of global batch ends farther away.
+ *   test_dist modes NAME CFG KFAC U0 U DIR
+ *       N ranks train the same run twice, with [kfac] dist_precondition=everyone and
+ *       =owner appended to KFAC: each run's ranks identical, and the two runs the
+ *       same bits (the owner's preconditioned gradient is what every rank computes
+ *       from the decomposition it broadcasts), their saves after U0 (a background
+ *       job in flight) and after U updates the same files, weights and K-FAC state
+ *       (the owners' decompositions gathered for rank 0); the traffic: owner sends
+ *       preconditioned gradients, everyone none (with scaling=ekfac owner falls back
+ *       to everyone: the same traffic).
  *   test_dist diverge CFG DIR
  *       rank 1's weights are changed, then a save: every rank stops (exit status 1)
  *       naming rank 1, and no file is written.
@@ -45,6 +54,7 @@
  * after one update are sums of N b x 36 outer products in another order: KFAC_TOL_F =
  * 1e-5 of the largest entry (about 100 float32 roundings) bounds the reordering, and a
  * misaligned label or a missing rank changes G by its whole size. */
+#include <sys/stat.h>
 #include "kt.h"
 #include "kfac.h"
 #include "kfac_internal.h"
@@ -378,6 +388,65 @@ static void mode_resume(const char *base, const char *kfac, int U0, int U, const
     free_network(net);
 }
 
+static void mode_modes(const char *name, const char *base, const char *kfac, int U0, int U, const char *dir)
+{
+    static const char *mode[2] = {"everyone", "owner"};
+    char sub[2][512], kf[2][1024], cb[2][512], path[2][2][600], what[200];
+    network *net[2];
+    kfac_dist_times t[2];
+    int m, j, in_flight[2];
+    for (m = 0; m < 2; ++m) {
+        snprintf(sub[m], sizeof sub[m], "%s/%s", dir, mode[m]);
+        if (rank == 0) mkdir(sub[m], 0755);
+        snprintf(kf[m], sizeof kf[m], "%s\\ndist_precondition=%s", kfac, mode[m]);
+        const char *cfg = cfg_variant(cb[m], sizeof cb[m], sub[m], base, 4, kf[m]);
+        net[m] = kt_net(cfg, SEED);
+        kfac_dist_start(net[m], cfg, NULL, 1);
+        const int nb = ranks * net[m]->batch;
+        train(net[m], 0, U0, nb, rank * net[m]->batch);
+        in_flight[m] = kfac_of(net[m])->job_install_at >= 0;
+        snprintf(path[m][0], sizeof path[m][0], "%s/mid.weights", sub[m]);
+        save_weights(net[m], path[m][0]);
+        train(net[m], U0, U - U0, nb, rank * net[m]->batch);
+        snprintf(path[m][1], sizeof path[m][1], "%s/end.weights", sub[m]);
+        save_weights(net[m], path[m][1]);
+        kfac_dist_timing(net[m], &t[m]);
+    }
+    snprintf(what, sizeof what, "%s_owner_ranks_identical", name);
+    check_ranks_identical(what, net[1]);
+    if (rank == 0) {
+        const int ekfac = kfac_of(net[1])->cfg.scaling == KFAC_SCALING_EKFAC;
+        printf("# %s: bytes per update to the collectives: everyone %.0f, owner %.0f; seconds per update receiving "
+               "preconditioned gradients: everyone %.3g, owner %.3g\n", name, t[0].bytes / U, t[1].bytes / U,
+               t[0].preconditioned / U, t[1].preconditioned / U);
+        snprintf(what, sizeof what, "%s_owner_equals_everyone_bits", name);
+        kt_check(what, kt_nets_same_bits(net[0], net[1]), "after %d updates the weights of the two runs differ", U);
+        snprintf(what, sizeof what, "%s_mid_save_job_in_flight", name);
+        kt_check(what, in_flight[0] && in_flight[1], "no background job in flight after %d updates (%d, %d): the "
+                 "saves do not cover it", U0, in_flight[0], in_flight[1]);
+        for (j = 0; j < 2; ++j) {
+            char a[620], b[620];
+            snprintf(what, sizeof what, "%s_%s_save_weights_same", name, j ? "end" : "mid");
+            kt_check(what, files_same(path[0][j], path[1][j]), "%s and %s differ", path[0][j], path[1][j]);
+            snprintf(a, sizeof a, "%.600s.kfac", path[0][j]);
+            snprintf(b, sizeof b, "%.600s.kfac", path[1][j]);
+            snprintf(what, sizeof what, "%s_%s_save_state_same", name, j ? "end" : "mid");
+            kt_check(what, files_same(a, b), "%s and %s differ", a, b);
+        }
+        snprintf(what, sizeof what, "%s_traffic", name);
+        if (ekfac)
+            kt_check(what, t[1].bytes == t[0].bytes && t[1].preconditioned == 0,
+                     "scaling=ekfac: owner sent %.0f bytes (everyone %.0f) and received preconditioned gradients "
+                     "for %.3g s: it should fall back to everyone", t[1].bytes, t[0].bytes, t[1].preconditioned);
+        else
+            kt_check(what, t[1].bytes != t[0].bytes && t[0].preconditioned == 0 && t[1].preconditioned > 0,
+                     "bytes everyone %.0f, owner %.0f; seconds receiving preconditioned gradients everyone %.3g, "
+                     "owner %.3g", t[0].bytes, t[1].bytes, t[0].preconditioned, t[1].preconditioned);
+    }
+    free_network(net[0]);
+    free_network(net[1]);
+}
+
 static void mode_diverge(const char *base, const char *dir)
 {
     char cb[512], path[512];
@@ -402,10 +471,12 @@ int main(int argc, char **argv)
     else if (argc == 7 && !strcmp(argv[1], "save")) mode_save(argv[2], argv[3], atoi(argv[4]), atoi(argv[5]), argv[6]);
     else if (argc == 8 && !strcmp(argv[1], "resume"))
         mode_resume(argv[2], argv[3], atoi(argv[4]), atoi(argv[5]), argv[6], atoi(argv[7]));
+    else if (argc == 8 && !strcmp(argv[1], "modes"))
+        mode_modes(argv[2], argv[3], argv[4], atoi(argv[5]), atoi(argv[6]), argv[7]);
     else if (argc == 4 && !strcmp(argv[1], "diverge")) mode_diverge(argv[2], argv[3]);
     else {
         printf("FAIL harness: usage: test_dist equal NAME CFG KFAC U DIR | save CFG KFAC U0 U DIR | "
-               "resume CFG KFAC U0 U DIR N0 | diverge CFG DIR\n");
+               "resume CFG KFAC U0 U DIR N0 | modes NAME CFG KFAC U0 U DIR | diverge CFG DIR\n");
         return 1;
     }
     return rank == 0 ? kt_exit() : 0;
