@@ -44,7 +44,7 @@ typedef struct kfac_dist {
     int *owner;             /* the rank that decomposes the layer */
     int *due;               /* scratch: the layers whose decompositions are shared now */
     double *flags;          /* scratch: three values per covered layer */
-    int shared_job;         /* job_install_at of the background job last shared (-1: none) */
+    int shared_job;         /* job_serial of the background job last shared (-1: none) */
     int owner_precondition; /* 1: dist_precondition=owner in force (several ranks, not
                                scaling=ekfac): owners precondition and broadcast P */
     uint64_t rng_saved;     /* the true-Fisher generator while a [yolo] layer samples */

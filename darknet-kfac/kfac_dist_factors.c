@@ -223,11 +223,11 @@ void kfac_dist_share_job(kfac_net *k, int whole)
 {
     kfac_dist *d = k->dist;
     int i;
-    if (d->comm->size == 1 || k->job_install_at < 0 || d->shared_job == k->job_install_at) return;
+    if (d->comm->size == 1 || k->job_install_at < 0 || d->shared_job == k->job_serial) return;
     kfac_worker_wait(k); /* this rank's share of the job */
     for (i = 0; i < k->nlayers; ++i) d->due[i] = k->layers[i].in_job;
     share_next(k, d->due, whole);
-    d->shared_job = k->job_install_at;
+    d->shared_job = k->job_serial;
 }
 
 void kfac_dist_gather(kfac_net *k)

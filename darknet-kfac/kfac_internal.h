@@ -278,6 +278,9 @@ typedef struct {
     /* decompositions in the background (kfac_worker.c; NULL: at once) */
     struct kfac_worker *worker;
     int job_install_at;     /* update at which the job in flight is installed; -1: none */
+    /* jobs launched (or loaded) in this process: two jobs can share an install update
+     * when auto shortens the lag, so the update cannot name a job */
+    int job_serial;
     double worker_seconds;  /* the worker's busy time so far */
     double wait_seconds;    /* the main thread's wait for the worker so far */
     double wait_reported, worker_reported; /* those two at the last progress line */

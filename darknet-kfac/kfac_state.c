@@ -661,6 +661,7 @@ static void state_commit(network *net, const kfac_staged *st)
     sc->t_stats = st->times[1];
     sc->t_decomp = st->times[2];
     k->job_install_at = st->sched[3];
+    ++k->job_serial;
     for (i = 0; i < k->nlayers; ++i) {
         kfac_layer *kl = &k->layers[i];
         float *arr[4] = {kl->next.EA, kl->next.dA, kl->next.EG, kl->next.dG};

@@ -185,4 +185,5 @@ void kfac_decompositions_step(kfac_net *k)
     pthread_cond_broadcast(&w->cond);
     pthread_mutex_unlock(&w->lock);
     k->job_install_at = k->step + lag;
+    ++k->job_serial;
 }

@@ -87,6 +87,12 @@ done
 dist tcp_sgd 2 --mca btl self,tcp -- equal tcp_sgd_2ranks $CFG $SGD 50 "$W"
 dist tcp_kl 2 --mca btl self,tcp -- equal tcp_kfac_kl_clip_2ranks $CFG "$KL" 50 "$W"
 
+# a lag the auto schedule shortens: two jobs due at one update, each shared from its
+# owners (the second was not: rank 1's weights parted from rank 0's, now and then, in
+# the auto-schedule run below)
+mkdir -p "$W/relag"
+dist relag 2 -- relag kfac_relag_2ranks $CFG '[kfac]\nstep=kl_clip\nstats_interval=1\ninverse_interval=4\ninverse_lag=2' 5 6 "$W/relag"
+
 # save on 2 ranks, resume on 2, 4 and 1 (the KL-clipped step: its figures are
 # continuous in the weights, so the one-process chain is a tight reference)
 RS='[kfac]\nstep=kl_clip\nstats_interval=2\ninverse_interval=4'

@@ -24,6 +24,10 @@
  *       (the owners' decompositions gathered for rank 0); the traffic: owner sends
  *       preconditioned gradients, everyone none (with scaling=ekfac owner falls back
  *       to everyone: the same traffic).
+ *   test_dist relag NAME CFG KFAC U0 U DIR
+ *       N ranks: U0 updates, then the schedule as the auto schedule may change it
+ *       (decompositions every update, used one later), U more: every rank's weights
+ *       identical, within the save-and-resume tolerance of one process at N*b.
  *   test_dist diverge CFG DIR
  *       rank 1's weights are changed, then a save: every rank stops (exit status 1)
  *       naming rank 1, and no file is written.
@@ -447,6 +451,45 @@ static void mode_modes(const char *name, const char *base, const char *kfac, int
     free_network(net[1]);
 }
 
+/* the auto schedule's change as every rank takes it (kfac_dist_agree_schedule): the
+ * decompositions every update, installed one update after their launch */
+static void shorten_schedule(network *net)
+{
+    kfac_net *k = kfac_of(net);
+    k->sched.inverse_interval = 1;
+    k->sched.inverse_lag = 1;
+}
+
+/* A lag that auto shortens: the job launched before the change and the job launched
+ * after it can both be due at the same update (the first installed early, since a new
+ * launch needs its buffers); each must be shared from its owners.  U0 updates with the
+ * cfg's schedule, then the change, U more: the ranks identical, and within KFAC_TOL_W
+ * of one process at N*b that takes the same change at the same update. */
+static void mode_relag(const char *name, const char *base, const char *kfac, int U0, int U, const char *dir)
+{
+    char cb[512], cn[512], what[160];
+    const char *cfg = cfg_variant(cb, sizeof cb, dir, base, 4, kfac);
+    network *net = kt_net(cfg, SEED);
+    const int b = net->batch, nb = ranks * b;
+    kfac_dist_start(net, cfg, NULL, 1);
+    const char *cfg_n = cfg_variant(cn, sizeof cn, dir, base, nb, kfac);
+    train(net, 0, U0, nb, rank * b);
+    shorten_schedule(net);
+    train(net, U0, U, nb, rank * b);
+    snprintf(what, sizeof what, "%s_ranks_identical", name);
+    check_ranks_identical(what, net);
+    if (rank == 0) {
+        network *ref = kt_net(cfg_n, SEED);
+        train(ref, 0, U0, nb, 0);
+        shorten_schedule(ref);
+        train(ref, U0, U, nb, 0);
+        snprintf(what, sizeof what, "%s_equals_one_process", name);
+        check_close(what, net, ref, KFAC_TOL_W);
+        free_network(ref);
+    }
+    free_network(net);
+}
+
 static void mode_diverge(const char *base, const char *dir)
 {
     char cb[512], path[512];
@@ -473,10 +516,13 @@ int main(int argc, char **argv)
         mode_resume(argv[2], argv[3], atoi(argv[4]), atoi(argv[5]), argv[6], atoi(argv[7]));
     else if (argc == 8 && !strcmp(argv[1], "modes"))
         mode_modes(argv[2], argv[3], argv[4], atoi(argv[5]), atoi(argv[6]), argv[7]);
+    else if (argc == 8 && !strcmp(argv[1], "relag"))
+        mode_relag(argv[2], argv[3], argv[4], atoi(argv[5]), atoi(argv[6]), argv[7]);
     else if (argc == 4 && !strcmp(argv[1], "diverge")) mode_diverge(argv[2], argv[3]);
     else {
         printf("FAIL harness: usage: test_dist equal NAME CFG KFAC U DIR | save CFG KFAC U0 U DIR | "
-               "resume CFG KFAC U0 U DIR N0 | modes NAME CFG KFAC U0 U DIR | diverge CFG DIR\n");
+               "resume CFG KFAC U0 U DIR N0 | modes NAME CFG KFAC U0 U DIR | relag NAME CFG KFAC U0 U DIR | "
+               "diverge CFG DIR\n");
         return 1;
     }
     return rank == 0 ? kt_exit() : 0;
