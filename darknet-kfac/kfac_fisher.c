@@ -18,9 +18,7 @@
  * lowest covered layer: a backend with a deltas-only layer backward (the CPU's) skips
  * those parts, where Darknet's own gemm for the weight gradients was most of the
  * pass's time.  Darknet's GPU backward has no such hook and runs whole. */
-#include <math.h>
 #include <stdlib.h>
-#include <string.h>
 #include "kfac_internal.h"
 
 /* ---- which losses can be sampled ---------------------------------------------------- */

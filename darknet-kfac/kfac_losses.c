@@ -58,7 +58,7 @@ static double cross_entropy(double t, double p)
     return -(t * log(p) + (1 - t) * log(1 - p));
 }
 
-/* ---- [softmax] ------------------------------------------------------------------------ */
+/* ---- [softmax] --------------------------------------------------------------------- */
 
 static const char *softmax_unsampled(const layer *l)
 {
@@ -119,7 +119,7 @@ static double softmax_value(const kfac_loss_view *v)
     return q;
 }
 
-/* ---- [logistic] ----------------------------------------------------------------------- */
+/* ---- [logistic] -------------------------------------------------------------------- */
 
 static int logistic_modelled(const layer *l)
 {
@@ -162,7 +162,7 @@ static double logistic_value(const kfac_loss_view *v)
     return q;
 }
 
-/* ---- [cost] sse, masked: a Gaussian of precision scale ------------------------------- */
+/* ---- [cost] sse, masked: a Gaussian of precision scale ----------------------------- */
 
 static const char *cost_unsampled(const layer *l)
 {
@@ -219,7 +219,7 @@ static double cost_value(const kfac_loss_view *v)
     return q * (0.5 * v->l->scale);
 }
 
-/* ---- [yolo] and [region]: the terms of their anchor slots ----------------------------- */
+/* ---- [yolo] and [region]: the terms of their anchor slots -------------------------- */
 
 /* Both write, per image, anchor slot and cell, 4 box entries, an objectness and the
  * classes, each carrying one term of the loss or none; which, and its scale, follows
@@ -353,7 +353,7 @@ static void slots_sample(uint64_t *rng, const kfac_loss_view *v, float *out, slo
     walk(v, terms, visit_sample, &c);
 }
 
-/* ---- [yolo] --------------------------------------------------------------------------- */
+/* ---- [yolo] ------------------------------------------------------------------------ */
 
 /* Darknet's delta for the entries that carry a term (the assigned box's coordinates
  * and classes, with weight s = 2 - w h for the coordinates; every objectness not
@@ -445,7 +445,7 @@ static double yolo_value(const kfac_loss_view *v)
     return c.total;
 }
 
-/* ---- [region] (issue 13, item 3) ------------------------------------------------------ */
+/* ---- [region] (issue 13, item 3) --------------------------------------------------- */
 
 /* forward_region_layer writes, as Darknet's delta (the negative gradient), for every
  * image b, anchor slot n and cell (i, j):
@@ -537,7 +537,7 @@ static void region_sample(uint64_t *rng, const kfac_loss_view *v, float *out)
     slots_sample(rng, v, out, region_slot);
 }
 
-/* ---- the entries ------------------------------------------------------------------------ */
+/* ---- the entries ------------------------------------------------------------------- */
 
 static const kfac_loss_ops entries[] = {
     [KFAC_LOSS_SOFTMAX] = {
