@@ -323,14 +323,17 @@ static void visit_sample(void *ctx, size_t x, int e, term t)
 
 /* The model's visitors know the terms of outputs that Darknet hands back without a
  * derivative ([yolo]'s): there a Bernoulli's Fisher is s p (1 - p) and its loss
- * s CE(p + delta/s, p), a Gaussian's s and delta^2 / (2 s); a term of no kind adds
- * 0 (times u w, as the sum always did). */
+ * s CE(p + delta/s, p), a Gaussian's s and delta^2 / (2 s).  No categorical term:
+ * [region]'s, which the model does not take.  An output without a term still adds
+ * 0 u w, so that a non-finite J v anywhere makes the product non-finite and the step
+ * fails rather than use it. */
 static void visit_fisher(void *ctx, size_t x, int e, term t)
 {
     visit_ctx *c = (visit_ctx *)ctx;
     const double px = c->v->p[x], s = t.s;
     double f = 0;
     (void)e;
+    KFAC_ASSERT(t.kind != TERM_CATEGORICAL);
     if (t.kind == TERM_BERNOULLI) f = s * px * (1 - px);
     else if (t.kind == TERM_GAUSSIAN) f = s;
     c->total += f * c->u[x] * c->w[x];
@@ -342,6 +345,7 @@ static void visit_value(void *ctx, size_t x, int e, term t)
     const double px = c->v->p[x], dx = c->v->d[x], s = t.s;
     double h = 0;
     (void)e;
+    KFAC_ASSERT(t.kind != TERM_CATEGORICAL);
     if (t.kind == TERM_BERNOULLI) h = s * cross_entropy(px + dx / s, px);
     else if (t.kind == TERM_GAUSSIAN) h = dx * dx / (2 * s);
     c->total += h;
