@@ -16,8 +16,8 @@
  * where F is the exact Fisher (generalized Gauss-Newton) of the probe batch: v^T F w =
  * (1/b) sum_i (J_i v)^T F_R,i (J_i w), J_i v the change of image i's outputs (the loss
  * layers' inputs: one, or a detector's [yolo] heads) along v and F_R their output
- * Fisher.  The probe batch is the last subdivision's images (or its first probe_batch:
- * probe_images).  J v comes from a
+ * Fisher (each kind's entry in kfac_losses.c).  The probe batch is the last
+ * subdivision's images (or its first probe_batch: probe_images).  J v comes from a
  * one-sided difference of Darknet's own forward pass at theta + eps v against the
  * outputs the training forward left at theta (on a net with batch norm, whose outputs
  * couple the images, a forward pass at theta on the probe images first), so no layer
@@ -29,8 +29,9 @@
  * images.  A step whose loss or model is not finite, or whose rho is negative (the
  * loss rose on its own images), is not taken: lambda rises by 1/omega1^2, the next
  * step has no momentum term and measures rho again (step_failed; logged once, counted
- * on the progress line).  The losses are computed here from the outputs, never from
- * Darknet's costs, which are NaN once a float sigmoid or softmax saturates.
+ * on the progress line).  The losses are computed from the outputs (the entries'
+ * values), never from Darknet's costs, which are NaN once a float sigmoid or softmax
+ * saturates.
  *
  * alpha and mu replace Darknet's learning rate and momentum for the layers K-FAC
  * covers (the others keep Darknet's SGD); the policy still scales the step by its
@@ -106,13 +107,13 @@ static void fit_sizes(kfac_net *k, network *net)
             ad->saved_len[j] = len[f];
         }
     }
-    size_t nout = 0, yw = 0;
+    size_t nout = 0, slots = 0;
     for (i = 0; i < ad->nloss; ++i) {
         const layer *l = &net->layers[ad->loss[i].index];
         ad->loss[i].off = nout;
         nout += (size_t)l->inputs * l->batch;
-        ad->loss[i].yw_off = yw;
-        if (ad->loss[i].kind == KFAC_LOSS_YOLO) yw += (size_t)l->batch * l->n * l->w * l->h;
+        ad->loss[i].slot_off = slots;
+        slots += kfac_loss_slots(l);
     }
     if (nout > ad->nout) {
         float **host[] = {&ad->zp, &ad->z0, &ad->p, &ad->d, &ad->hp, &ad->hd, &ad->jv[0], &ad->jv[1]};
@@ -123,10 +124,10 @@ static void fit_sizes(kfac_net *k, network *net)
         }
         ad->nout = nout;
     }
-    if (yw > ad->yw_len) {
-        free(ad->yw);
-        ad->yw = (float *)kfac_calloc(yw, sizeof(float));
-        ad->yw_len = yw;
+    if (slots > ad->slot_len) {
+        free(ad->slot_weight);
+        ad->slot_weight = (float *)kfac_calloc(slots, sizeof(float));
+        ad->slot_len = slots;
     }
 }
 
@@ -267,68 +268,27 @@ static float probe_eps(double theta_sq, double v_sq)
 
 /* ---- the output Fisher and the loss -------------------------------------------------- */
 
-/* A [yolo] layer's output Fisher and loss, entry by entry.  Darknet's delta for the
- * entries that carry a term (the assigned box's coordinates and classes, with weight
- * s = 2 - w h for the coordinates; every objectness not ignored) is the negative
- * gradient, with respect to the layer's input, of
- *
- *     x, y      s CE(t, p)        p the sigmoid output, t = p + delta / s
- *     w, h      (s/2) (t - x)^2   = delta^2 / (2 s)
- *     obj, cls  CE(t, p)          t = p + delta, 0 or 1
- *
- * (Darknet hands the sigmoid outputs' deltas back without the sigmoid's derivative,
- * which makes them cross-entropy gradients), and the output Fisher of that loss is
- * diagonal: s p (1 - p), s, p (1 - p).  An objectness with delta 0 and no box was
- * ignored (IoU above ignore_thresh) and carries nothing.  The weights come from the
- * truth and the anchors alone, so theta and a probe share them; the ignored set is
- * the forward pass's own. */
-static double cross_entropy(double t, double p)
-{
-    /* a float sigmoid saturates at exactly 0 or 1: bounded at float resolution */
-    if (p < 1e-7) p = 1e-7;
-    if (p > 1 - 1e-7) p = 1 - 1e-7;
-    return -(t * log(p) + (1 - t) * log(1 - p));
-}
-
-/* mode 0: sum over the layer's entries of F u w (u, w given); mode 1: the loss */
-/* Each [yolo] layer's assigned-box weights for the batch now in the net
- * (kfac_yolo_assignments: from the truth and the anchors alone, so the same for theta
- * and every probe): once per update, not once per product. */
-static void yolo_assign(kfac_adaptive *ad, const network *net)
+/* Each loss layer's assigned-box weights ([yolo]'s) for the batch now in the net: from
+ * the truth and the anchors alone, so the same for theta and every probe, and taken
+ * once per update, not once per product. */
+static void assign_slots(kfac_adaptive *ad, const network *net)
 {
     int li;
-    for (li = 0; li < ad->nloss; ++li)
-        if (ad->loss[li].kind == KFAC_LOSS_YOLO)
-            kfac_yolo_assignments(&net->layers[ad->loss[li].index], net, ad->yw + ad->loss[li].yw_off);
+    for (li = 0; li < ad->nloss; ++li) {
+        const kfac_loss_ops *op = kfac_loss_ops_of(ad->loss[li].kind);
+        if (op->assign)
+            op->assign(&net->layers[ad->loss[li].index], net, NULL, ad->slot_weight + ad->loss[li].slot_off);
+    }
 }
 
-static double yolo_terms(const kfac_adaptive *ad, const float *yw, const layer *l, const float *p, const float *d,
-                         const float *u, const float *w, int mode)
+/* loss layer li as its entry's operations see it, outputs p and deltas d (host arrays
+ * of all the loss layers, one after the other) */
+static kfac_loss_view loss_view(const kfac_adaptive *ad, const network *net, int li, const float *p, const float *d)
 {
-    const int T = l->w * l->h, E = 4 + 1 + l->classes;
-    double total = 0;
-    int b, n, loc, e;
-    for (b = 0; b < l->batch; ++b)
-        for (n = 0; n < l->n; ++n)
-            for (loc = 0; loc < T; ++loc) {
-                const double s = yw[((size_t)b * l->n + n) * T + loc];
-                const int obj_term = d[kfac_yolo_index(l, b, n, loc, 4)] != 0 || s > 0;
-                for (e = 0; e < E; ++e) {
-                    const size_t x = kfac_yolo_index(l, b, n, loc, e);
-                    const double px = p[x], dx = d[x];
-                    double f = 0, h = 0;
-                    if (e < 2) {
-                        if (s > 0) { f = s * px * (1 - px); h = s * cross_entropy(px + dx / s, px); }
-                    } else if (e < 4) {
-                        if (s > 0) { f = s; h = dx * dx / (2 * s); }
-                    } else if (e == 4 ? obj_term : s > 0) {
-                        f = px * (1 - px);
-                        h = cross_entropy(px + dx, px);
-                    }
-                    total += mode ? h : f * u[x] * w[x];
-                }
-            }
-    return total;
+    const kfac_model_loss *ml = &ad->loss[li];
+    const layer *l = &net->layers[ml->index];
+    kfac_loss_view v = {net, l, p + ml->off, d + ml->off, kfac_loss_slots(l) ? ad->slot_weight + ml->slot_off : NULL};
+    return v;
 }
 
 /* (1/b) sum_i u_i^T F_R,i w_i over the probe batch (u, w: the loss layers' inputs,
@@ -336,73 +296,25 @@ static double yolo_terms(const kfac_adaptive *ad, const float *yw, const layer *
 static double fisher_dot(const kfac_adaptive *ad, const network *net, const float *u, const float *w)
 {
     double total = 0;
-    int li, i, j;
+    int li;
     for (li = 0; li < ad->nloss; ++li) {
-        const layer *l = &net->layers[ad->loss[li].index];
-        const size_t off = ad->loss[li].off;
-        const int n = l->inputs, B = l->batch;
-        if (ad->loss[li].kind == KFAC_LOSS_YOLO) {
-            total += yolo_terms(ad, ad->yw + ad->loss[li].yw_off, l, ad->p + off, ad->d + off, u + off, w + off, 0) / B;
-            continue;
-        }
-        for (i = 0; i < B; ++i) {
-            const float *pi = ad->p + off + (size_t)i * n, *ui = u + off + (size_t)i * n, *wi = w + off + (size_t)i * n;
-            double t = 0;
-            if (ad->loss[li].kind == KFAC_LOSS_SOFTMAX) {
-                /* diag(p) - p p^T */
-                double pu = 0, pw = 0, puw = 0;
-                for (j = 0; j < n; ++j) {
-                    pu += (double)pi[j] * ui[j];
-                    pw += (double)pi[j] * wi[j];
-                    puw += (double)pi[j] * ui[j] * wi[j];
-                }
-                t = puw - pu * pw;
-            } else if (ad->loss[li].kind == KFAC_LOSS_LOGISTIC) {
-                for (j = 0; j < n; ++j) t += (double)pi[j] * (1.0 - pi[j]) * ui[j] * wi[j];
-            } else { /* Gaussian of variance 1/scale; masked outputs carry no term */
-                for (j = 0; j < n; ++j)
-                    if (!(l->cost_type == MASKED && net->truth[(size_t)i * n + j] == SECRET_NUM))
-                        t += (double)l->scale * ui[j] * wi[j];
-            }
-            total += t / B;
-        }
+        const kfac_loss_view v = loss_view(ad, net, li, ad->p, ad->d);
+        total = kfac_loss_ops_of(ad->loss[li].kind)->fisher_dot(&v, u + ad->loss[li].off, w + ad->loss[li].off, total);
     }
     return total;
 }
 
-/* h on the probe batch after a forward pass: the losses their deltas differentiate,
- * mean over images, each computed here from the outputs p and the targets p + delta
- * with the logarithms bounded at float resolution (Darknet's own softmax and logistic
- * costs are NaN or infinite once a float output saturates at exactly 0 or 1: a
- * confident right answer, 1 log 1 + 0 log 0, gives NaN); for [cost] the
- * (s/2)|t - x|^2 its delta belongs to, not the sum of squares it reports; for [yolo]
- * the loss of yolo_terms, not the squared delta Darknet reports */
+/* h on the probe batch after a forward pass: the losses their deltas differentiate
+ * (their entries' values, from the outputs, never Darknet's costs), mean over images */
 static double loss_value(kfac_net *k, const network *net)
 {
     kfac_adaptive *ad = k->adapt;
     double total = 0;
     int li;
-    size_t j;
     loss_outputs(k, net, ad->hp, ad->hd);
     for (li = 0; li < ad->nloss; ++li) {
-        const layer *l = &net->layers[ad->loss[li].index];
-        const size_t off = ad->loss[li].off, n = (size_t)l->outputs * l->batch;
-        const float *p = ad->hp + off, *d = ad->hd + off;
-        double q = 0;
-        if (ad->loss[li].kind == KFAC_LOSS_SOFTMAX) {
-            for (j = 0; j < n; ++j) {
-                const double t = (double)p[j] + d[j];
-                if (t != 0) q -= t * log(p[j] > 1e-7f ? p[j] : 1e-7);
-            }
-        } else if (ad->loss[li].kind == KFAC_LOSS_LOGISTIC) {
-            for (j = 0; j < n; ++j) q += cross_entropy((double)p[j] + d[j], p[j]);
-        } else if (ad->loss[li].kind == KFAC_LOSS_YOLO) {
-            q = yolo_terms(ad, ad->yw + ad->loss[li].yw_off, l, p, d, NULL, NULL, 1);
-        } else {
-            for (j = 0; j < n; ++j) q += (double)d[j] * d[j];
-            q *= 0.5 * l->scale;
-        }
-        total += q / l->batch;
+        const kfac_loss_view v = loss_view(ad, net, li, ad->hp, ad->hd);
+        total += kfac_loss_ops_of(ad->loss[li].kind)->value(&v) / v.l->batch;
     }
     return total;
 }
@@ -450,7 +362,7 @@ void kfac_adaptive_jv(kfac_net *k, network *net, float *const *v, double rel, fl
 double kfac_adaptive_fisher_dot(kfac_net *k, const network *net, const float *u, const float *w)
 {
     fit_sizes(k, (network *)net);
-    yolo_assign(k->adapt, net);
+    assign_slots(k->adapt, net);
     loss_outputs(k, net, k->adapt->p, k->adapt->d);
     return fisher_dot(k->adapt, net, u, w);
 }
@@ -458,7 +370,7 @@ double kfac_adaptive_fisher_dot(kfac_net *k, const network *net, const float *u,
 double kfac_adaptive_loss(kfac_net *k, const network *net)
 {
     fit_sizes(k, (network *)net);
-    yolo_assign(k->adapt, net);
+    assign_slots(k->adapt, net);
     return loss_value(k, net);
 }
 
@@ -799,7 +711,7 @@ void kfac_adaptive_step(kfac_net *k, network *net, const update_args *a)
     /* the model on the probe batch, every buffer a forward pass writes saved first and
      * put back at the end */
     fit_sizes(k, net);
-    yolo_assign(ad, net);
+    assign_slots(ad, net);
     probe_state(k, net, 1);
     const int B0 = net->batch, pb = probe_images(k, net);
     if (pb < B0) {
@@ -835,7 +747,7 @@ static void rho_next_batch(kfac_net *k, network *net)
     kfac_backend *be = k->be;
     int i;
     fit_sizes(k, net);
-    yolo_assign(ad, net);
+    assign_slots(ad, net);
     const double h1 = loss_value(k, net);
     probe_state(k, net, 1);
     for (i = 0; i < k->nlayers; ++i) {
@@ -936,20 +848,6 @@ void kfac_adaptive_report(kfac_net *k, char *buf, size_t len)
 
 /* ---- attach ------------------------------------------------------------------------------ */
 
-/* the kind of quadratic-model term a loss layer gives, KFAC_LOSS_NONE when its output
- * Fisher is not known here */
-static kfac_loss_kind model_kind(const layer *l)
-{
-    if (l->type == SOFTMAX && !l->softmax_tree && l->groups <= 1 && !l->spatial && l->temperature == 1)
-        return KFAC_LOSS_SOFTMAX;
-    if (l->type == LOGXENT) return KFAC_LOSS_LOGISTIC;
-    if (l->type == COST && (l->cost_type == SSE || l->cost_type == MASKED) && l->ratio == 0 && l->scale > 0)
-        return KFAC_LOSS_GAUSSIAN;
-    /* truth_thresh < 1 adds terms for every anchor above it, which yolo_terms lacks */
-    if (l->type == YOLO && l->truth_thresh >= 1) return KFAC_LOSS_YOLO;
-    return KFAC_LOSS_NONE;
-}
-
 /* 1 when no layer after loss layer i reads its output (a detector's [yolo] head is
  * followed by a [route] back to an earlier layer) */
 static int output_unused(const network *net, int i)
@@ -979,7 +877,7 @@ int kfac_adaptive_attach(kfac_net *k, network *net, char *why, size_t why_len)
             return 0;
         }
         if (!l->cost) continue;
-        const kfac_loss_kind kind = model_kind(l);
+        const kfac_loss_kind kind = kfac_loss_modelled(l);
         if (kind == KFAC_LOSS_NONE || i == 0) {
             snprintf(why, why_len, "layer %d is a loss whose output Fisher is not known here (the adaptive step takes "
                      "[softmax] without groups or temperature, [logistic], [cost] sse or masked, [yolo] with "
@@ -1082,7 +980,7 @@ void kfac_adaptive_free(kfac_net *k)
     free(ad->jv[0]);
     free(ad->jv[1]);
     free(ad->dirs);
-    free(ad->yw);
+    free(ad->slot_weight);
     free(ad->loss);
     free(ad);
     k->adapt = NULL;

@@ -287,16 +287,12 @@ void kfac_dist_mean(const kfac_net *k, double *x, int n)
 
 /* ---- the true-Fisher sampler ------------------------------------------------------------ */
 
-/* uniform draws kfac_fisher.c makes per image of loss layer l (image after image), or 0
- * when the count depends on the image ([yolo]: only outputs with a term draw) */
+/* uniform draws the sampler of loss layer l makes per image (image after image), or 0
+ * when the count depends on the image */
 static size_t draws_per_image(const layer *l, kfac_loss_kind kind)
 {
-    switch (kind) {
-    case KFAC_LOSS_SOFTMAX: return 1;
-    case KFAC_LOSS_LOGISTIC: return (size_t)l->outputs;
-    case KFAC_LOSS_GAUSSIAN: return 2 * (size_t)l->outputs; /* Box-Muller: two per output */
-    default: return 0;
-    }
+    const kfac_loss_ops *op = kfac_loss_ops_of(kind);
+    return op->draws_per_image ? op->draws_per_image(l) : 0;
 }
 
 static void skip(uint64_t *rng, size_t n)

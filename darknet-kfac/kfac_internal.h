@@ -195,15 +195,15 @@ typedef enum { KFAC_CAPTURE_NONE = 0, KFAC_CAPTURE_A = 1, KFAC_CAPTURE_G = 2 } k
 /* measurements each of the schedule's medians is taken over (kfac_schedule.c) */
 #define KFAC_WALL_RING 9
 
-/* How the true-Fisher pass samples a loss layer's targets (kfac_fisher.c). */
+/* The kinds of loss layer, each with its entry in kfac_losses.c. */
 typedef enum {
     KFAC_LOSS_NONE = 0,     /* not a loss layer */
     KFAC_LOSS_SOFTMAX,
     KFAC_LOSS_LOGISTIC,
     KFAC_LOSS_GAUSSIAN,     /* [cost] sse, masked */
     KFAC_LOSS_YOLO,
-    KFAC_LOSS_REGION,       /* kfac_region.c */
-    KFAC_LOSS_EMPIRICAL     /* a loss layer whose data-label delta is kept */
+    KFAC_LOSS_REGION,
+    KFAC_LOSS_EMPIRICAL     /* the true Fisher keeps a loss layer's data-label delta */
 } kfac_loss_kind;
 
 typedef struct {
@@ -244,8 +244,8 @@ typedef struct {
     float *uniforms;        /* batch: the softmax sampler's draws */
     float *host_p, *host_delta; /* the largest loss layer's outputs: host-side samplers */
     size_t host_len;
-    float *yolo_weight;     /* batch x anchors x locations of the largest yolo layer */
-    size_t yolo_len;
+    float *slot_weight;     /* the largest kfac_loss_slots: [yolo], [region] assignments */
+    size_t slot_len;
     double *results;        /* 3 per layer: backend result slots read back */
     int *mode;              /* per layer: what this update writes back (kfac_driver.c) */
     kfac_scratch scratch;   /* the main thread's, for the damping */
@@ -476,21 +476,59 @@ int kfac_ekfac_precondition(kfac_net *k, kfac_layer *kl, float *out);
  * the start line's description of the Fisher into note. */
 void kfac_fisher_setup(kfac_net *k, const network *net, char *note, size_t note_len);
 
-/* [yolo]: index of (image b, anchor slot n, location loc, entry e) in the layer's
- * output (yolo_layer.c's entry_index), and the weight 2 - w h of the box assigned to
- * each anchor slot and location (0: none), batch x n x h x w, as forward_yolo_layer
- * assigns them (from the truth and the anchors alone). */
-size_t kfac_yolo_index(const layer *l, int b, int n, int loc, int e);
-void kfac_yolo_assignments(const layer *l, const network *net, float *weight);
+/* ---- kfac_losses.c: the loss layers, one entry per kind --------------------------- */
 
-/* ---- kfac_region.c ----------------------------------------------------------------- */
+/* A loss layer on the host, as its entry's operations read it. */
+typedef struct {
+    const network *net;     /* its truth ([cost] masked), Darknet's seen ([region]) */
+    const layer *l;
+    const float *p;         /* batch x outputs: the layer's outputs */
+    const float *d;         /* batch x outputs: its delta, the negative gradient of its loss */
+    const float *weight;    /* [yolo], [region]: batch x n x locations, the slots' assigned-box
+                               weights (assign); NULL for the others */
+} kfac_loss_view;
 
-/* NULL when [region] layer l can be sampled, else why not. */
-const char *kfac_region_supported(const layer *l);
-/* The sampled delta of [region] layer l on the host: p its output, d its real delta on
- * entry (which objectness outputs carry a term) and the sample on return; the slots'
- * scales go through k->yolo_weight (batch x n x locations). */
-void kfac_region_sample(kfac_net *k, const network *net, const layer *l, const float *p, float *d);
+/* What K-FAC needs from one kind of loss layer.  An operation a kind lacks is NULL. */
+typedef struct {
+    LAYER_TYPE layer;       /* the Darknet layer it serves */
+    const char *targets;    /* the start line: how the true Fisher draws its targets */
+    /* NULL when layer l's targets can be sampled (else why not: its data-label delta stays) */
+    const char *(*unsampled)(const layer *l);
+    /* 1 when the adaptive step's quadratic model takes layer l (fisher_dot, value) */
+    int (*modelled)(const layer *l);
+    /* uniform draws of the sampler per image, image after image (kfac_dist_factors.c
+     * skips the other ranks' by it); NULL: the count varies with the image */
+    size_t (*draws_per_image)(const layer *l);
+    /* [yolo], [region]: each anchor slot's weight of the box the truth in net assigns
+     * to it, 0 for none, into weight (kfac_loss_slots floats); p the layer's outputs on
+     * the host, read by [region] with bias_match=0 (which assigns by the predicted
+     * shapes) and by no kind the adaptive step takes */
+    void (*assign)(const layer *l, const network *net, const float *p, float *weight);
+    /* the true Fisher's sampled delta into out (batch x outputs, host; may be v->d) */
+    void (*sample)(uint64_t *rng, const kfac_loss_view *v, float *out);
+    /* in place of sample, on the backend where the outputs are: b's delta from b's
+     * output, drawing from k->rng ([softmax]) */
+    void (*sample_backend)(kfac_net *k, const layer *l, const kfac_darknet_buffers *b);
+    /* total + (1/batch) sum_i u_i^T F_R,i w_i, u and w (batch x inputs, host) in the
+     * layer's input space, F_R its output Fisher at v's outputs; the images' terms are
+     * added to total one by one */
+    double (*fisher_dot)(const kfac_loss_view *v, const float *u, const float *w, double total);
+    /* the loss v->d differentiates, summed over the images, from the outputs and the
+     * targets they imply (never Darknet's cost, NaN once a float output saturates) */
+    double (*value)(const kfac_loss_view *v);
+} kfac_loss_ops;
+
+/* The entry of kind (not KFAC_LOSS_NONE or KFAC_LOSS_EMPIRICAL). */
+const kfac_loss_ops *kfac_loss_ops_of(kfac_loss_kind kind);
+/* How the true-Fisher pass treats layer l: KFAC_LOSS_NONE (not a loss layer), its
+ * kind, or KFAC_LOSS_EMPIRICAL with the reason in why. */
+kfac_loss_kind kfac_loss_sampled(const layer *l, const char **why);
+/* The kind of the adaptive step's model term for layer l, KFAC_LOSS_NONE when its
+ * output Fisher is not known here. */
+kfac_loss_kind kfac_loss_modelled(const layer *l);
+/* the length of layer l's assigned-box weights (batch x n x locations), 0 for a kind
+ * without assign */
+size_t kfac_loss_slots(const layer *l);
 
 /* ---- kfac_adaptive.c --------------------------------------------------------------- */
 
@@ -501,7 +539,7 @@ typedef struct kfac_model_loss {
     int index;
     kfac_loss_kind kind;
     size_t off;
-    size_t yw_off;          /* [yolo]: where its assigned-box weights start in kfac_adaptive.yw */
+    size_t slot_off;        /* where its assigned-box weights start in kfac_adaptive.slot_weight */
 } kfac_model_loss;
 
 /* steps whose mu the progress line's median is taken over */
@@ -534,9 +572,9 @@ typedef struct kfac_adaptive {
     float *zp, *z0, *p, *d, *hp, *hd;
     float *jv[2];           /* host: J Delta, J delta_0 on the probe batch */
     float **dirs;           /* nlayers: the directions a probe moves the layers along */
-    float *yw;              /* host: the [yolo] layers' assigned-box weights, one after the
-                               other (yw_len), for the batch of this update */
-    size_t yw_len;
+    float *slot_weight;     /* host: the loss layers' assigned-box weights ([yolo]'s), one
+                               after the other (slot_len), for the batch of this update */
+    size_t slot_len;
     /* the progress line */
     double alpha_sum;
     float mus[KFAC_MU_RING]; /* the last steps' mu, for their median */

@@ -169,7 +169,7 @@ void kfac_network_attach(network *net, void *cfgp)
     k->results = (double *)kfac_calloc((size_t)nslots, sizeof(double));
     k->mode = (int *)kfac_calloc((size_t)(k->nlayers > 0 ? k->nlayers : 1), sizeof(int));
     if (k->true_fisher) {
-        size_t most = 1, yolo = 1;
+        size_t most = 1, slots = 1;
         k->sink = be->ops->alloc(be, k->sink_len);
         for (i = 0; i < k->nlosses; ++i) {
             const layer *l = &net->layers[k->losses[i].index];
@@ -177,15 +177,14 @@ void kfac_network_attach(network *net, void *cfgp)
             k->losses[i].delta_save = be->ops->alloc(be, n);
             k->losses[i].len = n;
             if (n > most) most = n;
-            if ((l->type == YOLO || l->type == REGION) && (size_t)l->batch * l->n * l->w * l->h > yolo)
-                yolo = (size_t)l->batch * l->n * l->w * l->h;
+            if (kfac_loss_slots(l) > slots) slots = kfac_loss_slots(l);
         }
         k->uniforms = (float *)kfac_calloc((size_t)net->batch, sizeof(float));
         k->host_p = (float *)kfac_calloc(most, sizeof(float));
         k->host_delta = (float *)kfac_calloc(most, sizeof(float));
         k->host_len = most;
-        k->yolo_weight = (float *)kfac_calloc(yolo, sizeof(float));
-        k->yolo_len = yolo;
+        k->slot_weight = (float *)kfac_calloc(slots, sizeof(float));
+        k->slot_len = slots;
     }
     char step_note[512] = "";
     if (k->cfg.step != KFAC_STEP_KL_CLIP) {
@@ -244,7 +243,7 @@ void kfac_network_free(network *net)
     free(k->losses);
     free(k->host_p);
     free(k->host_delta);
-    free(k->yolo_weight);
+    free(k->slot_weight);
     kfac_config_free(&k->cfg);
     free(k);
     net->kfac = NULL;

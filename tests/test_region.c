@@ -1,5 +1,5 @@
 /* test_region: the true-Fisher pass's sampled targets for [region] (YOLOv2's loss,
- * darknet-kfac/kfac_region.c) against the expectation from the loss's analytic output
+ * darknet-kfac/kfac_losses.c) against the expectation from the loss's analytic output
  * Fisher, as tests/test_fisher_losses.c does for [yolo].
  *
  * tests/cfg/fisher-region.cfg: a 1x1 linear convolution into a [region] layer on a 3x3
