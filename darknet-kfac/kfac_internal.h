@@ -324,6 +324,8 @@ int kfac_inverse_due(const kfac_net *k);
 int kfac_inverse_lag(const kfac_net *k);
 /* After each update: measures what it cost and, under auto, chooses again. */
 void kfac_schedule_updated(kfac_net *k);
+/* auto's choice from the costs measured so far (sched.t_update, t_stats, t_decomp) */
+void kfac_schedule_choose(kfac_net *k);
 /* A decomposition of every layer took `seconds` (on the worker, or at once). */
 void kfac_schedule_decomposed(kfac_net *k, double seconds);
 /* one line on the schedule in force, for the progress line */

@@ -21,8 +21,9 @@
  * update's wall time less K-FAC's statistics and decompositions in it; the median, so
  * that an evaluation between two updates does not count as training).  The choice is
  * made after updates 2, 5 and 10, then every KFAC_RECHOOSE updates, and a value
- * changes only when it moves by more than a quarter, so that the schedule does not
- * flicker with the clock (a line in the log says each change).  Measured times make
+ * changes only when the need it answers moves a quarter beyond what it allows
+ * (settle), so that the schedule does not flicker with the clock (a line in the log
+ * says each change).  Measured times make
  * an auto run depend on the machine's speed; a run with every interval set is a
  * function of its cfg and data alone (the tests set them). */
 #include <math.h>
@@ -96,19 +97,27 @@ int kfac_inverse_lag(const kfac_net *k)
     return k->sched.inverse_lag;
 }
 
-/* `now` replaces `*cur` when it moved by more than a quarter; returns 1 on a change */
-static int settle(int *cur, int now)
+/* The interval for a measured need x (the interval, in updates, at which the cost is
+ * exactly its budget): the smallest multiple of `step` in [lo, hi] that is at least x.
+ * `*cur` stays while x is within a quarter of what it allows: x <= 1.25 cur (a cost
+ * at most a quarter over its budget) and x > (cur - step) / 1.25 (the next smaller
+ * interval would still be a quarter over).  The quarter is applied to x, not to the
+ * rounded intervals: between 1 and 2 every change is a factor 2, so a need hovering
+ * near 1 flipped the interval at every choice (nine times in 500 updates of the
+ * autoencoder at batch 1024).  Returns 1 on a change. */
+static int settle(int *cur, double x, int lo, int hi, int step)
 {
-    if (now == *cur || (now < *cur * 1.25 && now > *cur / 1.25)) return 0;
-    *cur = now;
+    const int c = *cur;
+    if (c >= lo && c <= hi && c % step == 0 && x <= 1.25 * c && (c - step < lo || x > (c - step) / 1.25)) return 0;
+    int v = hi; /* also for NaN */
+    if (x < hi) {
+        v = (int)ceil(x / step) * step;
+        if (v < lo) v = lo;
+        if (v > hi) v = hi;
+    }
+    if (v == c) return 0;
+    *cur = v;
     return 1;
-}
-
-static int clamp_ceil(double x, int lo, int hi)
-{
-    if (!(x < hi)) return hi; /* also NaN */
-    int v = (int)ceil(x);
-    return v < lo ? lo : v;
 }
 
 /* median of the n (<= KFAC_WALL_RING) values in ring */
@@ -126,24 +135,22 @@ static double median_of(const double *ring, int n)
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-static void choose(kfac_net *k)
+void kfac_schedule_choose(kfac_net *k)
 {
     struct kfac_sched *s = &k->sched;
     const double tu = s->t_update;
     int changed = 0;
     if (!(tu > 0)) return;
     if (s->auto_stats && s->t_stats > 0)
-        changed |= settle(&s->stats_interval, clamp_ceil(s->t_stats / (KFAC_STATS_BUDGET * tu), 1, KFAC_AUTO_MAX_STATS));
+        changed |= settle(&s->stats_interval, s->t_stats / (KFAC_STATS_BUDGET * tu), 1, KFAC_AUTO_MAX_STATS, 1);
     if (s->auto_inverse && s->t_decomp > 0) {
         const double share = k->worker && k->be->worker_free ? KFAC_WORKER_DUTY : KFAC_INVERSE_BUDGET;
-        int every = clamp_ceil(s->t_decomp / (share * tu), 1, KFAC_AUTO_MAX_INVERSE);
-        every = (every + s->stats_interval - 1) / s->stats_interval * s->stats_interval;
-        changed |= settle(&s->inverse_interval, every);
+        /* a multiple of stats_interval: new factors come no more often */
+        const int m = s->stats_interval, most = (KFAC_AUTO_MAX_INVERSE + m - 1) / m * m;
+        changed |= settle(&s->inverse_interval, s->t_decomp / (share * tu), m, most, m);
     }
-    if (s->auto_lag && k->worker && s->t_decomp > 0) {
-        int lag = clamp_ceil(1.25 * s->t_decomp / tu, 1, s->inverse_interval);
-        changed |= settle(&s->inverse_lag, lag);
-    }
+    if (s->auto_lag && k->worker && s->t_decomp > 0)
+        changed |= settle(&s->inverse_lag, 1.25 * s->t_decomp / tu, 1, s->inverse_interval, 1);
     s->changes += changed;
     if (changed) {
         char d[160];
@@ -153,7 +160,7 @@ static void choose(kfac_net *k)
     }
 }
 
-/* a measurement into one of the rings: their medians are the costs choose() uses */
+/* a measurement into one of the rings: their medians are the costs kfac_schedule_choose uses */
 static double ring_add(double *ring, int *n, double v)
 {
     ring[(*n)++ % KFAC_WALL_RING] = v;
@@ -176,7 +183,7 @@ void kfac_schedule_updated(kfac_net *k)
     if (s->last_updated > 0) s->t_update = ring_add(s->wall, &s->nwall, now - s->last_updated - d_stats - d_inverse);
     s->last_updated = now;
     memcpy(s->phase_mark, t, sizeof t);
-    if (k->step == 2 || k->step == 5 || k->step == 10 || k->step % KFAC_RECHOOSE == 0) choose(k);
+    if (k->step == 2 || k->step == 5 || k->step == 10 || k->step % KFAC_RECHOOSE == 0) kfac_schedule_choose(k);
 }
 
 void kfac_schedule_decomposed(kfac_net *k, double seconds)

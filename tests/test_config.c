@@ -47,6 +47,48 @@ int main(void)
                  "auto %d %d %d, intervals %d %d lag %d, worker %p", sc->auto_stats, sc->auto_inverse, sc->auto_lag,
                  sc->stats_interval, sc->inverse_interval, sc->inverse_lag, (void *)kfac_of(net)->worker);
     }
+    /* auto's choice from measured costs (an update of 1 s; the statistics' budget is
+     * a tenth of it): an interval moves only when the need it answers moves a quarter
+     * beyond it.  A need hovering around 1 (t_stats 0.11, 0.095, 0.12, 0.09) keeps
+     * statistics every update; before, ceil(1.1) = 2 was a change of more than a
+     * quarter from 1 and the interval flipped at every choice. */
+    {
+        kfac_net *k = kfac_of(net);
+        struct kfac_sched *sc = &k->sched;
+        const double hover[4] = {0.11, 0.095, 0.12, 0.09};
+        int i, kept = 1;
+        sc->t_update = 1;
+        sc->t_decomp = 0; /* the decompositions' choice apart, below */
+        for (i = 0; i < 4; ++i) {
+            sc->t_stats = hover[i];
+            kfac_schedule_choose(k);
+            kept &= sc->stats_interval == 1;
+        }
+        kt_check("auto_need_near_one_keeps_every_update", kept, "statistics every %d after a need of 0.9-1.2",
+                 sc->stats_interval);
+        sc->t_stats = 0.13; /* a need of 1.3: more than a quarter over */
+        kfac_schedule_choose(k);
+        const int up = sc->stats_interval;
+        sc->t_stats = 0.09; /* 0.9 > 1 / 1.25: every update would be in budget, not a quarter under: kept */
+        kfac_schedule_choose(k);
+        const int held = sc->stats_interval;
+        sc->t_stats = 0.07; /* 0.7 < 0.8: every update is within budget again */
+        kfac_schedule_choose(k);
+        kt_check("auto_stats_moves_a_quarter_beyond", up == 2 && held == 2 && sc->stats_interval == 1,
+                 "needs 1.3, 0.9, 0.7 gave intervals %d, %d, %d (expected 2, 2, 1)", up, held, sc->stats_interval);
+        /* statistics every 3 (need 2.5); decompositions of need 4 (t_decomp / (share
+         * t_update)) every 6, the next multiple of 3; the lag 1.25 t_decomp / t_update
+         * updates, at most the interval */
+        const double share = k->worker && k->be->worker_free ? 0.5 : 0.1;
+        sc->t_stats = 0.25;
+        sc->t_decomp = 4 * share;
+        kfac_schedule_choose(k);
+        const int lag = (int)ceil(1.25 * 4 * share);
+        kt_check("auto_inverse_multiple_of_stats_lag_within",
+                 sc->stats_interval == 3 && sc->inverse_interval == 6 && sc->inverse_lag == (lag < 6 ? lag : 6),
+                 "statistics every %d, decompositions every %d, lag %d (expected 3, 6, %d)", sc->stats_interval,
+                 sc->inverse_interval, sc->inverse_lag, lag < 6 ? lag : 6);
+    }
     kt_check("default_covers_all_conv_and_connected",
              covered(net, 0) && covered(net, 1) && !covered(net, 2) && covered(net, 3) && covered(net, 4) && !covered(net, 5),
              "coverage of layers 0-5: %d %d %d %d %d %d", covered(net, 0), covered(net, 1), covered(net, 2),
