@@ -27,24 +27,26 @@
 /* the largest count of one MPI call (MPI counts are int) */
 #define KFAC_COMM_CHUNK ((size_t)1 << 30)
 
-static void mpi_sum(kfac_comm *c, float *x, size_t n)
+/* in place, n values of `size` bytes, in calls of at most KFAC_COMM_CHUNK values */
+static void sum_in_chunks(void *x, size_t n, size_t size, MPI_Datatype type)
 {
     size_t off;
-    (void)c;
     for (off = 0; off < n; off += KFAC_COMM_CHUNK) {
         const size_t m = n - off < KFAC_COMM_CHUNK ? n - off : KFAC_COMM_CHUNK;
-        MPI_Allreduce(MPI_IN_PLACE, x + off, (int)m, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+        MPI_Allreduce(MPI_IN_PLACE, (char *)x + off * size, (int)m, type, MPI_SUM, MPI_COMM_WORLD);
     }
+}
+
+static void mpi_sum(kfac_comm *c, float *x, size_t n)
+{
+    (void)c;
+    sum_in_chunks(x, n, sizeof *x, MPI_FLOAT);
 }
 
 static void mpi_sum_double(kfac_comm *c, double *x, size_t n)
 {
-    size_t off;
     (void)c;
-    for (off = 0; off < n; off += KFAC_COMM_CHUNK) {
-        const size_t m = n - off < KFAC_COMM_CHUNK ? n - off : KFAC_COMM_CHUNK;
-        MPI_Allreduce(MPI_IN_PLACE, x + off, (int)m, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
-    }
+    sum_in_chunks(x, n, sizeof *x, MPI_DOUBLE);
 }
 
 static void mpi_broadcast(kfac_comm *c, void *p, size_t bytes, int root)

@@ -104,17 +104,6 @@ static void fold_statistics(kfac_net *k)
 
 /* ---- the step --------------------------------------------------------------------------- */
 
-/* One layer's share of the KL-clip quadratic, lr_eff^2 <P/B, D/B> (DESIGN.md 4), with
- * lr_eff = lr/(1 - momentum): the step that momentum builds from a steady gradient.
- * Without that factor a clipped step is taken again and again by the momentum buffer
- * (measured: momentum 0.9 on the demo CNN diverged within 40 updates at any rate). */
-double kfac_kl_term(const update_args *a, const layer *l, double p_dot_d)
-{
-    double lr = (double)a->learning_rate * l->learning_rate_scale / (1.0 - fmin(a->momentum, 0.999));
-    double B = (double)a->batch;
-    return lr * lr * p_dot_d / (B * B);
-}
-
 /* KL clip: nu = min(1, sqrt(bound / quad)).  The bound is kl_clip at the cfg's
  * learning_rate and follows Darknet's policy (burn_in, steps, poly, ...) as
  * (rate / learning_rate)^2, so a clipped step still shrinks when the rate does. */

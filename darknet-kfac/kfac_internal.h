@@ -309,7 +309,6 @@ enum {
 /* ---- kfac_driver.c ---------------------------------------------------------------- */
 
 float kfac_fold_weight(const kfac_layer *kl, float decay);
-double kfac_kl_term(const update_args *a, const layer *l, double p_dot_d);
 
 /* ---- kfac_schedule.c -------------------------------------------------------------- */
 
@@ -352,6 +351,8 @@ void kfac_worker_wait(kfac_net *k);
 /* ---- kfac_inverses.c -------------------------------------------------------------- */
 
 kfac_damping kfac_damping_now(const kfac_net *k);
+/* one layer's (or block's) share of the KL clip's quadratic */
+double kfac_kl_term(const update_args *a, const layer *l, double p_dot_d);
 /* Copies the layer's factors into kl->next (on k's backend), to be decomposed there. */
 void kfac_inverse_stage(kfac_net *k, kfac_layer *kl);
 /* Decomposes kl->next's copies in place and builds its damped inverses for dmp, on

@@ -223,3 +223,15 @@ void kfac_precondition_layer_to(kfac_net *k, kfac_layer *kl, float *out)
     if (kfac_ekfac_precondition(k, kl, out)) return; /* scaling=ekfac, once its scaling is measured */
     be->ops->precondition(be, &kl->s, kl->Ginv, kl->Ainv, kl->D, kl->tmp, out);
 }
+
+/* One layer's share of the KL-clip quadratic, lr_eff^2 <P/B, D/B> (DESIGN.md 4),
+ * here below the driver and the batch-norm blocks (kfac_bn.c), which both add shares;
+ * lr_eff = lr/(1 - momentum): the step that momentum builds from a steady gradient.
+ * Without that factor a clipped step is taken again and again by the momentum buffer
+ * (measured: momentum 0.9 on the demo CNN diverged within 40 updates at any rate). */
+double kfac_kl_term(const update_args *a, const layer *l, double p_dot_d)
+{
+    double lr = (double)a->learning_rate * l->learning_rate_scale / (1.0 - fmin(a->momentum, 0.999));
+    double B = (double)a->batch;
+    return lr * lr * p_dot_d / (B * B);
+}
