@@ -51,7 +51,8 @@ done
 [ -z "$msg" ] && ok batch_study_csv || fail batch_study_csv "$msg"
 
 msg=""
-for p in autoencoder-updates-to-target autoencoder-seconds-to-target autoencoder-b32-curves autoencoder-b64-curves; do
+for p in autoencoder-updates-to-target autoencoder-examples-to-target autoencoder-seconds-to-target \
+         autoencoder-b32-curves autoencoder-b64-curves autoencoder-curves; do
     [ "$(head -c 8 "$W/$p.png" 2>/dev/null | od -An -tx1 | tr -d ' \n')" = 89504e470d0a1a0a ] ||
         msg="$msg $W/$p.png is not a PNG;"
 done
@@ -62,5 +63,26 @@ if python3 tools/batch_study.py "${args[@]}" >"$W.again.log" 2>&1 &&
     ok batch_study_resume
 else
     fail batch_study_resume "a second call reran runs (see $W.again.log)"
+fi
+# tools/kfac_batch_scaling.py (K-FAC alone, stopped at the lowest target): its table
+# must hold, for every batch and target, the first evaluated update of the run's TSV
+# at or below the target (recomputed here with awk), the median of one seed
+K=$W/scaling
+if python3 tools/kfac_batch_scaling.py --cfg tests/cfg/autoencoder.cfg --batches 32,64 --seeds 1 \
+        --targets 30,24 --max-updates 12 --pass-images 32 --out "$K" --compare "$COMPARE" >"$K.log" 2>&1; then
+    msg=""
+    for b in 32 64; do
+        for t in 30 24; do
+            want=$(awk -F'\t' -v t=$t 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == "full_train_error") c = i; next }
+                   $c != "nan" && $c + 0 <= t { print $1; exit }' "$K/runs/b$b-seed1.tsv")
+            got=$(awk -F, -v t=$t -v b=$b '$1 + 0 == t && $2 == b { print $3 + 0 }' "$K/summary.csv")
+            [ -n "$want" ] && [ "$got" = "$want" ] || msg="$msg batch $b target $t: summary $got, TSV $want;"
+        done
+    done
+    [ "$(head -c 8 "$K/updates-to-target.png" 2>/dev/null | od -An -tx1 | tr -d ' \n')" = 89504e470d0a1a0a ] ||
+        msg="$msg no PNG;"
+    [ -z "$msg" ] && ok kfac_batch_scaling_table || fail kfac_batch_scaling_table "$msg (see $K.log)"
+else
+    fail kfac_batch_scaling_table "tools/kfac_batch_scaling.py failed (see $K.log)"
 fi
 [ $nfail -eq 0 ]

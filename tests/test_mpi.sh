@@ -13,6 +13,7 @@
 #    bit (with batch-norm blocks and EKFAC too), saves included; a rank whose weights
 #    drift stops every rank at the next save;
 #  - tools/kfac_compare under mpirun: 2 ranks at batch 4 against one process at 8;
+#  - tools/batch_study.py --ranks 2 against the same study in one process;
 #  - the MPI build run without mpirun trains bit for bit as the plain build;
 #  - `darknet detector train` under mpirun, with K-FAC, saving every 4 updates;
 #  - `darknet classifier train` under mpirun: ranks started with another cfg,
@@ -160,6 +161,44 @@ else
         has "$W/compare2.out" "collectives seconds per update (2 ranks): waiting"
     check mpi_compare_rank0_only "the 2-rank run printed its evaluation lines more than once" \
         [ "$(grep -c '^iter ' "$W/compare2.out")" -eq 3 ]
+fi
+
+# tools/batch_study.py --ranks 2 (the seed's figures b and c on N ranks x B/N): each
+# run must be the one-process run of the same global batch.  Tiny autoencoder,
+# batches 32 and 64, 10 updates, SGD and K-FAC; the final objectives (whole training
+# set, printed to 6 digits) may differ only by the summation order of the collectives,
+# about 1e-6 relative after 10 updates (the kfac_compare case above); 1e-4 leaves a
+# hundredfold margin, and a run that trained on one rank's half of each batch moves
+# them by percents.  The intervals are fixed: `auto` chooses them from measured times,
+# which differ between the two launches
+if command -v gnuplot >/dev/null 2>&1 && [ -x "${KFAC_COMPARE:-}" ]; then
+    sargs=(--cfg tests/cfg/autoencoder.cfg --batches 32,64 --seeds 1 --updates 10 --grid 1 --evals 2
+           --kfac 'stats_interval=2 inverse_interval=4')
+    python3 tools/batch_study.py "${sargs[@]}" --pass-images 32 --out "$W/study1" --compare "$KFAC_COMPARE" \
+        >"$W/study1.log" 2>&1
+    rc1=$?
+    python3 tools/batch_study.py "${sargs[@]}" --pass-images 16 --ranks 2 --out "$W/study2" --compare "$MCOMPARE" \
+        >"$W/study2.log" 2>&1
+    rc2=$?
+    if [ $rc1 -ne 0 ] || [ $rc2 -ne 0 ]; then
+        fail mpi_batch_study_runs "tools/batch_study.py exited with $rc1 (one process) and $rc2 (--ranks 2): see $W/study*.log"
+    else
+        check mpi_batch_study_per_rank_cfg "$W/study2/autoencoder/cfg/sgd-b64.cfg does not hold batch=32 (64 over 2 ranks)" \
+            grep -qx 'batch=32' "$W/study2/autoencoder/cfg/sgd-b64.cfg"
+        check mpi_batch_study_2ranks_equals_one_process \
+            "final objectives of $W/study2/autoencoder/runs.csv differ from $W/study1/autoencoder/runs.csv by more than 1e-4 relative" \
+            python3 - "$W/study1/autoencoder/runs.csv" "$W/study2/autoencoder/runs.csv" <<'EOF'
+import csv, sys
+rows = [{(r["batch"], r["optimizer"]): float(r["final_objective"]) for r in csv.DictReader(open(p))}
+        for p in sys.argv[1:]]
+assert len(rows[0]) == 4 and rows[0].keys() == rows[1].keys(), rows
+worst = max(abs(rows[0][k] - rows[1][k]) / abs(rows[0][k]) for k in rows[0])
+print("# mpi_batch_study: largest relative difference of the final objectives %.3g" % worst)
+sys.exit(not worst <= 1e-4)
+EOF
+    fi
+else
+    echo "SKIP mpi_batch_study: needs gnuplot and \$KFAC_COMPARE"
 fi
 
 # the MPI build without mpirun: the plain build's bits (20 updates of the same run)

@@ -9,7 +9,7 @@ Usage, from anywhere (`make study` runs it with its defaults):
       [--sweep-updates N] [--grid 0.25,0.5,1,2,4] [--pass-images 128]
       [--kfac 'key=value ...'] [--kfac-stop-at-target] [--target-batch B]
       [--evals N] [--eval-growth R] [--out DIR] [--compare PATH] [--quick]
-      [--no-resume]
+      [--no-resume] [--ranks N]
 
 For each cfg (a classifier ending in [softmax], or an autoencoder ending in
 [logistic]: kfac_compare's two tasks), trained on the demo digits
@@ -63,6 +63,20 @@ For each cfg (a classifier ending in [softmax], or an autoencoder ending in
                            falling as 1/batch, seconds constant)
       <net>-b<B>-curves.png  the objective against updates and against seconds,
                            every seed of both optimizers, with both targets
+      <net>-examples-to-target.png
+                           training images (updates x batch) to the reference
+                           target against batch size: Ba, Grosse & Martens's
+                           figure (c); perfect scaling is a flat line
+      <net>-curves.png     the first seed's objective against training images and
+                           against updates, every batch size, both optimizers:
+                           their figure (b)
+
+With --ranks N every run is a data-parallel one: `mpirun -np N` of the MPI build's
+kfac_compare (build/kfac_compare-cpu-mpi, `make MPI=1`), each rank training on its
+slice of the same global batch, so batch B is N ranks x B/N images (the cfgs hold
+the per-rank batch B/N, subdivisions B/N/P).  The updates are those of one process at
+B up to the collectives' summation order (tests/test_mpi.sh), so the study measures
+the same thing; on a machine with N free cores it takes less wall time.
 
 The generated cfgs differ from the given one only in [net]: batch=B and
 subdivisions=B/P (P = --pass-images, the images of one forward pass; Darknet divides
@@ -189,6 +203,7 @@ class Runner:
 
     def __init__(self, args):
         self.compare = args.compare
+        self.ranks = args.ranks
         self.resume = not args.no_resume
         self.total = 0       # runs planned (set by the caller)
         self.done = 0        # runs finished, kept or reused
@@ -216,6 +231,8 @@ class Runner:
         cmd = [self.compare, "-data", DATA, "-cfg", cfg_path, "-seed", str(seed),
                "-iters", str(updates), "-eval", str(eval_every), "-eval-growth", str(growth),
                "-full-train", "-out", tsv]
+        if self.ranks > 1:
+            cmd = ["mpirun", "--oversubscribe", "-np", str(self.ranks)] + cmd
         if stop_below is not None and not math.isinf(stop_below):
             cmd += ["-stop-below", "%.9g" % stop_below]
         done_file = tsv + ".done"
@@ -403,10 +420,11 @@ def plot_scaling(out, net, what, col, unit, batches, summary, target_text):
                      % (gp_value(ref), batches[0], batches[0]))
             ideal_values = [ref * batches[0] / batches[-1]]
         else:
-            # updates falling as 1/batch at a cost per update growing as batch
+            # updates falling as 1/batch: the images they take stay the same, and so do
+            # the seconds at a cost per update growing as the batch
             ideal = (", %s with lines dashtype 2 lc rgb 'gray50' title "
-                     "'perfect scaling from SGD at batch %d (seconds constant)'"
-                     % (gp_value(ref), batches[0]))
+                     "'perfect scaling from SGD at batch %d (%s constant)'"
+                     % (gp_value(ref), batches[0], "images" if what == "examples" else "seconds"))
     missing = [name for key, name in OPTS
                if any(math.isinf(summary[b][key][col]["median"]) for b in batches)]
     note = ""
@@ -433,7 +451,8 @@ plot %(dat)s using 1:2:3:4 with yerrorlines lw 2 pt 7 lc rgb "#1f5fbf" title "SG
 """ % {"png": gp_str(png),
        "title": gp_str("%s: %s to the reference target (median over seeds; bars: range over "
                        "the seeds that reached it)\n%s%s" % (
-                           net, "updates" if what == "updates" else "training seconds", target_text, note)),
+                           net, {"updates": "updates", "examples": "training images (updates x batch)"}.get(
+                               what, "training seconds"), target_text, note)),
        "ylabel": gp_str("%s to target" % unit),
        "xtics": ", ".join('"%d" %d' % (b, b) for b in batches),
        "xmin": batches[0] / 1.4, "xmax": batches[-1] * 1.4, "dat": gp_str(dat), "ideal": ideal,
@@ -442,7 +461,7 @@ plot %(dat)s using 1:2:3:4 with yerrorlines lw 2 pt 7 lc rgb "#1f5fbf" title "SG
     return png
 
 
-def plot_curves(out, net, b, subdivisions, runs, targets, objective_name):
+def plot_curves(out, net, b, subdivisions, ranks, runs, targets, objective_name):
     """<net>-b<B>-curves.png: the objective against updates and against seconds."""
     series, values = [], []
     for key, name in OPTS:
@@ -468,26 +487,72 @@ def plot_curves(out, net, b, subdivisions, runs, targets, objective_name):
                  % (gp_str(d), xcol, pt, gp_str(c), gp_str(t)) for d, t, c, pt in series]
         return "plot " + ", \\\n     ".join(parts + lines) + "\n"
 
-    # two panels side by side and one key at the right, outside both
+    two_panels(png, "%s, batch %d (%s%d x %d images per pass): training objective of each run\n"
+               "dashed: %s; dotted: %s" % (net, b, "%d ranks x " % ranks if ranks > 1 else "",
+                                           subdivisions, b // ranks // subdivisions, targets[0][3], targets[1][3]),
+               objective_name, values, [("", "updates", plot_cmd(1)),
+                                        ("", "training seconds (kfac_compare's own, no evaluation)", plot_cmd(2))],
+               0.76, os.path.join(out, net, "curves-b%d.gp" % b))
+    return png
+
+
+def two_panels(png, title, ylabel, values, panels, right, gp_path):
+    """Two plots side by side, log y, one key at the right outside both; panels:
+    (extra gnuplot lines, x label, plot command) each."""
     script = """set terminal pngcairo size 1600,620 font ",11" noenhanced
-set output %(png)s
-set multiplot layout 1,2 title %(title)s margins 0.05,0.76,0.11,0.88 spacing 0.07
+set output %s
+set multiplot layout 1,2 title %s margins 0.05,%g,0.11,0.88 spacing 0.07
 set logscale y
-%(ytics)sset grid
+%sset grid
 set datafile missing "NaN"
-set ylabel %(ylabel)s
+set ylabel %s
 unset key
-set xlabel "updates"
-%(p1)sset xlabel "training seconds (kfac_compare's own, no evaluation)"
-set key at screen 0.775,0.88 left top box spacing 1.2 reverse Left
-%(p2)sunset multiplot
-""" % {"png": gp_str(png),
-       "title": gp_str("%s, batch %d (%d x %d images per pass): training objective of each run\n"
-                       "dashed: %s; dotted: %s" % (net, b, subdivisions, b // subdivisions,
-                                                   targets[0][3], targets[1][3])),
-       "ylabel": gp_str(objective_name), "p1": plot_cmd(1), "p2": plot_cmd(2),
-       "ytics": log_tics(values)}
-    gnuplot(script, os.path.join(out, net, "curves-b%d.gp" % b))
+""" % (gp_str(png), gp_str(title), right, log_tics(values), gp_str(ylabel))
+    for i, (extra, xlabel, cmd) in enumerate(panels):
+        if i == 1:
+            script += "set key at screen %g,0.88 left top box spacing 1.1 reverse Left\n" % (right + 0.015)
+        script += "%sset xlabel %s\n%s" % (extra, gp_str(xlabel), cmd)
+    gnuplot(script + "unset multiplot\n", gp_path)
+
+
+# one colour per batch size, dark to light as the batch grows
+BATCH_COLORS = ("#1b4f72", "#2e86c1", "#17a589", "#d4ac0d", "#ca6f1e", "#922b21", "#6c3483", "#566573")
+
+
+def plot_all_curves(out, net, batches, seed, runs, ref_target, target_text, objective_name):
+    """<net>-curves.png: one seed's objective against training images and against
+    updates, every batch size, SGD solid and K-FAC dashed."""
+    series, values = [], []
+    for i, b in enumerate(batches):
+        for key, name in OPTS:
+            rows = dict(runs[b][key]).get(seed)
+            if rows is None:
+                continue
+            dat = os.path.join(out, net, "all-%s-b%d.dat" % (key, b))
+            with open(dat, "w") as f:
+                f.write("# iter images objective\n")
+                for r in rows:
+                    f.write("%d %d %s\n" % (r["iter"], r["iter"] * b, gp_value(objective(r))))
+                    values.append(objective(r))
+            series.append((dat, "%s, batch %d" % (name, b), BATCH_COLORS[i % len(BATCH_COLORS)],
+                           1 if key == "sgd" else 2, POINTS[0] if key == "sgd" else POINTS[1]))
+    png = os.path.join(out, "%s-curves.png" % net)
+    target = ""
+    if not (math.isinf(ref_target) or math.isnan(ref_target)):
+        values.append(ref_target)
+        target = ", \\\n     %s with lines dashtype 3 lw 1.5 lc rgb 'black' title %s" % (
+            gp_value(ref_target), gp_str("reference target %.4g" % ref_target))
+
+    def plot_cmd(xcol):
+        parts = ["%s using %d:3 with linespoints dashtype %d lw 1.5 pt %d ps 0.5 lc rgb %s title %s"
+                 % (gp_str(d), xcol, dt, pt, gp_str(c), gp_str(t)) for d, t, c, dt, pt in series]
+        return "plot " + ", \\\n     ".join(parts) + target + "\n"
+
+    two_panels(png, "%s, seed %s: training objective against images and against updates at every "
+               "batch size (SGD solid, K-FAC dashed)\n%s" % (net, seed, target_text),
+               objective_name, values, [("set logscale x\n", "training images (updates x batch)", plot_cmd(2)),
+                                        ("unset logscale x\n", "updates", plot_cmd(1))],
+               0.78, os.path.join(out, net, "curves-all.gp"))
     return png
 
 
@@ -512,12 +577,17 @@ def study_net(args, runner, cfg_path):
         % (net, task, r0, b0, updates, sweep_updates, eval_every, args.eval_growth, objective_name))
 
     def write_cfg(b, rate, kfac, name):
-        sub = max(1, b // args.pass_images)
-        if b > args.pass_images and b % args.pass_images:
-            die("batch %d is not a multiple of --pass-images %d" % (b, args.pass_images))
+        # the cfg holds one rank's share; subdivisions split that share into passes
+        if b % args.ranks:
+            die("batch %d is not a multiple of --ranks %d" % (b, args.ranks))
+        rb = b // args.ranks
+        sub = max(1, rb // args.pass_images)
+        if rb > args.pass_images and rb % args.pass_images:
+            die("batch %d (%d per rank) is not a multiple of --pass-images %d"
+                % (b, rb, args.pass_images))
         path = os.path.join(d, "cfg", name)
         with open(path, "w") as f:
-            f.write(cfg_with(text, b, sub, rate, max(updates, sweep_updates), kfac))
+            f.write(cfg_with(text, rb, sub, rate, max(updates, sweep_updates), kfac))
         return path, sub
 
     # 1. rate sweep, first seed
@@ -596,11 +666,12 @@ def study_net(args, runner, cfg_path):
         for key, _ in OPTS:
             # a run that stopped early diverged, unless it stopped at its target
             full = None if key == "kfac" and args.kfac_stop_at_target else updates
-            cols = {"updates": [], "seconds": [], "b_updates": [], "b_seconds": []}
+            cols = {"updates": [], "examples": [], "seconds": [], "b_updates": [], "b_seconds": []}
             for seed, rows in runs[b][key]:
                 u, s = to_target(rows, ref_target)
                 bu, bs = to_target(rows, per_seed_target[seed])
                 cols["updates"].append(u)
+                cols["examples"].append(u * b)
                 cols["seconds"].append(s)
                 cols["b_updates"].append(bu)
                 cols["b_seconds"].append(bs)
@@ -652,13 +723,17 @@ def study_net(args, runner, cfg_path):
     for key, name in OPTS:
         a, z = summary[lo][key]["updates"]["median"], summary[hi][key]["updates"]["median"]
         md.append("")
-        md.append("%s: updates to the reference target at batch %d over batch %d: %s"
-                  % (name, hi, lo, fmt_ratio(ratio(z, a), ".3f")))
+        md.append("%s: updates to the reference target at batch %d over batch %d: %s; training images "
+                  "to it: %s at batch %d, %s at batch %d (x%s)"
+                  % (name, hi, lo, fmt_ratio(ratio(z, a), ".3f"), fmt(a * lo, ".0f"), lo,
+                     fmt(z * hi, ".0f"), hi, fmt_ratio(ratio(z * hi, a * lo), ".2f")))
     with open(os.path.join(d, "summary.md"), "w") as f:
         f.write("\n".join(md) + "\n")
     print("\n".join(md), flush=True)
 
     pngs = [plot_scaling(args.out, net, "updates", "updates", "updates", args.batches, summary, target_text),
+            plot_scaling(args.out, net, "examples", "examples", "training images", args.batches, summary,
+                         target_text),
             plot_scaling(args.out, net, "seconds", "seconds", "training seconds", args.batches, summary,
                          target_text)]
     for b in args.batches:
@@ -667,7 +742,9 @@ def study_net(args, runner, cfg_path):
                    ("per-batch target", summary[b]["target"], "gray40",
                     "the per-batch target, SGD after %d updates at this batch size (median over seeds)"
                     % updates)]
-        pngs.append(plot_curves(args.out, net, b, subdiv[b], runs[b], targets, objective_name))
+        pngs.append(plot_curves(args.out, net, b, subdiv[b], args.ranks, runs[b], targets, objective_name))
+    pngs.append(plot_all_curves(args.out, net, args.batches, args.seeds[0], runs, ref_target, target_text,
+                                objective_name))
     return updates, sweep_updates, pngs
 
 
@@ -707,14 +784,27 @@ def main():
     ap.add_argument("--quick", action="store_true", help="smoke test: batches 64,256, seed 1, "
                     "40/100 updates, grid 0.5,1,2, fewer evaluations")
     ap.add_argument("--no-resume", action="store_true", help="rerun runs that finished before")
+    ap.add_argument("--ranks", type=int, default=1, help="data-parallel ranks per run (mpirun -np N of "
+                    "the MPI build's kfac_compare; default 1, no mpirun): batch B is N x B/N")
     args = ap.parse_args()
 
     os.chdir(ROOT)
     if not shutil.which("gnuplot"):
         die("gnuplot not found: install Debian's gnuplot-nox (as root: tools/setup.sh gnuplot; "
             "otherwise: sudo apt-get install gnuplot-nox)")
+    if args.ranks < 1:
+        die("--ranks must be at least 1")
+    if args.ranks > 1:
+        if args.compare == ap.get_default("compare"):
+            args.compare = os.path.join("build", "kfac_compare-cpu-mpi")
+        if not shutil.which("mpirun"):
+            die("--ranks %d: mpirun not found (tools/setup.sh mpi installs Open MPI)" % args.ranks)
+        if os.getuid() == 0:
+            # Open MPI refuses root unless told twice
+            os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
+            os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
     if not os.access(args.compare, os.X_OK):
-        die("%s not found: run make first" % args.compare)
+        die("%s not found: run make first%s" % (args.compare, " MPI=1" if args.ranks > 1 else ""))
     args.cfg = args.cfg or ["cfg/digits.cfg", "cfg/digits-ae.cfg"]
     args.batches = [int(x) for x in (args.batches or ("64,256" if args.quick else
                                                       "64,128,256,512,1024,2048")).split(",")]
