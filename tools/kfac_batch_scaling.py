@@ -80,6 +80,7 @@ def main():
     class Args:  # what batch_study's Runner reads
         compare, no_resume, ranks = args.compare, args.no_resume, 1
     runner = bs.Runner(Args)
+    runner.eta = lambda: ""  # the study's estimate counts every run to --max-updates: far too long here
     net = "kfac"
     runner.total = len(batches) * len(seeds)
     runner.todo[net] = sum(b * args.max_updates for b in batches) * len(seeds)
