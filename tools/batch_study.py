@@ -451,7 +451,7 @@ plot %(dat)s using 1:2:3:4 with yerrorlines lw 2 pt 7 lc rgb "#1f5fbf" title "SG
 """ % {"png": gp_str(png),
        "title": gp_str("%s: %s to the reference target (median over seeds; bars: range over "
                        "the seeds that reached it)\n%s%s" % (
-                           net, {"updates": "updates", "examples": "training images (updates x batch)"}.get(
+                           net, {"updates": "updates", "examples": "training images"}.get(
                                what, "training seconds"), target_text, note)),
        "ylabel": gp_str("%s to target" % unit),
        "xtics": ", ".join('"%d" %d' % (b, b) for b in batches),
