@@ -195,16 +195,39 @@ def read_tsv(path):
     return [{k: float(v) for k, v in zip(lines[0], row)} for row in lines[1:]]
 
 
+def passes(b, ranks, pass_images):
+    """(images per rank, subdivisions) of an update of b images over ranks ranks in
+    forward passes of at most pass_images; dies when they do not divide."""
+    if b % ranks:
+        die("batch %d is not a multiple of --ranks %d" % (b, ranks))
+    rb = b // ranks
+    if rb > pass_images and rb % pass_images:
+        die("batch %d (%d per rank) is not a multiple of --pass-images %d" % (b, rb, pass_images))
+    return rb, max(1, rb // pass_images)
+
+
+def check_tools(compare, ranks=1):
+    """Dies unless kfac_compare (and mpirun for ranks > 1) can run; makes the demo data."""
+    if ranks > 1 and not shutil.which("mpirun"):
+        die("--ranks %d: mpirun not found (tools/setup.sh mpi installs Open MPI)" % ranks)
+    if not os.access(compare, os.X_OK):
+        die("%s not found: run make first%s" % (compare, " MPI=1" if ranks > 1 else ""))
+    if subprocess.call([sys.executable, "tools/digits_prepare.py", "--out",
+                        os.path.join("build", "data", "digits")], stdout=subprocess.DEVNULL) != 0:
+        die("tools/digits_prepare.py failed")
+
+
 class Runner:
     """Runs kfac_compare one run at a time, skipping finished runs (resume), and
-    prints progress with an estimate of what is left: the images still to train
-    (planned by the caller, per net) at the wall seconds per image measured so far on
-    that net (on all nets before the first run of a net)."""
+    prints progress with, when estimate is on, an estimate of what is left: the
+    images still to train (planned by the caller, per net) at the wall seconds per
+    image measured so far on that net (on all nets before the first run of a net)."""
 
-    def __init__(self, args):
-        self.compare = args.compare
-        self.ranks = args.ranks
-        self.resume = not args.no_resume
+    def __init__(self, compare, resume=True, ranks=1, estimate=True):
+        self.compare = compare
+        self.ranks = ranks
+        self.resume = resume
+        self.estimate = estimate
         self.total = 0       # runs planned (set by the caller)
         self.done = 0        # runs finished, kept or reused
         self.todo = {}       # net -> images still to train (set by the caller)
@@ -218,7 +241,7 @@ class Runner:
     def eta(self):
         tw = sum(w for w, _ in self.wall.values())
         ti = sum(i for _, i in self.wall.values())
-        if not ti:
+        if not ti or not self.estimate:
             return ""
         left = sum(n * (self.wall[k][0] / self.wall[k][1] if k in self.wall and self.wall[k][1]
                         else tw / ti) for k, n in self.todo.items())
@@ -578,13 +601,7 @@ def study_net(args, runner, cfg_path):
 
     def write_cfg(b, rate, kfac, name):
         # the cfg holds one rank's share; subdivisions split that share into passes
-        if b % args.ranks:
-            die("batch %d is not a multiple of --ranks %d" % (b, args.ranks))
-        rb = b // args.ranks
-        sub = max(1, rb // args.pass_images)
-        if rb > args.pass_images and rb % args.pass_images:
-            die("batch %d (%d per rank) is not a multiple of --pass-images %d"
-                % (b, rb, args.pass_images))
+        rb, sub = passes(b, args.ranks, args.pass_images)
         path = os.path.join(d, "cfg", name)
         with open(path, "w") as f:
             f.write(cfg_with(text, rb, sub, rate, max(updates, sweep_updates), kfac))
@@ -797,14 +814,10 @@ def main():
     if args.ranks > 1:
         if args.compare == ap.get_default("compare"):
             args.compare = os.path.join("build", "kfac_compare-cpu-mpi")
-        if not shutil.which("mpirun"):
-            die("--ranks %d: mpirun not found (tools/setup.sh mpi installs Open MPI)" % args.ranks)
         if os.getuid() == 0:
             # Open MPI refuses root unless told twice
             os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
             os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-    if not os.access(args.compare, os.X_OK):
-        die("%s not found: run make first%s" % (args.compare, " MPI=1" if args.ranks > 1 else ""))
     args.cfg = args.cfg or ["cfg/digits.cfg", "cfg/digits-ae.cfg"]
     args.batches = [int(x) for x in (args.batches or ("64,256" if args.quick else
                                                       "64,128,256,512,1024,2048")).split(",")]
@@ -824,13 +837,11 @@ def main():
     for c in args.cfg:
         if not os.path.exists(c):
             die("no cfg %s" % c)
-    if subprocess.call([sys.executable, "tools/digits_prepare.py", "--out",
-                        os.path.join("build", "data", "digits")], stdout=subprocess.DEVNULL) != 0:
-        die("tools/digits_prepare.py failed")
+    check_tools(args.compare, args.ranks)
     os.makedirs(args.out, exist_ok=True)
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-    runner = Runner(args)
+    runner = Runner(args.compare, not args.no_resume, args.ranks)
     # the plan, for progress and the estimate of what is left (in images trained)
     for c in args.cfg:
         net = os.path.splitext(os.path.basename(c))[0]

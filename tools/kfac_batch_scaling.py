@@ -32,8 +32,6 @@ import argparse
 import math
 import os
 import shutil
-import statistics
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -64,32 +62,24 @@ def main():
     kfac = args.kfac.split()
     if any("=" not in k for k in kfac):
         bs.die("--kfac: expected key=value pairs")
-    if not os.access(args.compare, os.X_OK):
-        bs.die("%s not found: run make first" % args.compare)
     if not os.path.exists(args.cfg):
         bs.die("no cfg %s" % args.cfg)
-    if subprocess.call([sys.executable, "tools/digits_prepare.py", "--out", os.path.join("build", "data", "digits")],
-                       stdout=subprocess.DEVNULL) != 0:
-        bs.die("tools/digits_prepare.py failed")
+    bs.check_tools(args.compare)
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     text = open(args.cfg).read()
     rate = float(bs.read_net_options(text, args.cfg).get("learning_rate", "0.001"))
     for sub in ("runs", "cfg"):
         os.makedirs(os.path.join(args.out, sub), exist_ok=True)
 
-    class Args:  # what batch_study's Runner reads
-        compare, no_resume, ranks = args.compare, args.no_resume, 1
-    runner = bs.Runner(Args)
-    runner.eta = lambda: ""  # the study's estimate counts every run to --max-updates: far too long here
+    # no time-left estimate: it would count every run to --max-updates, and runs stop at the target
+    runner = bs.Runner(args.compare, not args.no_resume, estimate=False)
     net = "kfac"
     runner.total = len(batches) * len(seeds)
     runner.todo[net] = sum(b * args.max_updates for b in batches) * len(seeds)
 
-    res = {}  # (batch, seed) -> [(updates, images) per target]
+    res = {}  # (batch, seed) -> [updates to each target]
     for b in batches:
-        if b > args.pass_images and b % args.pass_images:
-            bs.die("batch %d is not a multiple of --pass-images %d" % (b, args.pass_images))
-        sub = max(1, b // args.pass_images)
+        _, sub = bs.passes(b, 1, args.pass_images)
         cfg = os.path.join(args.out, "cfg", "b%d.cfg" % b)
         with open(cfg, "w") as f:
             f.write(bs.cfg_with(text, b, sub, rate, args.max_updates, kfac))
