@@ -64,19 +64,33 @@ if python3 tools/batch_study.py "${args[@]}" >"$W.again.log" 2>&1 &&
 else
     fail batch_study_resume "a second call reran runs (see $W.again.log)"
 fi
-# tools/kfac_batch_scaling.py (K-FAC alone, stopped at the lowest target): its table
-# must hold, for every batch and target, the first evaluated update of the run's TSV
-# at or below the target (recomputed here with awk), the median of one seed
+# tools/kfac_batch_scaling.py (K-FAC stopped at the lowest target, SGD beside it with
+# --sgd-grid): its tables must hold, for every batch and target, the first evaluated
+# update of the run's TSV at or below the target (recomputed here with awk), the
+# median of one seed; SGD's from the rate its sweep chose, which must be a rate with
+# the fewest updates to the first target
 K=$W/scaling
+first_below() { # TSV target: the first update whose whole-training-set error is <= target
+    awk -F'\t' -v t="$2" 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == "full_train_error") c = i; next }
+        $c != "nan" && $c + 0 <= t { print $1; exit }' "$1"
+}
 if python3 tools/kfac_batch_scaling.py --cfg tests/cfg/autoencoder.cfg --batches 32,64 --seeds 1 \
-        --targets 30,24 --max-updates 12 --pass-images 32 --out "$K" --compare "$COMPARE" >"$K.log" 2>&1; then
+        --targets 30,24 --max-updates 12 --pass-images 32 --sgd-grid 0.5,2 --out "$K" --compare "$COMPARE" \
+        >"$K.log" 2>&1; then
     msg=""
     for b in 32 64; do
+        m=$(awk -F, -v b=$b '$1 == b && $NF == 1 { print $2 }' "$K/sweep.csv")
+        fewest=$(awk -F, -v b=$b 'NR > 1 && $1 == b && $4 != "" && (f == "" || $4 + 0 < f) { f = $4 + 0 } END { print f }' \
+                 "$K/sweep.csv")
+        [ "$(awk -F, -v b=$b -v m="$m" '$1 == b && $2 == m { print $4 + 0 }' "$K/sweep.csv")" = "$fewest" ] ||
+            msg="$msg batch $b: SGD's chosen rate x$m is not one with the fewest updates ($fewest);"
         for t in 30 24; do
-            want=$(awk -F'\t' -v t=$t 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == "full_train_error") c = i; next }
-                   $c != "nan" && $c + 0 <= t { print $1; exit }' "$K/runs/b$b-seed1.tsv")
+            want=$(first_below "$K/runs/b$b-seed1.tsv" $t)
             got=$(awk -F, -v t=$t -v b=$b '$1 + 0 == t && $2 == b { print $3 + 0 }' "$K/summary.csv")
             [ -n "$want" ] && [ "$got" = "$want" ] || msg="$msg batch $b target $t: summary $got, TSV $want;"
+            want=$(first_below "$K/runs/sgd-b$b-m$m-seed1.tsv" $t)
+            got=$(awk -F, -v t=$t -v b=$b '$1 + 0 == t && $2 == b { print $3 }' "$K/sgd.csv")
+            [ "$got" = "$want" ] || msg="$msg SGD batch $b target $t: sgd.csv '$got', TSV '$want';"
         done
     done
     [ "$(head -c 8 "$K/updates-to-target.png" 2>/dev/null | od -An -tx1 | tr -d ' \n')" = 89504e470d0a1a0a ] ||
