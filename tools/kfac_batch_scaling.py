@@ -9,7 +9,7 @@ Usage, from anywhere:
 
   tools/kfac_batch_scaling.py [--cfg cfg/digits-ae-sparse.cfg] [--batches 64,256,1024,2048]
       [--seeds 1,2,3] [--targets 13.66,9.922,5] [--max-updates 600] [--kfac 'key=value ...']
-      [--sgd-grid 0.25,0.5,1] [--sgd-max-updates N] [--sgd-eval N]
+      [--sgd-grid 0.25,0.5,1] [--sgd-cfg CFG] [--sgd-max-updates N] [--sgd-eval N]
       [--out build/kfac-batch-scaling] [--compare build/kfac_compare] [--no-resume]
 
 For each batch size B and seed: the cfg at batch=B, subdivisions=B/128 (one forward
@@ -28,7 +28,9 @@ With --sgd-grid M1,M2,...: SGD's side, so that its ratio stands beside K-FAC's
 (the issue asks for "SGD's ratio from a swept rate").  At each batch B, SGD (the
 plain cfg, no [kfac]) runs on the first seed at each rate r0 sqrt(B/b0) M (r0 and b0
 the cfg's learning_rate and batch: batch_study's square-root rule as the centre), each
-run stopped at the lowest target or after --sgd-max-updates; the rate with the fewest
+run stopped at the lowest target or after --sgd-max-updates (--sgd-cfg: SGD's own cfg,
+the same net from another initialization, e.g. the autoencoder's dense one, which
+serves SGD better than the sparse one K-FAC starts from); the rate with the fewest
 updates to the first (highest) target wins, ties going to the fewest to the lowest
 and then to the lower final objective; the other seeds then run at that rate.  A
 winner at an end of the grid is said (widen it then).  Choosing by updates to the
@@ -67,6 +69,7 @@ def main():
     ap.add_argument("--sgd-grid", default="",
                     help="SGD's rates as multipliers of the square-root-scaled cfg rate, comma-separated "
                     "(default: no SGD runs)")
+    ap.add_argument("--sgd-cfg", default="", help="SGD's plain cfg (default --cfg)")
     ap.add_argument("--sgd-max-updates", type=int, default=0, help="default --max-updates")
     ap.add_argument("--sgd-eval", type=int, default=10,
                     help="SGD's evaluations every this many updates (default 10, as K-FAC's)")
@@ -90,8 +93,13 @@ def main():
     sgd_updates = args.sgd_max_updates or args.max_updates
     if any("=" not in k for k in kfac):
         bs.die("--kfac: expected key=value pairs")
-    if not os.path.exists(args.cfg):
-        bs.die("no cfg %s" % args.cfg)
+    sgd_cfg = args.sgd_cfg or args.cfg
+    for c in (args.cfg, sgd_cfg):
+        if not os.path.exists(c):
+            bs.die("no cfg %s" % c)
+    sgd_text = open(sgd_cfg).read()
+    sgd_nopt = bs.read_net_options(sgd_text, sgd_cfg)
+    sgd_r0, sgd_b0 = float(sgd_nopt.get("learning_rate", "0.001")), int(sgd_nopt.get("batch", "1"))
     bs.check_tools(args.compare)
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     text = open(args.cfg).read()
@@ -120,7 +128,7 @@ def main():
                               "batch %d seed %s" % (b, s), stop_below=targets[-1])
             res[b, s] = [bs.to_target(rows, t)[0] for t in targets]
 
-    sgd, sgd_rate, sweep_rows = sgd_side(args, runner, text, rate, b0, batches, seeds, targets, grid,
+    sgd, sgd_rate, sweep_rows = sgd_side(args, runner, sgd_text, sgd_r0, sgd_b0, batches, seeds, targets, grid,
                                          sgd_updates)
 
     def med(t, b):
@@ -158,10 +166,10 @@ def main():
     header = ["target", "batch", "median_updates", "median_images", "updates_over_smallest_batch"]
     bs.write_csv(os.path.join(args.out, "summary.csv"), header, csv_rows)
     if grid:
-        md += ["", "SGD (plain cfg, no [kfac]): the rate per batch chosen from x%s of the square-root-scaled "
+        md += ["", "SGD (%s, no [kfac]): the rate per batch chosen from x%s of the square-root-scaled "
                "%g at batch %d by the fewest updates to %g on seed %s, each run stopped at %g or after %d "
-               "updates." % (",".join("%g" % m for m in grid), rate, b0, targets[0], seeds[0], targets[-1],
-                             sgd_updates)]
+               "updates." % (sgd_cfg, ",".join("%g" % m for m in grid), sgd_r0, sgd_b0, targets[0], seeds[0],
+                             targets[-1], sgd_updates)]
         bs.write_csv(os.path.join(args.out, "sgd.csv"), header + ["rate"], sgd_rows)
         bs.write_csv(os.path.join(args.out, "sweep.csv"), ["batch", "multiplier", "rate"] +
                      ["updates_to_%g" % t for t in targets] + ["final_objective", "chosen"], sweep_rows)
