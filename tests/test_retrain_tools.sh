@@ -71,6 +71,12 @@ if python3 tools/retrain_report.py "$C" --kind classify --seeds 1,2 --updates 20
         grep -Eq "^to SGD's final test accuracy +never +- +no$" "$C/out.txt"
     check report_seconds_ratio "expected seconds per update 1.0000 2.0000 2.00 in $C/out.txt" \
         grep -Eq "^seconds per update +1\.0000 +2\.0000 +2\.00$" "$C/out.txt"
+    # seconds to SGD's result over SGD's 20: the loss at 20 s (seed 1) and 40 s (seed 2),
+    # 1.00 and 2.00, median 1.50; the accuracy at 20 s and never: median never
+    check report_seconds_to_loss "expected 'to SGD's final training loss 1.50 no' (seconds) in $C/out.txt" \
+        grep -Eq "^to SGD's final training loss +1\.50 +no$" "$C/out.txt"
+    check report_seconds_to_score "expected 'to SGD's final test accuracy never no' (seconds) in $C/out.txt" \
+        grep -Eq "^to SGD's final test accuracy +never +no$" "$C/out.txt"
     check report_summary_file "$C/summary.txt should hold the printed table" cmp -s "$C/summary.txt" "$C/out.txt"
 else
     fail report_loss_ratio "retrain_report.py failed: $(tail -3 "$C/out.txt")"
@@ -113,6 +119,10 @@ if python3 tools/retrain_report.py "$D" --kind detect --seeds 1 --updates 4 --sm
         grep -Eq "^to SGD's final training loss +4 +1\.00 +no$" "$D/out.txt"
     check report_detect_map "expected 'to SGD's final mAP@0.5 2 0.50 yes' in $D/out.txt" \
         grep -Eq "^to SGD's final mAP@0\.5 +2 +0\.50 +yes$" "$D/out.txt"
+    # seconds from the per-update curve (second = update there): 4 and 2 of SGD's 4
+    check report_detect_seconds "expected seconds ratios 1.00 no (loss) and 0.50 yes (mAP) in $D/out.txt" \
+        bash -c "grep -Eq \"^to SGD's final training loss +1\.00 +no$\" '$D/out.txt' &&
+                 grep -Eq \"^to SGD's final mAP@0\.5 +0\.50 +yes$\" '$D/out.txt'"
 else
     fail report_detect_loss "retrain_report.py failed: $(tail -3 "$D/out.txt")"
 fi

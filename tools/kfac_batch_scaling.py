@@ -195,7 +195,7 @@ def main():
                  % (bs.gp_str(dat), 2 + 3 * i, 3 + 3 * i, 4 + 3 * i, bs.gp_str(colors[i % len(colors)]),
                     bs.gp_str("K-FAC to %g" % t if grid else "to %g" % t)) for i, t in enumerate(targets)]
         n = len(targets)
-        plots += ["%s using 1:%d:%d:%d with yerrorlines lw 2 pt 6 dashtype 3 lc rgb %s title %s"
+        plots += ["%s using 1:%d:%d:%d with yerrorlines lw 2 pt 6 dashtype 2 lc rgb %s title %s"
                   % (bs.gp_str(dat), 2 + 3 * (n + i), 3 + 3 * (n + i), 4 + 3 * (n + i),
                      bs.gp_str(colors[i % len(colors)]), bs.gp_str("SGD to %g" % t))
                   for i, t in enumerate(targets) if grid]

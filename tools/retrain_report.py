@@ -157,6 +157,17 @@ def first_update(points, ok):
     return math.inf
 
 
+def seconds_at(run, update):
+    """A run's training seconds at update (its per-update curve where it has one, else
+    its evaluations): inf when the update was never reached, nan when unknown."""
+    if not finite(update):
+        return update if update == math.inf else math.nan
+    for r in (run.curve or run.evals):
+        if r[0] >= update:
+            return r[1]
+    return math.inf
+
+
 def summarize(args, runs, seeds):
     n = args.updates
     score_name = "test accuracy" if args.kind == "classify" else "mAP@0.5"
@@ -171,7 +182,7 @@ def summarize(args, runs, seeds):
         out("training loss: cross-entropy over the whole training set")
     out("")
     per_seed = []
-    reach_loss, reach_score = [], []
+    reach_loss, reach_score, secs_loss, secs_score = [], [], [], []
     both = len(args.optlist) == 2
     for s in (seeds if both else []):
         sgd, kf = runs["sgd"][s], runs["kfac"][s]
@@ -182,6 +193,11 @@ def summarize(args, runs, seeds):
         us = math.nan if void else first_update(kf.score[1:], lambda v, t=t_score: v >= t - 1e-9)
         reach_loss.append(ul)
         reach_score.append(us)
+        # seconds: K-FAC's to the target over SGD's for its whole run (the target is
+        # SGD's state at its end), what a user watching the clock compares
+        for xs, u in ((secs_loss, ul), (secs_score, us)):
+            t = seconds_at(kf, u)
+            xs.append(t / sgd.seconds if finite(t) and sgd.seconds > 0 else t)
         per_seed.append("  seed %s: SGD's final loss %s reached by K-FAC at update %s; SGD's "
                         "final %s %s %s"
                         % (s, fmt(t_loss, ".4f"), fmt(ul, ".0f"), score_name,
@@ -221,6 +237,12 @@ def summarize(args, runs, seeds):
     for label, m in (("to SGD's final training loss", ml), ("to SGD's final " + score_name, ms)):
         out("%-*s %12s %12s %12s" % (w, label, fmt(m, ".0f"), ratio(m, n),
                                      "yes" if finite(m) and m <= n / 2 else "no"))
+    out("")
+    out("K-FAC's seconds to SGD's result over SGD's seconds for its %d updates (paired by seed, median; "
+        "target < 1):" % n)
+    for label, xs in (("to SGD's final training loss", secs_loss), ("to SGD's final " + score_name, secs_score)):
+        m = median(xs)
+        out("%-*s %12s %12s %12s" % (w, label, fmt(m, ".2f"), "", "yes" if finite(m) and m < 1 else "no"))
     lines.extend(per_seed)
     return "\n".join(lines) + "\n"
 
