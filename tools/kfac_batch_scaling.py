@@ -190,7 +190,7 @@ def main():
                         vals += [bs.median(per), bs.finite_min(per), bs.finite_max(per)]
                 f.write("%d %s\n" % (b, " ".join(bs.gp_value(v) for v in vals)))
         png = os.path.join(args.out, "updates-to-target.png")
-        colors = ("#1f5fbf", "#c0392b", "#17a589", "#d4ac0d")
+        colors = ("#1f5fbf", "#c0392b", "#17a589", "#d4ac0d", "#8e44ad", "#e67e22")
         plots = ["%s using 1:%d:%d:%d with yerrorlines lw 2 pt 7 lc rgb %s title %s"
                  % (bs.gp_str(dat), 2 + 3 * i, 3 + 3 * i, 4 + 3 * i, bs.gp_str(colors[i % len(colors)]),
                     bs.gp_str("K-FAC to %g" % t if grid else "to %g" % t)) for i, t in enumerate(targets)]
