@@ -131,11 +131,21 @@ def main():
     sgd, sgd_rate, sweep_rows = sgd_side(args, runner, sgd_text, sgd_r0, sgd_b0, batches, seeds, targets, grid,
                                          sgd_updates)
 
-    def med(t, b):
-        return bs.median([res[b, s][t] for s in seeds])
+    def med(t, b, who=res):
+        return bs.median([who[b, s][t] for s in seeds])
 
-    def sgd_med(t, b):
-        return bs.median([sgd[b, s][t] for s in seeds])
+    def table_row(who, i, t, note, extra):
+        """One target's row of the table (cells) and of the CSV (rows) for one optimizer's
+        results: per batch the median, each seed's, the ratio to the smallest batch and
+        note(b, median); extra(b) ends the CSV row."""
+        cells, rows = [], []
+        for b in batches:
+            m = med(i, b, who)
+            r = bs.ratio(m, med(i, batches[0], who))
+            cells.append("%s [%s] (x%s; %s)" % (bs.fmt(m, ".0f"), " ".join(bs.fmt(who[b, s][i], ".0f") for s in seeds),
+                                                bs.fmt_ratio(r), note(b, m)))
+            rows.append((t, b, m, m * b if not math.isinf(m) else math.inf, r) + extra(b))
+        return cells, rows
 
     csv_rows, sgd_rows, md = [], [], ["%s, K-FAC (%s), seeds %s: updates to each target (median over seeds; "
                         "each seed's in brackets) and the ratio to batch %d; '-': not reached in %d "
@@ -144,25 +154,13 @@ def main():
                         "| target | " + " | ".join("batch %d" % b for b in batches) + " |",
                         "|---|" + "---|" * len(batches)]
     for i, t in enumerate(targets):
-        cells = []
-        for b in batches:
-            m, m0 = med(i, b), med(i, batches[0])
-            r = bs.ratio(m, m0)
-            cells.append("%s [%s] (x%s; %s images)" % (
-                bs.fmt(m, ".0f"), " ".join(bs.fmt(res[b, s][i], ".0f") for s in seeds),
-                bs.fmt_ratio(r), bs.fmt(m * b, ".0f")))
-            csv_rows.append((t, b, m, m * b if not math.isinf(m) else math.inf, r))
+        cells, rows = table_row(res, i, t, lambda b, m: "%s images" % bs.fmt(m * b, ".0f"), lambda b: ())
         md.append("| %g | %s |" % (t, " | ".join(cells)))
+        csv_rows += rows
         if grid:
-            cells = []
-            for b in batches:
-                m, m0 = sgd_med(i, b), sgd_med(i, batches[0])
-                r = bs.ratio(m, m0)
-                cells.append("%s [%s] (x%s; rate %.4g)" % (
-                    bs.fmt(m, ".0f"), " ".join(bs.fmt(sgd[b, s][i], ".0f") for s in seeds),
-                    bs.fmt_ratio(r), sgd_rate[b]))
-                sgd_rows.append((t, b, m, m * b if not math.isinf(m) else math.inf, r, sgd_rate[b]))
+            cells, rows = table_row(sgd, i, t, lambda b, m: "rate %.4g" % sgd_rate[b], lambda b: (sgd_rate[b],))
             md.append("| %g, SGD | %s |" % (t, " | ".join(cells)))
+            sgd_rows += rows
     header = ["target", "batch", "median_updates", "median_images", "updates_over_smallest_batch"]
     bs.write_csv(os.path.join(args.out, "summary.csv"), header, csv_rows)
     if grid:
@@ -252,7 +250,7 @@ def sgd_side(args, runner, text, r0, b0, batches, seeds, targets, grid, updates)
         m = best[3]
         chosen[b] = best[4]
         res[b, seeds[0]] = best[5]
-        for u0, _, fin, mm, rate, ups in tried:
+        for _, _, fin, mm, rate, ups in tried:
             sweep_rows.append((b, mm, rate) + tuple(ups) + (fin, int(mm == m)))
         edge = " (at the edge of the grid: widen --sgd-grid)" if len(grid) > 1 and m in (min(grid), max(grid)) else ""
         bs.say("SGD batch %d: rate %.4g (x%g), %s updates to %g%s" % (b, best[4], m, bs.fmt(best[0], ".0f"),
