@@ -374,11 +374,6 @@ double kfac_adaptive_loss(kfac_net *k, const network *net)
     return loss_value(k, net);
 }
 
-float kfac_adaptive_gamma(const kfac_net *k)
-{
-    return sqrtf(k->adapt->lambda + k->eta);
-}
-
 float kfac_adaptive_lambda_rule(float lambda, double rho)
 {
     const float omega1 = powf(19.0f / 20.0f, (float)KFAC_ADAPT_T1);

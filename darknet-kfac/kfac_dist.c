@@ -62,18 +62,6 @@
 
 /* ---- small helpers ------------------------------------------------------------------ */
 
-double kfac_dist_tick(double t0, double *slot)
-{
-    double t = kfac_now();
-    *slot += t - t0;
-    return t;
-}
-
-void kfac_dist_count(kfac_dist *d, size_t bytes)
-{
-    if (d->comm->size > 1) d->times.bytes += (double)bytes;
-}
-
 static uint64_t fnv1a(uint64_t h, const void *p, size_t n)
 {
     const unsigned char *b = (const unsigned char *)p;
@@ -477,6 +465,7 @@ int kfac_dist_save(network *net, const char *filename)
     /* a background job in flight is saved with the state: rank 0 needs all of it, and
      * with dist_precondition=owner the decompositions in force too */
     if (net->kfac) {
+        kfac_worker_wait(kfac_of(net)); /* this rank's share of the job */
         kfac_dist_share_job(kfac_of(net), 1);
         kfac_dist_gather(kfac_of(net));
     }

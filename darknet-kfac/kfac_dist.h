@@ -57,7 +57,7 @@ typedef struct kfac_dist {
 /* kfac_dist_factors.c: frees what kfac_dist_factors_attach allocated (NULL is fine). */
 void kfac_dist_factors_free(kfac_dist *d);
 
-/* Adds the seconds since t0 to *slot and returns the clock. */
+/* kfac_dist_factors.c: adds the seconds since t0 to *slot and returns the clock. */
 double kfac_dist_tick(double t0, double *slot);
 /* One collective's bytes into the count (only with several ranks). */
 void kfac_dist_count(kfac_dist *d, size_t bytes);

@@ -49,6 +49,20 @@
 #include "kfac_internal.h"
 #include "kfac_dist.h"
 
+/* the clock and the bytes of every collective, for the progress line (kfac_dist.c
+ * counts its own with them) */
+double kfac_dist_tick(double t0, double *slot)
+{
+    double t = kfac_now();
+    *slot += t - t0;
+    return t;
+}
+
+void kfac_dist_count(kfac_dist *d, size_t bytes)
+{
+    if (d->comm->size > 1) d->times.bytes += (double)bytes;
+}
+
 void kfac_dist_factors_attach(kfac_net *k, kfac_dist *d)
 {
     const int n = k->nlayers ? k->nlayers : 1, size = d->comm->size;
@@ -224,7 +238,6 @@ void kfac_dist_share_job(kfac_net *k, int whole)
     kfac_dist *d = k->dist;
     int i;
     if (d->comm->size == 1 || k->job_install_at < 0 || d->shared_job == k->job_serial) return;
-    kfac_worker_wait(k); /* this rank's share of the job */
     for (i = 0; i < k->nlayers; ++i) d->due[i] = k->layers[i].in_job;
     share_next(k, d->due, whole);
     d->shared_job = k->job_serial;

@@ -32,7 +32,11 @@
  * K-FAC's.  A job installed on another update leaves K-FAC's scaling in force until
  * the next statistics step.  Layers' basis_gen counts the decompositions installed
  * (kfac_inverse_install); S and its accumulator carry the generation they were
- * measured in. */
+ * measured in.
+ *
+ * Every covered layer's direction is chosen here (kfac_precondition_layer): EKFAC's
+ * scaling where it is measured, K-FAC's (kfac_inverses.c) otherwise, so that the
+ * Kronecker code below never calls back up into this file. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -149,7 +153,9 @@ void kfac_ekfac_fold(kfac_net *k)
 
 /* ---- preconditioning -------------------------------------------------------------------------- */
 
-int kfac_ekfac_precondition(kfac_net *k, kfac_layer *kl, float *out)
+/* P in the layer's basis with EKFAC's scaling; 0 while that scaling is not measured in
+ * the decomposition in force (K-FAC's scaling is used then) */
+static int ekfac_precondition(kfac_net *k, kfac_layer *kl)
 {
     kfac_ekfac *e = kl->ek;
     kfac_backend *be = k->be;
@@ -164,6 +170,14 @@ int kfac_ekfac_precondition(kfac_net *k, kfac_layer *kl, float *out)
         e->R_gen = kl->basis_gen;
         e->R_key = dmp.key;
     }
-    be->ops->precondition_eigen(be, &kl->s, kl->EG, kl->EA, e->R, kl->D, kl->tmp, out);
+    be->ops->precondition_eigen(be, &kl->s, kl->EG, kl->EA, e->R, kl->D, kl->tmp, kl->P);
     return 1;
+}
+
+void kfac_precondition_layer(kfac_net *k, kfac_layer *kl)
+{
+    if (!kfac_inverse_current(k, kl))
+        k->be->ops->copy(k->be, kl->P, kl->D, (size_t)kl->s.groups * kl->s.M * kl->s.K);
+    else if (!ekfac_precondition(k, kl))
+        kfac_precondition_kron(k, kl);
 }

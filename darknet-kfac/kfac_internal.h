@@ -6,13 +6,14 @@
  *                      clipped step, the write-back, the progress line
  *     kfac_adaptive.c  Martens & Grosse's adaptive step (step=adaptive, auto)
  *     kfac_fisher.c    the true-Fisher pass (sampled labels, its own backward)
- *     kfac_inverses.c  one layer's decompositions, damping and preconditioning
+ *     kfac_inverses.c  one layer's decompositions, damping and K-FAC's direction
  *     kfac_bn.c        the batch-norm blocks: scales and shifts
- *     kfac_ekfac.c     scaling=ekfac: eigenvalue-corrected K-FAC
- *     kfac_worker.c    decompositions in the background: launched from the factors of
- *                      one update, installed at a fixed later one
+ *     kfac_ekfac.c     scaling=ekfac: eigenvalue-corrected K-FAC; each layer's
+ *                      direction, EKFAC's or K-FAC's
+ *     kfac_worker.c    decompositions at once, or in the background: launched from
+ *                      the factors of one update, installed at a fixed later one
  *     kfac_schedule.c  when statistics and decompositions are due (fixed or chosen
- *                      from measured costs); phase timing
+ *                      from measured costs), who decomposes what; phase timing
  *     kfac_state.c     the state file <weights>.kfac
  *     kfac_sync.c      replicas (multi-GPU): averaged factors, shared decompositions
  *     kfac_config.c    the [kfac] section
@@ -23,6 +24,7 @@
 #ifndef KFAC_INTERNAL_H
 #define KFAC_INTERNAL_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -323,6 +325,9 @@ int kfac_inverse_due(const kfac_net *k);
 int kfac_inverse_lag(const kfac_net *k);
 /* After each update: measures what it cost and, under auto, chooses again. */
 void kfac_schedule_updated(kfac_net *k);
+/* Which of n workers (replicas, ranks) decomposes each covered layer (owner:
+ * nlayers): largest factors first (cost ~ dim^3), each to the least loaded worker. */
+void kfac_owners_assign(const kfac_net *k, int n, int *owner);
 /* auto's choice from the costs measured so far (sched.t_update, t_stats, t_decomp) */
 void kfac_schedule_choose(kfac_net *k);
 /* A decomposition of every layer took `seconds` (on the worker, or at once). */
@@ -347,6 +352,10 @@ void kfac_worker_free(kfac_net *k);
 void kfac_decompositions_step(kfac_net *k);
 /* Waits until the job in flight is done, without installing it (state save). */
 void kfac_worker_wait(kfac_net *k);
+/* Decomposes the layer's factors at once (across ranks: its owner, the others receive
+ * it), keeping the last good inverse on failure: 0 on success, -1 on failure (logged
+ * once per layer). */
+int kfac_inverse_refresh(kfac_net *k, kfac_layer *kl);
 
 /* ---- kfac_inverses.c -------------------------------------------------------------- */
 
@@ -366,13 +375,11 @@ int kfac_inverse_install(kfac_net *k, kfac_layer *kl);
 /* Eigenvalues at or below KFAC_RANK_TOL times the largest are rounding noise of a
  * rank-deficient factor (a factor from n samples has rank <= n). */
 #define KFAC_RANK_TOL 1e-5f
-/* Decomposes the layer's factors (keeping the last good inverse on failure): 0 on
- * success, -1 on failure (logged once per layer). */
-int kfac_inverse_refresh(kfac_net *k, kfac_layer *kl);
-/* P = damped (A (x) G)^-1 D for one layer, building the damped inverses first when
- * they are stale; P = D when a factor is all zeros.  _to: into out instead of P. */
-void kfac_precondition_layer(kfac_net *k, kfac_layer *kl);
-void kfac_precondition_layer_to(kfac_net *k, kfac_layer *kl, float *out);
+/* The damped inverses for the damping in force, rebuilt when it moved since they
+ * were made: 1, or 0 when the layer has none usable (a factor all zeros). */
+int kfac_inverse_current(kfac_net *k, kfac_layer *kl);
+/* P = (G + lG I)^-1 D (A + lA I)^-1 from the current damped inverses. */
+void kfac_precondition_kron(kfac_net *k, kfac_layer *kl);
 
 /* Mean of the eigenvalues d (n, >= 0) above KFAC_RANK_TOL times the largest: the
  * trace over the numerical rank (0 when all are 0). */
@@ -469,9 +476,11 @@ int kfac_ekfac_refreshed(const kfac_net *k);
 void kfac_ekfac_capture(kfac_net *k, kfac_layer *kl, const layer *l, const float *input, const float *delta);
 /* The update's statistics into S; a batch of another basis or non-finite is dropped. */
 void kfac_ekfac_fold(kfac_net *k);
-/* out = E_G^T [(E_G D E_A^T) / (S + damping)] E_A when the layer's scaling is ready:
- * returns 1, or 0 (K-FAC's preconditioning applies). */
-int kfac_ekfac_precondition(kfac_net *k, kfac_layer *kl, float *out);
+/* A covered layer's direction P from its gradient D: with the damped inverses of the
+ * damping in force (rebuilt when it moved), E_G^T [(E_G D E_A^T) / (S + damping)] E_A
+ * when scaling=ekfac has measured S in the layer's basis, K-FAC's otherwise; P = D
+ * when a factor is all zeros. */
+void kfac_precondition_layer(kfac_net *k, kfac_layer *kl);
 
 /* ---- kfac_fisher.c ---------------------------------------------------------------- */
 
@@ -594,8 +603,10 @@ typedef struct kfac_adaptive {
  * program with it, step=auto takes the KL-clipped step). */
 int kfac_adaptive_attach(kfac_net *k, network *net, char *why, size_t why_len);
 static inline int kfac_adaptive_on(const kfac_net *k) { return k->adapt && k->adapt->active; }
-/* the factored Tikhonov damping gamma of the adaptive step's factors */
-float kfac_adaptive_gamma(const kfac_net *k);
+/* the factored Tikhonov damping gamma = sqrt(lambda + eta) of the adaptive step's
+ * factors: here, so that the decompositions below the step (kfac_inverses.c) read it
+ * without calling up into the step */
+static inline float kfac_adaptive_gamma(const kfac_net *k) { return sqrtf(k->adapt->lambda + k->eta); }
 void kfac_adaptive_free(kfac_net *k);
 /* The step for every layer with an inverse, in place of the KL-clipped write-back:
  * returns after setting k->mode for each layer. */
@@ -624,12 +635,6 @@ int kfac_adaptive_solve(double cdd, double cdp, double cpp, double gd, double gp
 /* lambda after a reduction ratio rho (the Levenberg-Marquardt rule, M&G 6.5). */
 float kfac_adaptive_lambda_rule(float lambda, double rho);
 
-/* ---- kfac_sync.c ----------------------------------------------------------------- */
-
-/* Which of n workers decomposes each covered layer (owner: nlayers): largest factors
- * first (cost ~ dim^3), each to the least loaded worker. */
-void kfac_owners_assign(const kfac_net *k, int n, int *owner);
-
 /* ---- kfac_dist_factors.c: K-FAC across the ranks of a job (k->dist set) ------------- */
 
 /* Makes K-FAC's side of a net train as a rank of d's job: the owners of the layers'
@@ -644,7 +649,7 @@ int kfac_dist_owns(const kfac_net *k, int i);
 /* Layer kl's next decomposition from its owner, made at once (kfac_inverse_refresh). */
 void kfac_dist_share_one(kfac_net *k, const kfac_layer *kl);
 /* The background job's decompositions from their owners, each rank's worker finished
- * first; once per job (at its install, or before rank 0 saves it in the state).  With
+ * first (the caller waits: kfac_worker_wait); once per job (at its install, or before rank 0 saves it in the state).  With
  * dist_precondition=owner only how each went is shared, unless `whole` (a save). */
 void kfac_dist_share_job(kfac_net *k, int whole);
 /* dist_precondition=owner, before rank 0 saves the state: every layer's decompositions

@@ -1,9 +1,10 @@
 /* darknet-kfac: one layer's curvature: the eigendecompositions of its factors, their
  * damping (relative to the mean eigenvalue for step=kl_clip, Martens & Grosse's
- * factored Tikhonov damping for the adaptive step) and the damped natural-gradient
- * direction P.  Called by the driver, the background worker (kfac_worker.c: compute
- * only, on its own backend) and the adaptive step (which preconditions again for each
- * probe); calls only the backend. */
+ * factored Tikhonov damping for the adaptive step) and K-FAC's damped direction P.
+ * Called by the decompositions (kfac_worker.c: on the worker's own backend, or at
+ * once), the batch-norm blocks and EKFAC (the damping), and the choice of a layer's
+ * scaling (kfac_ekfac.c: kfac_precondition_layer); calls only the backend, so nothing
+ * it calls comes back to it. */
 #include <math.h>
 #include "kfac_internal.h"
 
@@ -187,41 +188,25 @@ int kfac_inverse_install(kfac_net *k, kfac_layer *kl)
     return 0;
 }
 
-int kfac_inverse_refresh(kfac_net *k, kfac_layer *kl)
-{
-    if (!kl->have_factors) return 0;
-    kfac_inverse_stage(k, kl);
-    /* across ranks, the layer's owner decomposes it and the others receive it */
-    if (kfac_dist_owns(k, (int)(kl - k->layers))) kfac_inverse_compute(k->be, &k->scratch, kl, kfac_damping_now(k));
-    if (k->dist) kfac_dist_share_one(k, kl);
-    return kfac_inverse_install(k, kl);
-}
-
 /* ---- preconditioning -------------------------------------------------------------------- */
 
-/* P = (G + lG I)^-1 D (A + lA I)^-1 per group
- *   = Q_G [ (Q_G^T D Q_A) / ((d_G + lG) (d_A + lA)^T) ] Q_A^T   (DESIGN.md 4) */
-void kfac_precondition_layer(kfac_net *k, kfac_layer *kl)
+int kfac_inverse_current(kfac_net *k, kfac_layer *kl)
 {
-    kfac_precondition_layer_to(k, kl, kl->P);
-}
-
-void kfac_precondition_layer_to(kfac_net *k, kfac_layer *kl, float *out)
-{
-    kfac_backend *be = k->be;
     const kfac_damping dmp = kfac_damping_now(k);
     if (kl->inv_damping != dmp.key) {
         kfac_eigs cur = {kl->EA, kl->dA, kl->EG, kl->dG, kl->Ainv, kl->Ginv, 0, 0, 0};
-        damped_inverses(be, &k->scratch, &kl->s, &cur, dmp);
+        damped_inverses(k->be, &k->scratch, &kl->s, &cur, dmp);
         kl->inv_damping = cur.damping;
         kl->inv_ok = cur.inv_ok;
     }
-    if (!kl->inv_ok) {
-        be->ops->copy(be, out, kl->D, (size_t)kl->s.groups * kl->s.M * kl->s.K);
-        return;
-    }
-    if (kfac_ekfac_precondition(k, kl, out)) return; /* scaling=ekfac, once its scaling is measured */
-    be->ops->precondition(be, &kl->s, kl->Ginv, kl->Ainv, kl->D, kl->tmp, out);
+    return kl->inv_ok;
+}
+
+/* P = (G + lG I)^-1 D (A + lA I)^-1 per group
+ *   = Q_G [ (Q_G^T D Q_A) / ((d_G + lG) (d_A + lA)^T) ] Q_A^T   (DESIGN.md 4) */
+void kfac_precondition_kron(kfac_net *k, kfac_layer *kl)
+{
+    k->be->ops->precondition(k->be, &kl->s, kl->Ginv, kl->Ainv, kl->D, kl->tmp, kl->P);
 }
 
 /* One layer's share of the KL-clip quadratic, lr_eff^2 <P/B, D/B> (DESIGN.md 4),

@@ -1,6 +1,8 @@
-/* darknet-kfac: when K-FAC does what (statistics steps, decompositions) and where its
- * time goes (phases, timed by the backend).  Below the driver, the true-Fisher pass,
- * the adaptive step and the worker, which all ask it; it asks no one but the backend.
+/* darknet-kfac: when K-FAC does what (statistics steps, decompositions), who
+ * decomposes which layer where several share the work (replicas, ranks), and where
+ * its time goes (phases, timed by the backend).  Below the driver, the true-Fisher
+ * pass, the adaptive step, the worker, the replicas and the ranks, which all ask it;
+ * it asks no one but the backend.
  *
  * The intervals are the cfg's, or with `auto` (the default) chosen from what this run
  * measures, so that K-FAC's extra work stays a small part of an update on any net and
@@ -27,6 +29,7 @@
  * an auto run depend on the machine's speed; a run with every interval set is a
  * function of its cfg and data alone (the tests set them). */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #include "kfac_internal.h"
 
@@ -228,4 +231,37 @@ void kfac_network_timing_of(const kfac_net *k, double *stats, double *inverse, d
 void kfac_network_timing(const network *net, double *stats, double *inverse, double *precond)
 {
     kfac_network_timing_of(kfac_of(net), stats, inverse, precond);
+}
+
+/* ---- who decomposes what ---------------------------------------------------------- */
+
+/* The replicas' (kfac_sync.c) and the ranks' (kfac_dist_factors.c) split of the
+ * decompositions, by their cost ~ dim^3. */
+void kfac_owners_assign(const kfac_net *k0, int n, int *owner)
+{
+    const int nl = k0->nlayers;
+    int *order = (int *)kfac_calloc((size_t)nl, sizeof(int));
+    double *load = (double *)kfac_calloc((size_t)n, sizeof(double));
+    double *cost = (double *)kfac_calloc((size_t)nl, sizeof(double));
+    int i, j;
+    for (j = 0; j < nl; ++j) {
+        const kfac_shape *s = &k0->layers[j].s;
+        const double ka = kfac_a_dim(s);
+        cost[j] = (double)kfac_a_count(s) * ka * ka * ka + (double)s->groups * s->M * s->M * s->M;
+        order[j] = j;
+    }
+    for (j = 1; j < nl; ++j) { /* insertion sort, descending cost, stable */
+        int x = order[j], m = j;
+        while (m > 0 && cost[order[m - 1]] < cost[x]) { order[m] = order[m - 1]; --m; }
+        order[m] = x;
+    }
+    for (j = 0; j < nl; ++j) {
+        int best = 0;
+        for (i = 1; i < n; ++i) if (load[i] < load[best]) best = i;
+        owner[order[j]] = best;
+        load[best] += cost[order[j]];
+    }
+    free(order);
+    free(load);
+    free(cost);
 }

@@ -36,36 +36,6 @@ static void *decompose_share(void *p)
     return NULL;
 }
 
-/* Also the ranks' owners of a job (kfac_dist_factors.c). */
-void kfac_owners_assign(const kfac_net *k0, int n, int *owner)
-{
-    const int nl = k0->nlayers;
-    int *order = (int *)kfac_calloc((size_t)nl, sizeof(int));
-    double *load = (double *)kfac_calloc((size_t)n, sizeof(double));
-    double *cost = (double *)kfac_calloc((size_t)nl, sizeof(double));
-    int i, j;
-    for (j = 0; j < nl; ++j) {
-        const kfac_shape *s = &k0->layers[j].s;
-        const double ka = kfac_a_dim(s);
-        cost[j] = (double)kfac_a_count(s) * ka * ka * ka + (double)s->groups * s->M * s->M * s->M;
-        order[j] = j;
-    }
-    for (j = 1; j < nl; ++j) { /* insertion sort, descending cost, stable */
-        int x = order[j], m = j;
-        while (m > 0 && cost[order[m - 1]] < cost[x]) { order[m] = order[m - 1]; --m; }
-        order[m] = x;
-    }
-    for (j = 0; j < nl; ++j) {
-        int best = 0;
-        for (i = 1; i < n; ++i) if (load[i] < load[best]) best = i;
-        owner[order[j]] = best;
-        load[best] += cost[order[j]];
-    }
-    free(order);
-    free(load);
-    free(cost);
-}
-
 void kfac_networks_sync(network **nets, int n)
 {
     kfac_net *k0 = kfac_of(nets[0]);

@@ -130,6 +130,16 @@ void kfac_worker_free(kfac_net *k)
     k->worker = NULL;
 }
 
+int kfac_inverse_refresh(kfac_net *k, kfac_layer *kl)
+{
+    if (!kl->have_factors) return 0;
+    kfac_inverse_stage(k, kl);
+    /* across ranks, the layer's owner decomposes it and the others receive it */
+    if (kfac_dist_owns(k, (int)(kl - k->layers))) kfac_inverse_compute(k->be, &k->scratch, kl, kfac_damping_now(k));
+    if (k->dist) kfac_dist_share_one(k, kl);
+    return kfac_inverse_install(k, kl);
+}
+
 /* ---- the driver's step --------------------------------------------------------------- */
 
 /* Installs every layer of the job in flight, waiting for the worker first. */
