@@ -20,7 +20,8 @@
  * Darknet reaches this file through a handful of guarded calls (patches/0004):
  *
  *     parse_network_cfg   cfg = kfac_cfg_take(file, sections) ... kfac_network_attach
- *     train_network_datum kfac_network_fisher_pass   between forward and backward
+ *     train_network_datum kfac_network_train_begin   before forward (patches/0025)
+ *                         kfac_network_fisher_pass   between forward and backward
  *     backward_network    kfac_fisher_backward       instead of l.backward, in the
  *                                                    true-Fisher pass only
  *                         kfac_layer_backward        after each l.backward
@@ -65,6 +66,7 @@ void kfac_network_attach(network *net, void *cfg);
 void kfac_network_free(network *net);
 
 /* The training hooks (see above).  `input` is the layer's input as backward saw it. */
+void kfac_network_train_begin(network *net);
 void kfac_network_fisher_pass(network *net);
 void kfac_layer_backward(network *net, int index, float *input);
 /* In the true-Fisher pass (CPU), the backward of layer `index` with the loss's sampled

@@ -1,12 +1,13 @@
 /* darknet-kfac: the algorithm, written once for every backend.
  *
- * Darknet's hooks enter here during training (patches/0004, 0005):
+ * Darknet's hooks enter here during training (patches/0004, 0005, 0025):
  *
- *     backward_network   kfac_layer_backward        captures A and G on statistics steps
- *     update_network     kfac_network_precondition  folds the statistics, refreshes the
- *                                                   inverses, writes the preconditioned,
- *                                                   KL-clipped gradient back
- *                        kfac_network_updated       snapshots, step count, progress line
+ *     train_network_datum kfac_network_train_begin   starts the update's clock
+ *     backward_network    kfac_layer_backward        captures A and G on statistics steps
+ *     update_network      kfac_network_precondition  folds the statistics, refreshes the
+ *                                                    inverses, writes the preconditioned,
+ *                                                    KL-clipped gradient back
+ *                         kfac_network_updated       snapshots, step count, progress line
  *
  * Update integration (DESIGN.md 4): Darknet's *_updates buffers are both the gradient
  * accumulator and the momentum buffer.  Right after each update we snapshot them (they
@@ -28,6 +29,11 @@
 #include "kfac_internal.h"
 
 /* ---- statistics ---------------------------------------------------------------------- */
+
+void kfac_network_train_begin(network *net)
+{
+    kfac_schedule_began(kfac_of(net)); /* the update's own time starts at its first forward */
+}
 
 void kfac_layer_backward(network *net, int index, float *input)
 {

@@ -274,6 +274,7 @@ typedef struct {
         double stats_ring[KFAC_WALL_RING], decomp_ring[KFAC_WALL_RING]; /* likewise */
         int nstats, ndecomp;
         double last_updated;    /* clock at the end of the last update (0: none) */
+        double update_began;    /* clock at this update's first forward pass (0: not marked) */
         double phase_mark[KFAC_NPHASES]; /* phase totals at that moment */
         int changes;            /* times the choice changed, for the progress line */
     } sched;
@@ -323,6 +324,9 @@ int kfac_stats_step(const kfac_net *k);
 int kfac_inverse_due(const kfac_net *k);
 /* updates between that launch and the decompositions' use (0: used at once) */
 int kfac_inverse_lag(const kfac_net *k);
+/* At each forward pass of training (kfac_network_train_begin): the first of an
+ * update starts its clock. */
+void kfac_schedule_began(kfac_net *k);
 /* After each update: measures what it cost and, under auto, chooses again. */
 void kfac_schedule_updated(kfac_net *k);
 /* Which of n workers (replicas, ranks) decomposes each covered layer (owner:

@@ -20,8 +20,11 @@
  *                     with a quarter to spare, so that the driver rarely waits.
  *
  * Each cost is the median of its last KFAC_WALL_RING measurements (t_update: an
- * update's wall time less K-FAC's statistics and decompositions in it; the median, so
- * that an evaluation between two updates does not count as training).  The choice is
+ * update's wall time from its first forward pass, patches/0025, to its end, less
+ * K-FAC's statistics and decompositions in it, so that what a trainer does between
+ * two updates, an evaluation, a checkpoint, a wait for the data loader, never counts
+ * as training; measured from the end of the last update, such work after nearly every
+ * early update made the budgets several times too large).  The choice is
  * made after updates 2, 5 and 10, then every KFAC_RECHOOSE updates, and a value
  * changes only when the need it answers moves a quarter beyond what it allows
  * (settle), so that the schedule does not flicker with the clock (a line in the log
@@ -170,6 +173,11 @@ static double ring_add(double *ring, int *n, double v)
     return median_of(ring, *n < KFAC_WALL_RING ? *n : KFAC_WALL_RING);
 }
 
+void kfac_schedule_began(kfac_net *k)
+{
+    if (!(k->sched.update_began > 0)) k->sched.update_began = kfac_now();
+}
+
 void kfac_schedule_updated(kfac_net *k)
 {
     struct kfac_sched *s = &k->sched;
@@ -183,8 +191,12 @@ void kfac_schedule_updated(kfac_net *k)
     const double d_inverse = t[KFAC_PHASE_INVERSE] - s->phase_mark[KFAC_PHASE_INVERSE];
     /* the update just finished was step - 1 */
     if (kfac_stats_step_at(k, k->step - 1) && d_stats > 0) s->t_stats = ring_add(s->stats_ring, &s->nstats, d_stats);
-    if (s->last_updated > 0) s->t_update = ring_add(s->wall, &s->nwall, now - s->last_updated - d_stats - d_inverse);
+    /* without the hook (a trainer that does not go through train_network_datum), from
+     * the end of the last update */
+    const double from = s->update_began > 0 ? s->update_began : s->last_updated;
+    if (from > 0) s->t_update = ring_add(s->wall, &s->nwall, now - from - d_stats - d_inverse);
     s->last_updated = now;
+    s->update_began = 0;
     memcpy(s->phase_mark, t, sizeof t);
     if (k->step == 2 || k->step == 5 || k->step == 10 || k->step % KFAC_RECHOOSE == 0) kfac_schedule_choose(k);
 }
