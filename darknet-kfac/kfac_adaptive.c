@@ -90,11 +90,16 @@ static void probe_fields(const kfac_backend *be, const layer *l, float *ptr[KFAC
 
 /* Grows the saved copies and the host arrays when resize_network (random=1 in
  * Darknet's trainers) has made the layers' outputs larger than at attach. */
+static void bg_join(kfac_adaptive *ad);
+
 static void fit_sizes(kfac_net *k, network *net)
 {
     kfac_adaptive *ad = k->adapt;
     kfac_backend *be = k->be;
     int i, f;
+    /* the second thread reads the loss layers' offsets, the weights and delta_0: every
+     * change to them on this thread comes after this */
+    bg_join(ad);
     for (i = 0; i < net->n; ++i) {
         float *ptr[KFAC_PROBE_FIELDS];
         size_t len[KFAC_PROBE_FIELDS];
@@ -162,7 +167,7 @@ static void probe_state(kfac_net *k, network *net, int to_saved)
 int kfac_network_quiet(const network *net)
 {
     const kfac_net *k = kfac_of(net);
-    return k && k->adapt && k->adapt->probing;
+    return k && k->adapt && (k->adapt->probing || kfac_clone_owns(k->adapt->clone, net));
 }
 
 /* the covered weights back to the saved theta, exactly */
@@ -537,6 +542,136 @@ static void set_batch(network *net, int b)
     for (i = 0; i < net->n; ++i) net->layers[i].batch = b;
 }
 
+/* ---- J delta_0 on a second thread ------------------------------------------------ */
+
+/* The thread: the clone at theta + eps delta_0 along the launch's layers and blocks,
+ * its forward pass, the loss layers' inputs to bg_out.  It reads the net's weights,
+ * input and truth and delta_0, which nothing changes before bg_join. */
+static void *bg_main(void *arg)
+{
+    kfac_net *k = (kfac_net *)arg;
+    kfac_adaptive *ad = k->adapt;
+    kfac_backend *be = k->be;
+    network *c = kfac_clone_fill(ad->clone);
+    int i;
+    for (i = 0; i < k->nlayers; ++i) {
+        const kfac_layer *kl = &k->layers[i];
+        layer *l = &c->layers[kl->index];
+        if (ad->bg_set[i]) be->ops->scatter(be, &kl->s, l->weights, l->biases, kl->prev, ad->zeros, ad->bg_eps);
+    }
+    for (i = 0; i < k->nbn; ++i) {
+        const kfac_bn *b = &k->bn[i];
+        layer *l = &c->layers[b->index];
+        if (ad->bg_set[k->nlayers + i]) be->ops->scatter(be, &b->u, l->scales, l->biases, b->prev, ad->zeros, ad->bg_eps);
+    }
+    forward_output(k, c, ad->bg_out);
+    return NULL;
+}
+
+static void bg_join(kfac_adaptive *ad)
+{
+    if (!ad->bg_running) return;
+    pthread_join(ad->bg_thread, NULL);
+    ad->bg_running = 0;
+}
+
+/* 1 when the launch moved exactly this update's adaptive layers and blocks by this
+ * eps: its J delta_0 is then bit for bit the training thread's own */
+static int bg_take(kfac_net *k, float eps)
+{
+    kfac_adaptive *ad = k->adapt;
+    int i, same;
+    bg_join(ad);
+    if (!ad->bg_ready) return 0;
+    ad->bg_ready = 0;
+    same = ad->bg_eps == eps;
+    for (i = 0; i < k->nlayers && same; ++i) same = ad->bg_set[i] == (k->layers[i].adaptive != 0);
+    for (i = 0; i < k->nbn && same; ++i) same = ad->bg_set[k->nlayers + i] == (k->bn[i].adaptive != 0);
+    if (same) ++ad->bg_taken;
+    else ++ad->bg_missed;
+    return same;
+}
+
+void kfac_adaptive_settle(kfac_net *k)
+{
+    kfac_adaptive *ad = k->adapt;
+    if (!ad) return;
+    bg_join(ad);
+    if (ad->bg_ready) ++ad->bg_missed;
+    ad->bg_ready = 0;
+}
+
+void kfac_adaptive_train_forward(kfac_net *k, network *net)
+{
+    kfac_adaptive *ad = k->adapt;
+    kfac_backend *be = k->be;
+    const int nl = k->nlayers, S = KFAC_SLOTS_PER_LAYER;
+    double tt = 0, pp = 0, btt = 0, bpp = 0;
+    int i;
+    if (!ad || !ad->clone) return;
+    kfac_adaptive_settle(k);
+    /* only before an update (the last subdivision's images are the probe batch), with
+     * a delta_0, and on all of them (a probe sub-batch runs on the training thread) */
+    if (!ad->active || !net->train || !ad->have_prev || k->step < k->cfg.warmup) return;
+    if ((*net->seen / net->batch) % net->subdivisions != 0 || probe_images(k, net) < net->batch) return;
+    fit_sizes(k, net);
+    if (ad->bg_len < ad->nout) {
+        free(ad->bg_out);
+        ad->bg_out = (float *)kfac_calloc(ad->nout, sizeof(float));
+        ad->bg_len = ad->nout;
+    }
+    /* the layers and blocks the update will move, as kfac_adaptive_step decides unless
+     * a gradient turns out not finite or a first decomposition comes in (bg_take then
+     * declines), and eps from the same sums in the same order as direction()'s */
+    for (i = 0; i < nl; ++i) {
+        kfac_layer *kl = &k->layers[i];
+        kfac_darknet_buffers b;
+        ad->bg_set[i] = kl->have_inverse != 0;
+        if (!ad->bg_set[i]) continue;
+        be->ops->darknet_buffers(&net->layers[kl->index], &b);
+        be->ops->gather(be, &kl->s, b.weights, ad->zeros, kl->s.has_bias ? ad->zeros : NULL, ad->zeros, kl->theta);
+        const size_t len = (size_t)kl->s.groups * kl->s.M * kl->s.K;
+        be->ops->dot(be, kl->prev, kl->prev, len, S * i + S_PP);
+        be->ops->dot(be, kl->theta, kl->theta, len, S * i + S_TT);
+    }
+    be->ops->results(be, k->results, S * nl);
+    for (i = 0; i < nl; ++i) {
+        if (!ad->bg_set[i]) continue;
+        pp += k->results[S * i + S_PP];
+        tt += k->results[S * i + S_TT];
+    }
+    for (i = 0; i < k->nbn; ++i) {
+        kfac_bn *b = &k->bn[i];
+        kfac_darknet_buffers bufs;
+        ad->bg_set[nl + i] = b->have_inverse != 0;
+        if (!ad->bg_set[nl + i]) continue;
+        be->ops->darknet_buffers(&net->layers[b->index], &bufs);
+        be->ops->zero(be, b->tmp, (size_t)b->s.K);
+        be->ops->gather(be, &b->u, bufs.scales, b->tmp, bufs.biases, b->tmp, b->theta);
+        be->ops->dot(be, b->prev, b->prev, (size_t)b->s.K, S * i + 4);
+        be->ops->dot(be, b->theta, b->theta, (size_t)b->s.K, S * i + 5);
+    }
+    if (k->nbn) be->ops->results(be, k->results, S * k->nbn);
+    for (i = 0; i < k->nbn; ++i) {
+        if (!ad->bg_set[nl + i]) continue;
+        bpp += k->results[S * i + 4];
+        btt += k->results[S * i + 5];
+    }
+    tt += btt;
+    pp += bpp;
+    if (!(pp > 0)) return;
+    ad->bg_eps = probe_eps(tt, pp);
+    kfac_clone_sync(ad->clone, net);
+    if (pthread_create(&ad->bg_thread, NULL, bg_main, k) != 0) {
+        kfac_log("probe_thread: no second thread could be started; J delta_0 runs on the training thread");
+        kfac_clone_free(ad->clone);
+        ad->clone = NULL;
+        return;
+    }
+    ad->bg_running = 1;
+    ad->bg_ready = 1;
+}
+
 /* Between probe_state's save and restore, with the net on the probe batch: the loss at
  * theta, J Delta and J delta_0, alpha and mu, delta = r (alpha Delta + mu delta_0)
  * formed in prev, and every T1 updates (and after a failed step) the reduction ratio
@@ -561,9 +696,14 @@ static const char *model_step(kfac_net *k, network *net, const update_args *a, c
     k->bn_dir = KFAC_BN_DIR_DELTA;
     jv_one_sided(k, net, dirs, probe_eps(sm->tt, sm->dd), ad->z0, ad->jv[0]);
     if (have_prev) {
-        adaptive_dirs(k, dirs, 1);
-        k->bn_dir = KFAC_BN_DIR_PREV;
-        jv_one_sided(k, net, dirs, probe_eps(sm->tt, sm->pp), ad->z0, ad->jv[1]);
+        const float eps = probe_eps(sm->tt, sm->pp);
+        if (bg_take(k, eps)) {
+            for (i = 0; i < (int)ad->nout; ++i) ad->jv[1][i] = (float)(((double)ad->bg_out[i] - ad->z0[i]) / eps);
+        } else {
+            adaptive_dirs(k, dirs, 1);
+            k->bn_dir = KFAC_BN_DIR_PREV;
+            jv_one_sided(k, net, dirs, eps, ad->z0, ad->jv[1]);
+        }
     }
     k->bn_dir = KFAC_BN_DIR_NONE;
     if (!model_fit(k, net, sm, ad->jv[0], have_prev, ld, alpha, mu, &m))
@@ -942,6 +1082,17 @@ int kfac_adaptive_attach(kfac_net *k, network *net, char *why, size_t why_len)
     ad->costs = (float *)kfac_calloc((size_t)net->n + 1, sizeof(float));
     k->adapt = ad;
     fit_sizes(k, net); /* the loss layers' offsets and the host arrays */
+    /* probe_thread: J delta_0 on a copy of the net while the training thread goes on
+     * (CPU: the GPU runs every probe in its own stream order) */
+    if (k->cfg.probe_thread && be->ops->host_memory) {
+        char cwhy[200];
+        if (kfac_clone_supported(net, cwhy, sizeof cwhy)) {
+            ad->clone = kfac_clone_new();
+            ad->bg_set = (unsigned char *)kfac_calloc((size_t)(k->nlayers + k->nbn + 1), 1);
+        } else {
+            kfac_log("probe_thread: %s; J delta_0 runs on the training thread", cwhy);
+        }
+    }
     return 1;
 }
 
@@ -951,6 +1102,10 @@ void kfac_adaptive_free(kfac_net *k)
     kfac_backend *be = k->be;
     int i;
     if (!ad) return;
+    kfac_adaptive_settle(k); /* first: the thread reads the layers' delta_0 */
+    kfac_clone_free(ad->clone);
+    free(ad->bg_set);
+    free(ad->bg_out);
     for (i = 0; i < k->nlayers; ++i) {
         kfac_layer *kl = &k->layers[i];
         be->ops->release(be, kl->theta);

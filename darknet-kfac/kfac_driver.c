@@ -206,6 +206,7 @@ void kfac_network_precondition(network *net, update_args *a)
     kfac_phase_begin(k, KFAC_PHASE_PRECOND);
     float nu = 1.0f;
     if (kfac_adaptive_on(k)) kfac_adaptive_step(k, net, a);
+    kfac_adaptive_settle(k); /* Darknet's update is about to change the weights */
     /* step=kl_clip, or step=auto once (or as soon as) it has given the adaptive step up */
     if (!kfac_adaptive_on(k)) nu = kl_clip_step(k, net, a);
     for (i = 0; i < k->nlayers; ++i) {

@@ -180,6 +180,9 @@ void kfac_network_fisher_pass(network *net)
     kfac_net *k = kfac_of(net);
     kfac_backend *be = k->be;
     int i;
+    /* first: the adaptive step's momentum probe then runs beside this pass and the
+     * backward pass */
+    kfac_adaptive_train_forward(k, net);
     k->capture = KFAC_CAPTURE_NONE;
     if (!net->train || !kfac_stats_step(k) || k->nlayers + k->nbn == 0) return;
     kfac_ekfac_begin_update(k);

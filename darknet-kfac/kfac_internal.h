@@ -25,6 +25,7 @@
 #define KFAC_INTERNAL_H
 
 #include <math.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -62,11 +63,30 @@ typedef struct {
     kfac_step_kind step;    /* step= */
     float lambda;           /* step=adaptive: the initial Levenberg-Marquardt damping */
     int probe_batch;        /* step=adaptive: images of the model's probe batch; 0 = all */
+    int probe_thread;       /* step=adaptive: J delta_0 on a second thread (CPU) */
     kfac_scaling_kind scaling; /* scaling= */
     kfac_dist_precondition_kind dist_precondition; /* dist_precondition= (several ranks only) */
     int *layer_on;          /* per layer (index in net->layers): 0 after kfac=0 */
     int nlayers;            /* entries in layer_on */
 } kfac_config;
+
+/* ---- a second copy of the net for a probe on another thread (kfac_clone.c) ----- */
+
+typedef struct kfac_clone kfac_clone;
+/* 1 when every layer's forward pass writes only buffers a clone owns; else 0, why says
+ * which layer */
+int kfac_clone_supported(const network *net, char *why, size_t len);
+kfac_clone *kfac_clone_new(void);
+/* The clone's layers and buffers as net's are now (on the training thread: Darknet's
+ * passes change some of net's layer fields) */
+void kfac_clone_sync(kfac_clone *c, const network *net);
+/* The net's parameters, input and truth copied into the clone, ready for
+ * forward_network.  Reads only arrays net's backward pass does not write: safe on
+ * another thread meanwhile. */
+network *kfac_clone_fill(kfac_clone *c);
+/* 1 when net (or a by-value copy of it, as the layers see it) is the clone's */
+int kfac_clone_owns(const kfac_clone *c, const network *net);
+void kfac_clone_free(kfac_clone *c);
 
 /* Checks the [kfac] section and every kfac= key of a cfg read by Darknet's read_cfg;
  * then takes them out of `sections`.  Returns 0 with *out the configuration (NULL
@@ -600,6 +620,19 @@ typedef struct kfac_adaptive {
     double rho_last;        /* the last reduction ratio (NAN before the first) */
     int pending;            /* a ratio to measure on the next update's batch */
     double pend_m, pend_decay; /* its model value and decay term */
+    /* J delta_0 on a second thread while the training thread runs the backward pass
+     * (probe_thread=1, CPU): launched after the update's last forward pass on a copy
+     * of the net, taken in the update when the layers it moved and its eps are the
+     * update's own, else made on the training thread as without it */
+    struct kfac_clone *clone; /* NULL: every probe on the training thread */
+    pthread_t bg_thread;
+    int bg_running;         /* launched and not yet joined */
+    int bg_ready;           /* its result is this update's to take */
+    float bg_eps;           /* the launch's eps */
+    unsigned char *bg_set;  /* nlayers + nbn: the layers and blocks it moved */
+    float *bg_out;          /* host: the loss layers' inputs at theta + eps delta_0 */
+    size_t bg_len;          /* bg_out's length */
+    long bg_taken, bg_missed; /* updates that took its result, launches not taken */
 } kfac_adaptive;
 
 /* Checks the net and allocates the state at attach.  Returns 1, or 0 with the reason
@@ -612,6 +645,12 @@ static inline int kfac_adaptive_on(const kfac_net *k) { return k->adapt && k->ad
  * without calling up into the step */
 static inline float kfac_adaptive_gamma(const kfac_net *k) { return sqrtf(k->adapt->lambda + k->eta); }
 void kfac_adaptive_free(kfac_net *k);
+/* After a training forward pass (kfac_network_fisher_pass): on the update's last
+ * subdivision, J delta_0's forward pass starts on a second thread (probe_thread). */
+void kfac_adaptive_train_forward(kfac_net *k, network *net);
+/* The second thread joined and its result dropped, if the update has not taken it:
+ * before anything changes the weights or delta_0 */
+void kfac_adaptive_settle(kfac_net *k);
 /* The step for every layer with an inverse, in place of the KL-clipped write-back:
  * returns after setting k->mode for each layer. */
 void kfac_adaptive_step(kfac_net *k, network *net, const update_args *a);
