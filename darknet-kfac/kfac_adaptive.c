@@ -610,9 +610,14 @@ void kfac_adaptive_train_forward(kfac_net *k, network *net)
     int i;
     if (!ad || !ad->clone) return;
     kfac_adaptive_settle(k);
+    if (!ad->active) { /* step=auto has switched to the KL clip for good: no more probes */
+        kfac_clone_free(ad->clone);
+        ad->clone = NULL;
+        return;
+    }
     /* only before an update (the last subdivision's images are the probe batch), with
      * a delta_0, and on all of them (a probe sub-batch runs on the training thread) */
-    if (!ad->active || !net->train || !ad->have_prev || k->step < k->cfg.warmup) return;
+    if (!net->train || !ad->have_prev || k->step < k->cfg.warmup) return;
     if ((*net->seen / net->batch) % net->subdivisions != 0 || probe_images(k, net) < net->batch) return;
     fit_sizes(k, net);
     if (ad->bg_len < ad->nout) {
@@ -974,8 +979,12 @@ void kfac_adaptive_report(kfac_net *k, char *buf, size_t len)
     memcpy(sorted, ad->mus, (size_t)n * sizeof(float));
     qsort(sorted, (size_t)n, sizeof(float), cmp_float);
     const double med = n % 2 ? sorted[n / 2] : 0.5 * ((double)sorted[n / 2 - 1] + sorted[n / 2]);
-    snprintf(buf, len, "adaptive steps: mean alpha %.3g, median mu %.3g; lambda %.3g, last rho %.3g%s",
-             ad->alpha_sum / ad->steps, med, ad->lambda, ad->rho_last, failed);
+    char thread[96] = "";
+    if (ad->bg_taken || ad->bg_missed)
+        snprintf(thread, sizeof thread, "; J delta_0 from the second thread on %ld updates so far (%ld made here instead)",
+                 ad->bg_taken, ad->bg_missed);
+    snprintf(buf, len, "adaptive steps: mean alpha %.3g, median mu %.3g; lambda %.3g, last rho %.3g%s%s",
+             ad->alpha_sum / ad->steps, med, ad->lambda, ad->rho_last, failed, thread);
     ad->alpha_sum = 0;
     ad->steps = 0;
     ad->failed = 0;
