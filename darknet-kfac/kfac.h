@@ -22,6 +22,8 @@
  *     parse_network_cfg   cfg = kfac_cfg_take(file, sections) ... kfac_network_attach
  *     train_network_datum kfac_network_train_begin   before forward (patches/0025)
  *                         kfac_network_fisher_pass   between forward and backward
+ *                         kfac_network_backward      whether Darknet's backward runs
+ *                                                    on a second thread (patches/0026)
  *     backward_network    kfac_fisher_backward       instead of l.backward, in the
  *                                                    true-Fisher pass only
  *                         kfac_layer_backward        after each l.backward
@@ -68,6 +70,9 @@ void kfac_network_free(network *net);
 /* The training hooks (see above).  `input` is the layer's input as backward saw it. */
 void kfac_network_train_begin(network *net);
 void kfac_network_fisher_pass(network *net);
+/* 1 when this subdivision's own backward pass is running on a second thread, started
+ * by the true-Fisher pass (backward_thread): the caller must not run it; 0 otherwise */
+int kfac_network_backward(network *net);
 void kfac_layer_backward(network *net, int index, float *input);
 /* In the true-Fisher pass (CPU), the backward of layer `index` with the loss's sampled
  * derivative: returns 1 when it did that layer's part (or found it not needed) and

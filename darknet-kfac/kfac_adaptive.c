@@ -1096,7 +1096,7 @@ int kfac_adaptive_attach(kfac_net *k, network *net, char *why, size_t why_len)
     if (k->cfg.probe_thread && be->ops->host_memory) {
         char cwhy[200];
         if (kfac_clone_supported(net, cwhy, sizeof cwhy)) {
-            ad->clone = kfac_clone_new();
+            ad->clone = kfac_clone_new(KFAC_CLONE_FORWARD);
             ad->bg_set = (unsigned char *)kfac_calloc((size_t)(k->nlayers + k->nbn + 1), 1);
         } else {
             kfac_log("probe_thread: %s; J delta_0 runs on the training thread", cwhy);

@@ -11,7 +11,13 @@
  * loss layer's delta and loss, batch norm's statistics, max pool's indexes, the
  * costs, the workspace), the input and the truth, and the parameters the probe moves
  * (weights, biases, batch norm's scales).  Only layer kinds whose forward pass is
- * known to write nothing else are taken (kfac_clone_supported). */
+ * known to write nothing else are taken (kfac_clone_supported).
+ *
+ * A backward clone (KFAC_CLONE_BACKWARD) runs Darknet's own backward pass of a
+ * statistics update while the training thread runs the true-Fisher pass
+ * (kfac_fisher.c): it reads the net's forward state (outputs, batch norm's
+ * statistics, max pool's indexes, the weights) and writes its own deltas and the
+ * net's update accumulators, which the true-Fisher pass has redirected to a sink. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,7 +26,7 @@
 
 /* the fields of a layer the clone owns, in the order of clone_layer.f */
 enum { F_OUTPUT, F_DELTA, F_LOSS, F_X, F_X_NORM, F_MEAN, F_VARIANCE, F_ROLLING_MEAN, F_ROLLING_VARIANCE, F_WEIGHTS,
-       F_BIASES, F_SCALES, KFAC_CLONE_FIELDS };
+       F_BIASES, F_SCALES, F_MEAN_DELTA, F_VARIANCE_DELTA, KFAC_CLONE_FIELDS };
 
 typedef struct {
     float *f[KFAC_CLONE_FIELDS];
@@ -32,6 +38,7 @@ typedef struct {
 } clone_layer;
 
 struct kfac_clone {
+    kfac_clone_mode mode;
     network net;
     layer *layers;
     clone_layer *own;
@@ -70,15 +77,17 @@ int kfac_clone_supported(const network *net, char *why, size_t len)
         default:
             break;
         }
-        snprintf(why, len, "layer %d's forward pass writes buffers a second copy of the net does not own", i);
+        snprintf(why, len, "layer %d's forward or backward pass writes buffers a second copy of the net does not own", i);
         return 0;
     }
     return 1;
 }
 
-kfac_clone *kfac_clone_new(void)
+kfac_clone *kfac_clone_new(kfac_clone_mode mode)
 {
-    return (kfac_clone *)kfac_calloc(1, sizeof(kfac_clone));
+    kfac_clone *c = (kfac_clone *)kfac_calloc(1, sizeof(kfac_clone));
+    c->mode = mode;
+    return c;
 }
 
 /* *p at least n floats long (its contents are not kept) */
@@ -93,12 +102,20 @@ static float *fit(float **p, size_t *have, size_t n)
 }
 
 /* each field's length in a layer of net, 0 where the clone keeps the net's own */
-static void field_lengths(const layer *l, size_t len[KFAC_CLONE_FIELDS])
+static void field_lengths(kfac_clone_mode mode, const layer *l, size_t len[KFAC_CLONE_FIELDS])
 {
     const size_t n = (size_t)l->outputs * l->batch;
     const size_t ch = l->type == CONVOLUTIONAL ? (size_t)l->n : l->type == CONNECTED ? (size_t)l->outputs : (size_t)l->c;
     const int bn = has_bn(l), params = l->type == CONVOLUTIONAL || l->type == CONNECTED || l->type == BATCHNORM;
     memset(len, 0, KFAC_CLONE_FIELDS * sizeof(size_t));
+    if (mode == KFAC_CLONE_BACKWARD) {
+        /* a backward pass writes every delta, batch norm's mean and variance deltas and
+         * the update accumulators (the net's own: its training thread then runs the
+         * true-Fisher pass into a sink) */
+        len[F_DELTA] = l->delta ? n : 0;
+        if (bn && l->mean_delta) len[F_MEAN_DELTA] = len[F_VARIANCE_DELTA] = ch;
+        return;
+    }
     len[F_OUTPUT] = n;
     /* forward_network clears every delta (the clone's are NULL but a loss layer's,
      * which its forward pass writes) */
@@ -137,13 +154,15 @@ void kfac_clone_sync(kfac_clone *c, const network *net)
         layer *cl = &c->layers[i];
         clone_layer *o = &c->own[i];
         *cl = *l;
-        field_lengths(l, o->use);
+        field_lengths(c->mode, l, o->use);
         float **mine[KFAC_CLONE_FIELDS] = {&cl->output, &cl->delta, &cl->loss, &cl->x, &cl->x_norm, &cl->mean,
                                            &cl->variance, &cl->rolling_mean, &cl->rolling_variance, &cl->weights,
-                                           &cl->biases, &cl->scales};
+                                           &cl->biases, &cl->scales, &cl->mean_delta, &cl->variance_delta};
         for (f = 0; f < KFAC_CLONE_FIELDS; ++f)
             if (o->use[f]) *mine[f] = fit(&o->f[f], &o->len[f], o->use[f]);
         if (!o->use[F_DELTA]) cl->delta = NULL; /* never the net's: its backward pass is using it */
+        if (l->workspace_size > work) work = l->workspace_size;
+        if (c->mode == KFAC_CLONE_BACKWARD) continue; /* max pool's indexes and the costs are only read */
         if (l->indexes) {
             const size_t n = (size_t)l->outputs * l->batch;
             if (n > o->nindexes) {
@@ -154,15 +173,38 @@ void kfac_clone_sync(kfac_clone *c, const network *net)
             cl->indexes = o->indexes;
         }
         if (l->cost) cl->cost = &o->cost;
-        if (l->workspace_size > work) work = l->workspace_size;
     }
     c->net = *net;
     c->net.layers = c->layers;
     c->net.cost = &c->cost;
-    c->net.input = fit(&c->input, &c->ninput, (size_t)net->inputs * net->batch);
-    if (net->truth) c->net.truth = fit(&c->truth, &c->ntruth, (size_t)net->truths * net->batch);
     c->net.workspace = fit(&c->workspace, &c->nworkspace, work / sizeof(float) + 1);
     c->src = net;
+    if (c->mode == KFAC_CLONE_BACKWARD) {
+        /* Darknet's plain backward (no K-FAC hooks: they capture the true-Fisher pass's
+         * statistics on the training thread); the first layer's input delta is unused.
+         * The input is copied: a trainer loads the next subdivision's images into the
+         * net's before its next forward pass, and so before K-FAC waits for this one */
+        c->net.kfac = NULL;
+        c->net.delta = NULL;
+        c->net.input = fit(&c->input, &c->ninput, (size_t)net->inputs * net->batch);
+        memcpy(c->net.input, net->input, (size_t)net->inputs * net->batch * sizeof(float));
+        for (i = 0; i < net->n; ++i)
+            if (net->layers[i].cost && c->own[i].use[F_DELTA])
+                memcpy(c->layers[i].delta, net->layers[i].delta, c->own[i].use[F_DELTA] * sizeof(float));
+        return;
+    }
+    c->net.input = fit(&c->input, &c->ninput, (size_t)net->inputs * net->batch);
+    if (net->truth) c->net.truth = fit(&c->truth, &c->ntruth, (size_t)net->truths * net->batch);
+}
+
+void kfac_clone_backward(kfac_clone *c)
+{
+    int i;
+    /* every delta as the forward pass left it: zero but a loss layer's (copied at sync) */
+    for (i = 0; i < c->n; ++i)
+        if (c->own[i].use[F_DELTA] && !c->layers[i].cost)
+            memset(c->layers[i].delta, 0, c->own[i].use[F_DELTA] * sizeof(float));
+    backward_network(&c->net);
 }
 
 network *kfac_clone_fill(kfac_clone *c)

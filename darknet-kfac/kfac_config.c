@@ -36,13 +36,14 @@ static const kfac_config kfac_defaults = {
     .lambda = 1.0f,
     .probe_batch = 0,       /* all: the whole last subdivision */
     .probe_thread = 1,
+    .backward_thread = 1,
     .scaling = KFAC_SCALING_KFAC,
     .dist_precondition = KFAC_DIST_EVERYONE,
 };
 
 static const char *kfac_known_keys =
     "damping, decay, stats_interval, inverse_interval, inverse_lag, kl_clip, fisher, warmup, max_dim, seed, step, lambda, "
-    "probe_batch, probe_thread, scaling, dist_precondition";
+    "probe_batch, probe_thread, backward_thread, scaling, dist_precondition";
 
 /* A parse error: the message goes to err, the return value is -1. */
 typedef struct {
@@ -115,6 +116,7 @@ static const kfac_numeric kfac_numerics[] = {
     {"lambda", 0, 0, 1e8, 1, 0, offsetof(kfac_config, lambda)},
     {"probe_batch", 1, 1, 1e6, 0, 0, offsetof(kfac_config, probe_batch)},
     {"probe_thread", 1, 0, 1, 0, 0, offsetof(kfac_config, probe_thread)},
+    {"backward_thread", 1, 0, 1, 0, 0, offsetof(kfac_config, backward_thread)},
 };
 
 static int parse_kfac_section(kfac_err *e, kfac_config *c, const char *file, list *options)
@@ -333,6 +335,7 @@ void kfac_config_print(const kfac_config *c, FILE *out)
     if (c->stats_interval > 0) snprintf(si, sizeof si, "%d", c->stats_interval);
     if (c->inverse_interval > 0) snprintf(ii, sizeof ii, "%d", c->inverse_interval);
     if (c->inverse_lag >= 0) snprintf(il, sizeof il, "%d", c->inverse_lag);
+    fprintf(out, "backward_thread=%d ", c->backward_thread);
     fprintf(out, "decay=%g stats_interval=%s inverse_interval=%s inverse_lag=%s fisher=%s scaling=%s warmup=%d max_dim=%d "
             "seed=%d dist_precondition=%s", c->decay, si, ii, il, c->fisher == KFAC_FISHER_TRUE ? "true" : "empirical",
             c->scaling == KFAC_SCALING_EKFAC ? "ekfac" : "kfac", c->warmup, c->max_dim, c->seed,

@@ -175,6 +175,58 @@ static void sample_losses(kfac_net *k, network *net)
     }
 }
 
+/* ---- Darknet's backward pass beside the true-Fisher pass (backward_thread) ---------- */
+
+static void *backward_main(void *arg)
+{
+    kfac_clone_backward((kfac_clone *)arg);
+    return NULL;
+}
+
+/* On a statistics update's subdivision the true-Fisher pass is a second backward pass
+ * over the same forward state; Darknet's own one needs nothing from it (the pass
+ * leaves every delta as the forward pass did and captures nothing after it), so the
+ * two run at once: Darknet's on a copy of the net with its own deltas, writing the
+ * update accumulators, while the pass writes into the sink.  Same arithmetic in the
+ * same order on the same inputs: the same bits as one after the other. */
+static void backward_launch(kfac_net *k, network *net)
+{
+    if (!k->bwd_clone) return;
+    kfac_backward_join(k);
+    kfac_clone_sync(k->bwd_clone, net);
+    if (pthread_create(&k->bwd_thread, NULL, backward_main, k->bwd_clone) != 0) {
+        kfac_log("backward_thread: no second thread could be started; Darknet's backward runs after the true-Fisher pass");
+        kfac_clone_free(k->bwd_clone);
+        k->bwd_clone = NULL;
+        return;
+    }
+    k->bwd_running = 1;
+    ++k->bwd_taken;
+}
+
+void kfac_backward_join(kfac_net *k)
+{
+    if (!k->bwd_running) return;
+    pthread_join(k->bwd_thread, NULL);
+    k->bwd_running = 0;
+}
+
+int kfac_network_backward(network *net)
+{
+    return kfac_of(net)->bwd_running;
+}
+
+void kfac_backward_attach(kfac_net *k, network *net)
+{
+    char why[200];
+    if (!k->cfg.backward_thread || !k->be->ops->host_memory || !k->true_fisher) return;
+    if (!kfac_clone_supported(net, why, sizeof why)) {
+        kfac_log("backward_thread: %s; Darknet's backward runs after the true-Fisher pass", why);
+        return;
+    }
+    k->bwd_clone = kfac_clone_new(KFAC_CLONE_BACKWARD);
+}
+
 void kfac_network_fisher_pass(network *net)
 {
     kfac_net *k = kfac_of(net);
@@ -190,6 +242,9 @@ void kfac_network_fisher_pass(network *net)
         k->capture = KFAC_CAPTURE_A | KFAC_CAPTURE_G; /* from the real backward */
         return;
     }
+    /* Darknet's own backward of this subdivision starts beside the pass, from the
+     * loss layers' deltas before sample_losses replaces them (kfac_network_backward) */
+    backward_launch(k, net);
     /* the whole pass counts as statistics time */
     kfac_phase_begin(k, KFAC_PHASE_STATS);
     sample_losses(k, net);

@@ -64,6 +64,7 @@ typedef struct {
     float lambda;           /* step=adaptive: the initial Levenberg-Marquardt damping */
     int probe_batch;        /* step=adaptive: images of the model's probe batch; 0 = all */
     int probe_thread;       /* step=adaptive: J delta_0 on a second thread (CPU) */
+    int backward_thread;    /* Darknet's backward beside the true-Fisher pass (CPU) */
     kfac_scaling_kind scaling; /* scaling= */
     kfac_dist_precondition_kind dist_precondition; /* dist_precondition= (several ranks only) */
     int *layer_on;          /* per layer (index in net->layers): 0 after kfac=0 */
@@ -73,13 +74,17 @@ typedef struct {
 /* ---- a second copy of the net for a probe on another thread (kfac_clone.c) ----- */
 
 typedef struct kfac_clone kfac_clone;
-/* 1 when every layer's forward pass writes only buffers a clone owns; else 0, why says
- * which layer */
+typedef enum { KFAC_CLONE_FORWARD = 0, KFAC_CLONE_BACKWARD = 1 } kfac_clone_mode;
+/* 1 when every layer's forward and backward passes write only buffers a clone owns
+ * (or, backward, the update accumulators); else 0, why says which layer */
 int kfac_clone_supported(const network *net, char *why, size_t len);
-kfac_clone *kfac_clone_new(void);
+kfac_clone *kfac_clone_new(kfac_clone_mode mode);
 /* The clone's layers and buffers as net's are now (on the training thread: Darknet's
- * passes change some of net's layer fields) */
+ * passes change some of net's layer fields); backward: with the loss layers' deltas */
 void kfac_clone_sync(kfac_clone *c, const network *net);
+/* backward: Darknet's backward pass on the clone, from the deltas of the last sync,
+ * into the net's update accumulators (on another thread) */
+void kfac_clone_backward(kfac_clone *c);
 /* The net's parameters, input and truth copied into the clone, ready for
  * forward_network.  Reads only arrays net's backward pass does not write: safe on
  * another thread meanwhile. */
@@ -280,6 +285,12 @@ typedef struct {
     double nu_sum;          /* sum of their factors nu */
     /* step=adaptive (kfac_adaptive.c); lambda, have_prev and adapt_updates are saved */
     struct kfac_adaptive *adapt;
+    /* backward_thread: Darknet's backward pass of a statistics update on a copy of the
+     * net (kfac_clone.c) on a second thread, beside the true-Fisher pass */
+    struct kfac_clone *bwd_clone; /* NULL: on the training thread */
+    pthread_t bwd_thread;
+    int bwd_running;        /* launched and not yet joined */
+    long bwd_taken;         /* backward passes run there (tests) */
     /* the schedule (kfac_schedule.c): the intervals and lag in force (the cfg's, or
      * chosen from the measured costs when it says auto), saved with the state */
     struct kfac_sched {
@@ -648,6 +659,10 @@ void kfac_adaptive_free(kfac_net *k);
 /* After a training forward pass (kfac_network_fisher_pass): on the update's last
  * subdivision, J delta_0's forward pass starts on a second thread (probe_thread). */
 void kfac_adaptive_train_forward(kfac_net *k, network *net);
+/* backward_thread: the copy set up at attach when the net allows it (kfac_fisher.c);
+ * the thread joined: before anything reads the update accumulators or runs a pass */
+void kfac_backward_attach(kfac_net *k, network *net);
+void kfac_backward_join(kfac_net *k);
 /* The second thread joined and its result dropped, if the update has not taken it:
  * before anything changes the weights or delta_0 */
 void kfac_adaptive_settle(kfac_net *k);

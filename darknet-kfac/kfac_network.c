@@ -197,6 +197,7 @@ void kfac_network_attach(network *net, void *cfgp)
     }
     kfac_schedule_init(k);
     kfac_worker_attach(k);
+    kfac_backward_attach(k, net);
     /* layer->kfac points into k->layers, filled now that the array no longer moves */
     for (i = 0; i < k->nlayers; ++i) net->layers[k->layers[i].index].kfac = &k->layers[i];
     net->kfac = k;
@@ -224,7 +225,10 @@ void kfac_network_free(network *net)
     int i;
     if (!k) return;
     kfac_backend *be = k->be;
-    kfac_worker_free(k); /* first: its thread works on the layers' buffers */
+    /* first: the threads work on the layers' buffers */
+    kfac_backward_join(k);
+    kfac_clone_free(k->bwd_clone);
+    kfac_worker_free(k);
     be->ops->synchronize(be);
     kfac_adaptive_free(k);
     for (i = 0; i < k->nlayers; ++i) {
