@@ -70,8 +70,9 @@ void kfac_network_free(network *net);
 /* The training hooks (see above).  `input` is the layer's input as backward saw it. */
 void kfac_network_train_begin(network *net);
 void kfac_network_fisher_pass(network *net);
-/* 1 when this subdivision's own backward pass is running on a second thread, started
- * by the true-Fisher pass (backward_thread): the caller must not run it; 0 otherwise */
+/* 1 when this subdivision's own backward pass ran on a second thread beside the
+ * true-Fisher pass (backward_thread; waits for it to finish): the caller must not run
+ * it again; 0 otherwise */
 int kfac_network_backward(network *net);
 void kfac_layer_backward(network *net, int index, float *input);
 /* In the true-Fisher pass (CPU), the backward of layer `index` with the loss's sampled

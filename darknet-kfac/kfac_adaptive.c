@@ -1075,6 +1075,9 @@ int kfac_adaptive_attach(kfac_net *k, network *net, char *why, size_t why_len)
         if (kl->s.has_bias) kl->b_pre = be->ops->alloc(be, g * M);
         if (g * M * K > most) most = g * M * K;
     }
+    /* the probe thread moves the batch-norm blocks against these zeros too */
+    for (i = 0; i < k->nbn; ++i)
+        if ((size_t)k->bn[i].s.K > most) most = (size_t)k->bn[i].s.K;
     ad->zeros = be->ops->alloc(be, most);
     ad->nsaved = net->n * KFAC_PROBE_FIELDS;
     ad->saved = (float **)kfac_calloc((size_t)ad->nsaved, sizeof(float *));

@@ -1,4 +1,4 @@
-/* kfac_clone.c: a second copy of the net, for a forward pass on another thread.
+/* kfac_clone.c: a second copy of the net, for a pass on another thread.
  *
  * The adaptive step's momentum probe J delta_0 (kfac_adaptive.c) is a forward pass at
  * theta + eps delta_0 on the last subdivision's images.  Nothing in it depends on the

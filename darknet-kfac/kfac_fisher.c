@@ -213,7 +213,12 @@ void kfac_backward_join(kfac_net *k)
 
 int kfac_network_backward(network *net)
 {
-    return kfac_of(net)->bwd_running;
+    kfac_net *k = kfac_of(net);
+    const int ran = k->bwd_running;
+    /* waited for here, after the true-Fisher pass: train_network_datum then returns
+     * with every buffer as after its own backward pass, for whoever looks next */
+    kfac_backward_join(k);
+    return ran;
 }
 
 void kfac_backward_attach(kfac_net *k, network *net)
