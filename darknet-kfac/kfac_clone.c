@@ -182,12 +182,10 @@ void kfac_clone_sync(kfac_clone *c, const network *net)
     if (c->mode == KFAC_CLONE_BACKWARD) {
         /* Darknet's plain backward (no K-FAC hooks: they capture the true-Fisher pass's
          * statistics on the training thread); the first layer's input delta is unused.
-         * The input is copied: a trainer loads the next subdivision's images into the
-         * net's before its next forward pass, and so before K-FAC waits for this one */
+         * The input stays the net's: kfac_network_backward waits for the thread before
+         * train_network_datum returns and a trainer loads the next images there */
         c->net.kfac = NULL;
         c->net.delta = NULL;
-        c->net.input = fit(&c->input, &c->ninput, (size_t)net->inputs * net->batch);
-        memcpy(c->net.input, net->input, (size_t)net->inputs * net->batch * sizeof(float));
         for (i = 0; i < net->n; ++i)
             if (net->layers[i].cost && c->own[i].use[F_DELTA])
                 memcpy(c->layers[i].delta, net->layers[i].delta, c->own[i].use[F_DELTA] * sizeof(float));

@@ -375,7 +375,6 @@ void kfac_dist_start(network *net, const char *cfgfile, const char *weightfile, 
 
 void kfac_dist_gradients(network *net)
 {
-    if (net->kfac) kfac_backward_join(kfac_of(net)); /* the gradient is complete */
     kfac_dist *d = (kfac_dist *)net->dist;
     kfac_comm *c = d->comm;
     kfac_backend *be = d->be;

@@ -32,9 +32,6 @@
 
 void kfac_network_train_begin(network *net)
 {
-    /* the last subdivision's backward may still be running: it reads the outputs this
-     * forward pass overwrites */
-    kfac_backward_join(kfac_of(net));
     kfac_schedule_began(kfac_of(net)); /* the update's own time starts at its first forward */
 }
 
@@ -188,7 +185,6 @@ void kfac_network_precondition(network *net, update_args *a)
     kfac_net *k = kfac_of(net);
     kfac_backend *be = k->be;
     int i;
-    kfac_backward_join(k); /* the gradient is complete */
     k->capture = KFAC_CAPTURE_NONE;
     kfac_phase_begin(k, KFAC_PHASE_STATS);
     if (kfac_stats_step(k)) {

@@ -660,7 +660,7 @@ void kfac_adaptive_free(kfac_net *k);
  * subdivision, J delta_0's forward pass starts on a second thread (probe_thread). */
 void kfac_adaptive_train_forward(kfac_net *k, network *net);
 /* backward_thread: the copy set up at attach when the net allows it (kfac_fisher.c);
- * the thread joined: before anything reads the update accumulators or runs a pass */
+ * the thread joined (kfac_network_backward does it after each true-Fisher pass) */
 void kfac_backward_attach(kfac_net *k, network *net);
 void kfac_backward_join(kfac_net *k);
 /* The second thread joined and its result dropped, if the update has not taken it:

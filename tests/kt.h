@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "darknet.h"
 
@@ -220,6 +221,37 @@ static inline void kt_yolo_batch(network *net, uint64_t stream, uint64_t step)
         t[3] = (float)(0.2 + 0.3 * kt_uniform(&r));
         t[4] = (float)(kt_uniform(&r) < 0.5 ? 0 : 1);
     }
+}
+
+/* stdout into a temporary file from kt_stdout_begin to kt_stdout_lines, which puts it
+ * back and counts the lines that start with `prefix` (a [yolo] head's "Region ") */
+typedef struct {
+    FILE *tmp;
+    int saved;
+} kt_stdout;
+
+static inline kt_stdout kt_stdout_begin(void)
+{
+    kt_stdout c;
+    c.tmp = tmpfile();
+    fflush(stdout);
+    c.saved = dup(1);
+    dup2(fileno(c.tmp), 1);
+    return c;
+}
+
+static inline int kt_stdout_lines(kt_stdout c, const char *prefix)
+{
+    char line[512];
+    int count = 0;
+    fflush(stdout);
+    dup2(c.saved, 1);
+    close(c.saved);
+    rewind(c.tmp);
+    while (fgets(line, sizeof line, c.tmp))
+        if (!strncmp(line, prefix, strlen(prefix))) ++count;
+    fclose(c.tmp);
+    return count;
 }
 
 /* A network from a cfg, weights initialised after srand(seed) (Darknet uses rand()). */

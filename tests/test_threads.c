@@ -23,8 +23,6 @@
  * probe launch is after the second forward pass only, the backward thread runs on
  * both), the two-head detector ([yolo], route), and the KL-clipped step on a small
  * CNN (no probes; the backward thread on its statistics updates only). */
-#include <unistd.h>
-
 #include "kt.h"
 #include "kfac_internal.h"
 
@@ -69,12 +67,8 @@ static network *make(const char *base, int threads, unsigned seed)
 /* UPDATES updates; returns the "Region" lines printed meanwhile */
 static int train(network *net, int yolo, uint64_t stream)
 {
-    FILE *tmp = tmpfile();
-    char line[512];
-    int u, s, saved, count = 0;
-    fflush(stdout);
-    saved = dup(1);
-    dup2(fileno(tmp), 1);
+    kt_stdout c = kt_stdout_begin();
+    int u, s;
     for (u = 0; u < UPDATES; ++u) {
         for (s = 0; s < net->subdivisions; ++s) {
             const uint64_t step = (uint64_t)u * net->subdivisions + s;
@@ -83,14 +77,7 @@ static int train(network *net, int yolo, uint64_t stream)
             train_network_datum(net);
         }
     }
-    fflush(stdout);
-    dup2(saved, 1);
-    close(saved);
-    rewind(tmp);
-    while (fgets(line, sizeof line, tmp))
-        if (!strncmp(line, "Region ", 7)) ++count;
-    fclose(tmp);
-    return count;
+    return kt_stdout_lines(c, "Region ");
 }
 
 /* adaptive: the probe thread is expected; every_sub: the backward thread on every
