@@ -5,7 +5,7 @@
 .DEFAULT_GOAL := all
 
 # the driver and its files, then one object per backend (darknet-kfac/backend/)
-KFAC_OBJ := kfac_config.o kfac_network.o kfac_driver.o kfac_adaptive.o kfac_fisher.o kfac_clone.o kfac_bn.o kfac_ekfac.o kfac_losses.o \
+KFAC_OBJ := kfac_config.o kfac_network.o kfac_driver.o kfac_adaptive.o kfac_fisher.o kfac_clone.o kfac_split.o kfac_bn.o kfac_ekfac.o kfac_losses.o \
             kfac_inverses.o kfac_schedule.o kfac_state.o kfac_sync.o kfac_util.o kfac_worker.o kfac_backend_cpu.o
 # training across processes: the single-process communicator always, MPI (and NCCL on
 # GPU builds) with MPI=1; KFAC_MPI_CFLAGS and KFAC_MPI_LIBS come from the top Makefile

@@ -41,6 +41,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include "kfac_internal.h"
 
 /* step=auto on a softmax classifier: the adaptive step gives way to the KL-clipped
@@ -202,13 +203,22 @@ static void move_weights(kfac_net *k, network *net, float *const *v, float scale
     kfac_bn_adaptive_move(k, net, scale);
 }
 
+/* A forward pass of the step's own on the training thread: with probe_split its
+ * products use the second core too (kfac_split.c; the same bits) */
+static void probe_forward(const kfac_net *k, network *net)
+{
+    if (k->adapt->split) kfac_split_begin();
+    forward_network(net);
+    if (k->adapt->split) kfac_split_end();
+}
+
 /* the loss layers' inputs (the outputs of the layers before them: Darknet feeds each
  * layer its predecessor's) after a forward pass at the current weights, to the host */
 static void forward_output(kfac_net *k, network *net, float *out)
 {
     const kfac_adaptive *ad = k->adapt;
     int i;
-    forward_network(net);
+    probe_forward(k, net);
     for (i = 0; i < ad->nloss; ++i) {
         const layer *l = &net->layers[ad->loss[i].index];
         kfac_darknet_buffers b;
@@ -770,7 +780,7 @@ static const char *model_step(kfac_net *k, network *net, const update_args *a, c
     /* the batch-norm blocks carry no decay: td and d2 above are the weights' alone */
     k->bn_dir = KFAC_BN_DIR_PREV;
     move_weights(k, net, dirs, 1.0f);
-    forward_network(net);
+    probe_forward(k, net);
     double h1 = loss_value(k, net);
     kfac_dist_mean(k, &h1, 1);
     restore_weights(k, net);
@@ -858,7 +868,7 @@ void kfac_adaptive_step(kfac_net *k, network *net, const update_args *a)
         set_batch(net, pb);
         /* batch norm makes each image's outputs depend on the others: theta's own
          * outputs on the probe images need a forward pass of their own */
-        if (ad->coupled) forward_network(net);
+        if (ad->coupled) probe_forward(k, net);
     }
     double alpha = 0, mu = 0, td = 0, d2 = 0, m_step = 0, r = 0;
     const char *failure = model_step(k, net, a, &sm, &alpha, &mu, &m_step, &r, &td, &d2);
@@ -903,7 +913,7 @@ static void rho_next_batch(kfac_net *k, network *net)
         }
     }
     kfac_bn_adaptive_swap_pre(k, net, 1);
-    forward_network(net);
+    probe_forward(k, net);
     const double h0 = loss_value(k, net);
     kfac_bn_adaptive_swap_pre(k, net, 0);
     for (i = 0; i < k->nlayers; ++i) {
@@ -979,12 +989,14 @@ void kfac_adaptive_report(kfac_net *k, char *buf, size_t len)
     memcpy(sorted, ad->mus, (size_t)n * sizeof(float));
     qsort(sorted, (size_t)n, sizeof(float), cmp_float);
     const double med = n % 2 ? sorted[n / 2] : 0.5 * ((double)sorted[n / 2 - 1] + sorted[n / 2]);
-    char thread[96] = "";
+    char thread[96] = "", split[80] = "";
     if (ad->bg_taken || ad->bg_missed)
         snprintf(thread, sizeof thread, "; J delta_0 from the second thread on %ld updates so far (%ld made here instead)",
                  ad->bg_taken, ad->bg_missed);
-    snprintf(buf, len, "adaptive steps: mean alpha %.3g, median mu %.3g; lambda %.3g, last rho %.3g%s%s",
-             ad->alpha_sum / ad->steps, med, ad->lambda, ad->rho_last, failed, thread);
+    if (ad->split)
+        snprintf(split, sizeof split, "; %ld probe products on two threads so far", kfac_split_products());
+    snprintf(buf, len, "adaptive steps: mean alpha %.3g, median mu %.3g; lambda %.3g, last rho %.3g%s%s%s",
+             ad->alpha_sum / ad->steps, med, ad->lambda, ad->rho_last, failed, thread, split);
     ad->alpha_sum = 0;
     ad->steps = 0;
     ad->failed = 0;
@@ -1105,6 +1117,12 @@ int kfac_adaptive_attach(kfac_net *k, network *net, char *why, size_t why_len)
             kfac_log("probe_thread: %s; J delta_0 runs on the training thread", cwhy);
         }
     }
+    /* probe_split: Darknet's CPU forward pass calls gemm(); one core has nothing to
+     * share it with */
+    if (k->cfg.probe_split && be->ops->host_memory && sysconf(_SC_NPROCESSORS_ONLN) > 1) {
+        ad->split = kfac_split_attach();
+        if (!ad->split) kfac_log("probe_split: no helper thread could be started; the probes' products run on one");
+    }
     return 1;
 }
 
@@ -1116,6 +1134,7 @@ void kfac_adaptive_free(kfac_net *k)
     if (!ad) return;
     kfac_adaptive_settle(k); /* first: the thread reads the layers' delta_0 */
     kfac_clone_free(ad->clone);
+    if (ad->split) kfac_split_detach();
     free(ad->bg_set);
     free(ad->bg_out);
     for (i = 0; i < k->nlayers; ++i) {

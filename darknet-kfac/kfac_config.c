@@ -36,6 +36,7 @@ static const kfac_config kfac_defaults = {
     .lambda = 1.0f,
     .probe_batch = 0,       /* all: the whole last subdivision */
     .probe_thread = 1,
+    .probe_split = 1,
     .backward_thread = 1,
     .scaling = KFAC_SCALING_KFAC,
     .dist_precondition = KFAC_DIST_EVERYONE,
@@ -43,7 +44,7 @@ static const kfac_config kfac_defaults = {
 
 static const char *kfac_known_keys =
     "damping, decay, stats_interval, inverse_interval, inverse_lag, kl_clip, fisher, warmup, max_dim, seed, step, lambda, "
-    "probe_batch, probe_thread, backward_thread, scaling, dist_precondition";
+    "probe_batch, probe_thread, probe_split, backward_thread, scaling, dist_precondition";
 
 /* A parse error: the message goes to err, the return value is -1. */
 typedef struct {
@@ -116,6 +117,7 @@ static const kfac_numeric kfac_numerics[] = {
     {"lambda", 0, 0, 1e8, 1, 0, offsetof(kfac_config, lambda)},
     {"probe_batch", 1, 1, 1e6, 0, 0, offsetof(kfac_config, probe_batch)},
     {"probe_thread", 1, 0, 1, 0, 0, offsetof(kfac_config, probe_thread)},
+    {"probe_split", 1, 0, 1, 0, 0, offsetof(kfac_config, probe_split)},
     {"backward_thread", 1, 0, 1, 0, 0, offsetof(kfac_config, backward_thread)},
 };
 
@@ -328,7 +330,7 @@ void kfac_config_print(const kfac_config *c, FILE *out)
         fprintf(out, "lambda=%g ", c->lambda);
         if (c->probe_batch > 0) fprintf(out, "probe_batch=%d ", c->probe_batch);
         else fprintf(out, "probe_batch=all ");
-        fprintf(out, "probe_thread=%d ", c->probe_thread);
+        fprintf(out, "probe_thread=%d probe_split=%d ", c->probe_thread, c->probe_split);
     }
     if (c->step != KFAC_STEP_ADAPTIVE) fprintf(out, "damping=%g kl_clip=%g ", c->damping, c->kl_clip);
     char si[16] = "auto", ii[16] = "auto", il[16] = "auto";

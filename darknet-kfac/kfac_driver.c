@@ -239,7 +239,7 @@ static void report(network *net)
     if (++k->report_updates < every) return;
     kfac_network_timing(net, &t[0], &t[1], &t[2]);
     const int n = k->report_updates;
-    char clip[320] = "no step preconditioned", sched[160], bg[120] = "";
+    char clip[400] = "no step preconditioned", sched[160], bg[120] = "";
     if (kfac_adaptive_on(k))
         kfac_adaptive_report(k, clip, sizeof clip);
     else if (k->nu_count)

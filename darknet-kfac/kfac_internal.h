@@ -64,6 +64,7 @@ typedef struct {
     float lambda;           /* step=adaptive: the initial Levenberg-Marquardt damping */
     int probe_batch;        /* step=adaptive: images of the model's probe batch; 0 = all */
     int probe_thread;       /* step=adaptive: J delta_0 on a second thread (CPU) */
+    int probe_split;        /* step=adaptive: the training thread's probes' products on two threads (CPU) */
     int backward_thread;    /* Darknet's backward beside the true-Fisher pass (CPU) */
     kfac_scaling_kind scaling; /* scaling= */
     kfac_dist_precondition_kind dist_precondition; /* dist_precondition= (several ranks only) */
@@ -92,6 +93,22 @@ network *kfac_clone_fill(kfac_clone *c);
 /* 1 when net (or a by-value copy of it, as the layers see it) is the clone's */
 int kfac_clone_owns(const kfac_clone *c, const network *net);
 void kfac_clone_free(kfac_clone *c);
+
+/* ---- K-FAC's own forward passes' products on two threads (kfac_split.c) ------- */
+
+/* Starts the process's helper thread (the first net) and sets Darknet's gemm hook;
+ * 0 when no thread could be started */
+int kfac_split_attach(void);
+/* The last net's detach stops the helper and unsets the hook */
+void kfac_split_detach(void);
+/* Between these, on the calling thread only, gemm() products are divided by rows
+ * with the helper: the same bits as one call */
+void kfac_split_begin(void);
+void kfac_split_end(void);
+/* products divided so far, all nets (tests, the progress line) */
+long kfac_split_products(void);
+/* the smallest product divided, in multiply-adds (tests: their nets are small) */
+void kfac_split_set_min_work(double work);
 
 /* Checks the [kfac] section and every kfac= key of a cfg read by Darknet's read_cfg;
  * then takes them out of `sections`.  Returns 0 with *out the configuration (NULL
@@ -636,6 +653,7 @@ typedef struct kfac_adaptive {
      * of the net, taken in the update when the layers it moved and its eps are the
      * update's own, else made on the training thread as without it */
     struct kfac_clone *clone; /* NULL: every probe on the training thread */
+    int split;              /* probe_split: attached to kfac_split.c */
     pthread_t bg_thread;
     int bg_running;         /* launched and not yet joined */
     int bg_ready;           /* its result is this update's to take */

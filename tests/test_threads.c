@@ -1,10 +1,13 @@
-/* test_threads.c: K-FAC's two uses of the second core train bit for bit as without
+/* test_threads.c: K-FAC's three uses of the second core train bit for bit as without
  * them, and are used:
  *  - probe_thread=1 (the default): the adaptive step's momentum probe J delta_0 on a
  *    copy of the net (kfac_clone.c, kfac_adaptive.c);
  *  - backward_thread=1 (the default): Darknet's own backward pass of a statistics
  *    update on a copy of the net beside the true-Fisher pass (kfac_fisher.c,
- *    patches/0026).
+ *    patches/0026);
+ *  - probe_split=1 (the default): the products of the adaptive step's forward passes
+ *    on the training thread divided by rows with a helper (kfac_split.c,
+ *    patches/0027; test_split checks single products).
  *
  * For each net, two copies from one seed train 12 updates on the same batches, one
  * with both threads and one with neither.  Checked:
@@ -15,7 +18,8 @@
  *  - the probe thread's J delta_0 taken on at least half the updates (kfac_adaptive's
  *    bg_taken: a launch whose layers or eps were not the update's is declined and
  *    made on the training thread, which would pass the first check alone), and the
- *    backward thread used on every subdivision (stats_interval=1); neither without;
+ *    backward thread used on every subdivision (stats_interval=1), at least one
+ *    product divided per adaptive update; none of them without;
  *  - on the detector, the same number of "Region" lines on stdout either way: the
  *    copy's [yolo] heads keep quiet like the probes on the net itself.
  * Nets: the MLP with a [softmax] (connected layers only), the batch-norm net
@@ -34,7 +38,7 @@ static network *make(const char *base, int threads, unsigned seed)
 {
     char path[160], text[8192], opts[96];
     snprintf(path, sizeof path, "build/tests/threads-%u-%d.cfg", seed, threads);
-    snprintf(opts, sizeof opts, "probe_thread=%d\nbackward_thread=%d\n", threads, threads);
+    snprintf(opts, sizeof opts, "probe_thread=%d\nprobe_split=%d\nbackward_thread=%d\n", threads, threads, threads);
     if (!strcmp(base, "tests/cfg/adaptive-mlp.cfg") || !strcmp(base, "tests/cfg/update.cfg")) {
         char extra[256];
         if (!strcmp(base, "tests/cfg/update.cfg"))
@@ -87,7 +91,11 @@ static void check_net(const char *name, const char *base, int yolo, int adaptive
     network *with = make(base, 1, seed), *without = make(base, 0, seed);
     const kfac_net *kw = kfac_of(with), *kn = kfac_of(without);
     char what[96];
-    const int lines_with = train(with, yolo, seed + 100), lines_without = train(without, yolo, seed + 100);
+    const long split0 = kfac_split_products();
+    const int lines_with = train(with, yolo, seed + 100);
+    const long split1 = kfac_split_products();
+    const int lines_without = train(without, yolo, seed + 100);
+    const long split2 = kfac_split_products();
     snprintf(what, sizeof what, "%s_same_bits", name);
     kt_check(what, kt_nets_same_bits(with, without), "the nets differ after %d updates", UPDATES);
     if (adaptive) {
@@ -98,6 +106,12 @@ static void check_net(const char *name, const char *base, int yolo, int adaptive
                  UPDATES, a->bg_missed, b->bg_taken);
         printf("  %s: the probe thread's J delta_0 taken on %ld of %d updates, declined on %ld\n", name, a->bg_taken,
                UPDATES, a->bg_missed);
+        /* the probe along Delta alone is a forward pass of every update's */
+        snprintf(what, sizeof what, "%s_probe_split_used", name);
+        kt_check(what, a->split && split1 - split0 >= UPDATES && !b->split && split2 == split1,
+                 "with probe_split %ld products divided over %d updates; without it %ld", split1 - split0, UPDATES,
+                 split2 - split1);
+        printf("  %s: %ld of the probes' products on two threads\n", name, split1 - split0);
     }
     const long subs = (long)UPDATES * with->subdivisions;
     snprintf(what, sizeof what, "%s_backward_thread_used", name);
@@ -116,6 +130,7 @@ static void check_net(const char *name, const char *base, int yolo, int adaptive
 
 int main(void)
 {
+    kfac_split_set_min_work(1); /* the nets are small: every product of two rows or more */
     check_net("mlp", "tests/cfg/adaptive-mlp.cfg", 0, 1, 1, 3);
     check_net("bn", "tests/cfg/adaptive-bn.cfg", 0, 1, 1, 5);
     check_net("yolo", "tests/cfg/adaptive-yolo.cfg", 1, 1, 1, 31);
