@@ -42,6 +42,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include "kfac_comm.h"
 #include "kfac_internal.h"
 
 /* step=auto on a softmax classifier: the adaptive step gives way to the KL-clipped
@@ -204,27 +205,19 @@ static void move_weights(kfac_net *k, network *net, float *const *v, float scale
 }
 
 /* A forward pass of the step's own on the training thread: with probe_split its
- * products use the second core too (kfac_split.c; the same bits) */
-static void probe_forward(const kfac_net *k, network *net)
+ * products use the second core too (kfac_split.c; the same bits), unless the probe
+ * thread or the decomposition worker still holds it: a helper polling beside them
+ * slowed the update (yolov3-tiny, whose decompositions outlast an update;
+ * BENCHMARKS.md) */
+static void probe_forward(kfac_net *k, network *net)
 {
-    if (k->adapt->split) kfac_split_begin();
+    kfac_adaptive *ad = k->adapt;
+    const int split = ad->split && (!ad->bg_running || __atomic_load_n(&ad->bg_finished, __ATOMIC_ACQUIRE)) &&
+                      !kfac_worker_busy(k);
+    if (ad->split) ++ad->split_passes[split];
+    if (split) kfac_split_begin();
     forward_network(net);
-    if (k->adapt->split) kfac_split_end();
-}
-
-/* the loss layers' inputs (the outputs of the layers before them: Darknet feeds each
- * layer its predecessor's) after a forward pass at the current weights, to the host */
-static void forward_output(kfac_net *k, network *net, float *out)
-{
-    const kfac_adaptive *ad = k->adapt;
-    int i;
-    probe_forward(k, net);
-    for (i = 0; i < ad->nloss; ++i) {
-        const layer *l = &net->layers[ad->loss[i].index];
-        kfac_darknet_buffers b;
-        k->be->ops->darknet_buffers(&net->layers[ad->loss[i].index - 1], &b);
-        k->be->ops->to_host(k->be, out + ad->loss[i].off, b.output, (size_t)l->inputs * l->batch);
-    }
+    if (split) kfac_split_end();
 }
 
 /* the loss layers' outputs and deltas as the last forward pass left them, to the host */
@@ -242,8 +235,10 @@ static void loss_outputs(kfac_net *k, const network *net, float *p, float *d)
     }
 }
 
-/* the loss layers' inputs as the last forward pass left them (the training forward
- * at theta, on the probe batch), to the host: f(theta) of the one-sided differences */
+/* the loss layers' inputs (the outputs of the layers before them: Darknet feeds each
+ * layer its predecessor's) as the last forward pass left them, to the host: f(theta)
+ * of the one-sided differences after the training forward, f(theta + eps v) after a
+ * probe's */
 static void current_output(kfac_net *k, const network *net, float *out)
 {
     const kfac_adaptive *ad = k->adapt;
@@ -266,7 +261,8 @@ static void jv_one_sided(kfac_net *k, network *net, float *const *v, float eps, 
     const size_t n = ad->nout;
     size_t j;
     move_weights(k, net, v, eps);
-    forward_output(k, net, ad->zp);
+    probe_forward(k, net);
+    current_output(k, net, ad->zp);
     restore_weights(k, net);
     for (j = 0; j < n; ++j) out[j] = (float)(((double)ad->zp[j] - z0[j]) / eps);
 }
@@ -574,7 +570,9 @@ static void *bg_main(void *arg)
         layer *l = &c->layers[b->index];
         if (ad->bg_set[k->nlayers + i]) be->ops->scatter(be, &b->u, l->scales, l->biases, b->prev, ad->zeros, ad->bg_eps);
     }
-    forward_output(k, c, ad->bg_out);
+    forward_network(c); /* (never split: the helper's core is this thread's) */
+    current_output(k, c, ad->bg_out);
+    __atomic_store_n(&ad->bg_finished, 1, __ATOMIC_RELEASE);
     return NULL;
 }
 
@@ -677,6 +675,7 @@ void kfac_adaptive_train_forward(kfac_net *k, network *net)
     if (!(pp > 0)) return;
     ad->bg_eps = probe_eps(tt, pp);
     kfac_clone_sync(ad->clone, net);
+    __atomic_store_n(&ad->bg_finished, 0, __ATOMIC_RELEASE);
     if (pthread_create(&ad->bg_thread, NULL, bg_main, k) != 0) {
         kfac_log("probe_thread: no second thread could be started; J delta_0 runs on the training thread");
         kfac_clone_free(ad->clone);
@@ -994,7 +993,8 @@ void kfac_adaptive_report(kfac_net *k, char *buf, size_t len)
         snprintf(thread, sizeof thread, "; J delta_0 from the second thread on %ld updates so far (%ld made here instead)",
                  ad->bg_taken, ad->bg_missed);
     if (ad->split)
-        snprintf(split, sizeof split, "; %ld probe products on two threads so far", kfac_split_products());
+        snprintf(split, sizeof split, "; %ld of %ld probe passes split so far", ad->split_passes[1],
+                 ad->split_passes[0] + ad->split_passes[1]);
     snprintf(buf, len, "adaptive steps: mean alpha %.3g, median mu %.3g; lambda %.3g, last rho %.3g%s%s%s",
              ad->alpha_sum / ad->steps, med, ad->lambda, ad->rho_last, failed, thread, split);
     ad->alpha_sum = 0;
@@ -1117,11 +1117,16 @@ int kfac_adaptive_attach(kfac_net *k, network *net, char *why, size_t why_len)
             kfac_log("probe_thread: %s; J delta_0 runs on the training thread", cwhy);
         }
     }
-    /* probe_split: Darknet's CPU forward pass calls gemm(); one core has nothing to
-     * share it with */
-    if (k->cfg.probe_split && be->ops->host_memory && sysconf(_SC_NPROCESSORS_ONLN) > 1) {
-        ad->split = kfac_split_attach();
-        if (!ad->split) kfac_log("probe_split: no helper thread could be started; the probes' products run on one");
+    /* probe_split: Darknet's CPU forward pass calls gemm().  The helper polls while a
+     * pass is open, so it needs a core of its own: not on one core, nor where the
+     * ranks on this machine already hold half of them or more */
+    if (k->cfg.probe_split && be->ops->host_memory) {
+        const long cores = sysconf(_SC_NPROCESSORS_ONLN), ranks = kfac_comm_world()->local_size;
+        if (cores < 2 * ranks)
+            kfac_log("probe_split: %ld core%s for %ld rank%s on this machine, none spare for a helper; the probes' "
+                     "products run on one thread", cores, cores == 1 ? "" : "s", ranks, ranks == 1 ? "" : "s");
+        else if (!(ad->split = kfac_split_attach()))
+            kfac_log("probe_split: no helper thread could be started; the probes' products run on one thread");
     }
     return 1;
 }

@@ -404,6 +404,8 @@ void kfac_worker_free(kfac_net *k);
 void kfac_decompositions_step(kfac_net *k);
 /* Waits until the job in flight is done, without installing it (state save). */
 void kfac_worker_wait(kfac_net *k);
+/* 1 while the background worker has a job (it holds a core) */
+int kfac_worker_busy(kfac_net *k);
 /* Decomposes the layer's factors at once (across ranks: its owner, the others receive
  * it), keeping the last good inverse on failure: 0 on success, -1 on failure (logged
  * once per layer). */
@@ -654,8 +656,10 @@ typedef struct kfac_adaptive {
      * update's own, else made on the training thread as without it */
     struct kfac_clone *clone; /* NULL: every probe on the training thread */
     int split;              /* probe_split: attached to kfac_split.c */
+    long split_passes[2];   /* probe passes on one thread (the core was taken), split */
     pthread_t bg_thread;
     int bg_running;         /* launched and not yet joined */
+    int bg_finished;        /* its pass is over (__atomic: read before the join) */
     int bg_ready;           /* its result is this update's to take */
     float bg_eps;           /* the launch's eps */
     unsigned char *bg_set;  /* nlayers + nbn: the layers and blocks it moved */

@@ -99,6 +99,16 @@ void kfac_worker_attach(kfac_net *k)
     k->worker = w;
 }
 
+int kfac_worker_busy(kfac_net *k)
+{
+    kfac_worker *w = k->worker;
+    if (!w) return 0;
+    pthread_mutex_lock(&w->lock);
+    const int busy = w->pending;
+    pthread_mutex_unlock(&w->lock);
+    return busy;
+}
+
 void kfac_worker_wait(kfac_net *k)
 {
     kfac_worker *w = k->worker;

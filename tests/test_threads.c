@@ -5,7 +5,7 @@
  *  - backward_thread=1 (the default): Darknet's own backward pass of a statistics
  *    update on a copy of the net beside the true-Fisher pass (kfac_fisher.c,
  *    patches/0026);
- *  - probe_split=1 (the default): the products of the adaptive step's forward passes
+ *  - probe_split=1 (off by default): the products of the adaptive step's forward passes
  *    on the training thread divided by rows with a helper (kfac_split.c,
  *    patches/0027; test_split checks single products).
  *
@@ -18,8 +18,9 @@
  *  - the probe thread's J delta_0 taken on at least half the updates (kfac_adaptive's
  *    bg_taken: a launch whose layers or eps were not the update's is declined and
  *    made on the training thread, which would pass the first check alone), and the
- *    backward thread used on every subdivision (stats_interval=1), at least one
- *    product divided per adaptive update; none of them without;
+ *    backward thread used on every subdivision (stats_interval=1), the split
+ *    considered on every probe pass and products divided when it was taken; none of
+ *    them without;
  *  - on the detector, the same number of "Region" lines on stdout either way: the
  *    copy's [yolo] heads keep quiet like the probes on the net itself.
  * Nets: the MLP with a [softmax] (connected layers only), the batch-norm net
@@ -106,12 +107,17 @@ static void check_net(const char *name, const char *base, int yolo, int adaptive
                  UPDATES, a->bg_missed, b->bg_taken);
         printf("  %s: the probe thread's J delta_0 taken on %ld of %d updates, declined on %ld\n", name, a->bg_taken,
                UPDATES, a->bg_missed);
-        /* the probe along Delta alone is a forward pass of every update's */
+        /* the probe along Delta alone is a forward pass of every update's; a pass is
+         * split unless the decomposition worker or the probe thread holds the other
+         * core, which depends on the clock: every pass must have made the choice, and
+         * a split pass must have divided products */
         snprintf(what, sizeof what, "%s_probe_split_used", name);
-        kt_check(what, a->split && split1 - split0 >= UPDATES && !b->split && split2 == split1,
-                 "with probe_split %ld products divided over %d updates; without it %ld", split1 - split0, UPDATES,
-                 split2 - split1);
-        printf("  %s: %ld of the probes' products on two threads\n", name, split1 - split0);
+        kt_check(what, a->split && a->split_passes[0] + a->split_passes[1] >= UPDATES &&
+                           (split1 - split0 > 0) == (a->split_passes[1] > 0) && !b->split && split2 == split1,
+                 "with probe_split %ld passes split, %ld not, %ld products divided over %d updates; without it %ld",
+                 a->split_passes[1], a->split_passes[0], split1 - split0, UPDATES, split2 - split1);
+        printf("  %s: %ld of %ld probe passes split, %ld products on two threads\n", name, a->split_passes[1],
+               a->split_passes[0] + a->split_passes[1], split1 - split0);
     }
     const long subs = (long)UPDATES * with->subdivisions;
     snprintf(what, sizeof what, "%s_backward_thread_used", name);
