@@ -125,7 +125,8 @@ $(BUILD)/darknet-debian/.fetched: tools/fetch_darknet.sh | setup
 
 fetch: $(if $(DARKNET_SRC),,$(BUILD)/darknet-debian/.fetched)
 
-# A fresh copy of the pristine tree with our patches, redone whenever a patch changes.
+# A fresh copy of the pristine tree with our patches, redone whenever a patch or the
+# build options (DK_OPTS_FILE) change.
 $(DK)/.patched: $(PATCHES) tools/apply_patches.sh $(DK_OPTS_FILE) $(if $(DARKNET_SRC),,$(BUILD)/darknet-debian/.fetched)
 	tools/apply_patches.sh $(PRISTINE) $(DK) patches
 
