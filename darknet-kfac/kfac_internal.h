@@ -102,10 +102,11 @@ int kfac_split_attach(void);
 /* The last net's detach stops the helper and unsets the hook */
 void kfac_split_detach(void);
 /* Between these, on the calling thread only, gemm() products are divided by rows
- * with the helper: the same bits as one call */
+ * with the helper: the same bits as one call.  One pass at a time in the process:
+ * begun while another thread's is open, the pass is not split */
 void kfac_split_begin(void);
 void kfac_split_end(void);
-/* products divided so far, all nets (tests, the progress line) */
+/* products divided so far, all nets (tests) */
 long kfac_split_products(void);
 /* the smallest product divided, in multiply-adds (tests: their nets are small) */
 void kfac_split_set_min_work(double work);

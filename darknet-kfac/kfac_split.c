@@ -20,8 +20,10 @@
  * worker), and sleeps between passes.
  *
  * One helper serves every net of the process; it is started by the first
- * kfac_split_attach and stopped by the last kfac_split_detach.  Calls from any other
- * thread, or outside a pass, pass through untouched. */
+ * kfac_split_attach and stopped by the last kfac_split_detach.  It has one job slot,
+ * so one pass is open at a time: a pass begun while another thread's is open (two
+ * nets training at once) runs on its own thread.  Calls from any other thread, or
+ * outside a pass, pass through untouched. */
 #include <sched.h>
 #include <stdlib.h>
 #include "kfac_internal.h"
@@ -53,7 +55,7 @@ typedef struct {
  * other than the one it read; while it holds a block, `left` stays above zero, the
  * training thread waits, and the job cannot change under it.  ticket, open, stop,
  * left, waiting and products are only accessed through __atomic; the lock guards the
- * sleeps. */
+ * sleeps; owned is taken by a compare-and-swap. */
 static struct {
     pthread_mutex_t mu;
     pthread_cond_t go, done;
@@ -62,6 +64,7 @@ static struct {
     int running;    /* the helper thread exists */
     int stop;
     int open;       /* a pass is open: the helper polls instead of sleeping */
+    int owned;      /* a thread holds the pass (and the job slot) */
     uint64_t ticket;
     split_job job;
     int left;       /* blocks not yet finished */
@@ -201,6 +204,8 @@ void kfac_split_detach(void)
 
 void kfac_split_begin(void)
 {
+    int none = 0;
+    if (!__atomic_compare_exchange_n(&S.owned, &none, 1, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) return;
     split_on = 1;
     pthread_mutex_lock(&S.mu);
     STORE(S.open, 1);
@@ -210,8 +215,10 @@ void kfac_split_begin(void)
 
 void kfac_split_end(void)
 {
+    if (!split_on) return;
     split_on = 0;
     STORE(S.open, 0);
+    STORE(S.owned, 0);
 }
 
 long kfac_split_products(void)

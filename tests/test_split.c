@@ -10,10 +10,13 @@
  *    (kfac_split_products counts it);
  *  - outside a pass, from another thread inside none, and for a one-row product,
  *    nothing is divided;
+ *  - a pass another thread begins while one is open divides nothing (the helper has
+ *    one job slot), and leaves the open pass dividing;
  *  - after the last detach the hook is unset.
  * Training with the split is checked bit for bit against training without it by
  * test_threads. */
 #include <pthread.h>
+#include <string.h>
 #include "kt.h"
 #include "kfac_internal.h"
 #include "gemm.h"
@@ -36,6 +39,19 @@ static void *other_thread(void *arg)
     fill(a, M * K, 91);
     fill(b, K * N, 92);
     gemm(0, 0, M, N, K, 1, a, K, b, N, 1, c, N);
+    return NULL;
+}
+
+/* a second thread's pass while the main thread's is open */
+static void *other_pass(void *arg)
+{
+    float *c = (float *)arg;
+    static float a[M * K], b[K * N];
+    fill(a, M * K, 93);
+    fill(b, K * N, 94);
+    kfac_split_begin();
+    gemm(0, 0, M, N, K, 1, a, K, b, N, 1, c, N);
+    kfac_split_end();
     return NULL;
 }
 
@@ -83,6 +99,24 @@ int main(void)
     kfac_split_end();
     kt_check("other_thread_and_one_row", kfac_split_products() == before,
              "a product of another thread, or of one row, was divided");
+
+    static float c2[M * N];
+    kfac_split_begin();
+    if (pthread_create(&t, NULL, other_pass, c2) != 0) {
+        printf("FAIL harness: pthread_create\n");
+        return 1;
+    }
+    pthread_join(t, NULL);
+    kt_check("second_pass_not_split", kfac_split_products() == before,
+             "a pass begun on another thread while one was open divided a product");
+    memcpy(ref, c, sizeof c);
+    gemm(0, 0, M, N, K, 1, a, K, b, N, 1, c, N);
+    gemm_cpu(0, 0, M, N, K, 1, a, K, b, N, 1, ref, N);
+    kfac_split_end();
+    kt_check("open_pass_still_splits", kfac_split_products() == before + 1 && !memcmp(c, ref, sizeof c),
+             "after another thread's pass, the open pass divided %ld products (1 expected) or changed the bits",
+             kfac_split_products() - before);
+    before = kfac_split_products();
 
     kfac_split_set_min_work((double)M * N * K + 1);
     kfac_split_begin();
